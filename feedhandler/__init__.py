@@ -1,0 +1,1 @@
+"""The feedhandler appliance: command line, pipeline wiring, config."""
