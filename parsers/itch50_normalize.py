@@ -1,0 +1,375 @@
+"""ITCH 5.0 into the common schema (``parsers.schema``), batch by batch.
+
+A batch is a byte buffer plus its frame table (``parsers.frames``), in venue sequence order. Each
+message type is decoded in one vectorised pass (``itch50.decode_type``) and scattered into its record
+rows at the message's position; one compiled pass (``order_refs.enrich_events``) then fills in the
+price, side and size that executions, cancels and deletes leave out. State that spans batches (resting
+orders, the stock directory) lives in the ``ItchNormalizer``.
+
+Anomalies are counted, never raised: an unknown message type, a message shorter than its specified
+size (skipped), a longer one (decoded; the specification lets messages grow), a timestamp past
+midnight, an unknown order reference or stock locate.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from parsers import itch50, schema
+from parsers.clock import NANOS_PER_DAY, VenueClock
+from parsers.order_refs import ANOMALY_NAMES, OrderRefTable, enrich_events
+from parsers.schema import UNDEF_PRICE, Action, Flag, Side, StatusKind, TradingState
+
+_BOOK_ACTIONS = {
+    b"A": Action.ADD,
+    b"F": Action.ADD,
+    b"E": Action.EXECUTE,
+    b"C": Action.EXECUTE,
+    b"X": Action.CANCEL,
+    b"D": Action.DELETE,
+    b"U": Action.REPLACE,
+    b"P": Action.TRADE,
+    b"Q": Action.CROSS,
+}
+_STATUS_CODES = (b"H", b"Y", b"V", b"W", b"K", b"J", b"h")
+_TRADING_STATE = {b"H": TradingState.HALTED, b"P": TradingState.PAUSED, b"Q": TradingState.QUOTE_ONLY, b"T": TradingState.TRADING}
+_FRAME_FLAG_MASK = np.uint16(Flag.LAST | Flag.RECOVERED | Flag.BAD_TS_RECV)
+
+
+@dataclass
+class Normalized:
+    """One batch in the common schema; every array is in venue sequence order."""
+
+    events: np.ndarray
+    trades: np.ndarray
+    status: np.ndarray
+    definitions: np.ndarray
+    imbalance: np.ndarray
+    price_discovery: np.ndarray
+    retail_interest: np.ndarray
+    broken_trades: np.ndarray
+    system_events: np.ndarray
+    messages: int = 0
+
+    def records(self) -> dict[str, np.ndarray]:
+        """Record name (``schema.Record.name``) -> rows."""
+        return {r.name: getattr(self, r.name) for r in schema.RECORDS}
+
+
+@dataclass
+class _Typed:
+    """The messages of one type in a batch: decoded fields, frame rows, and positions in the batch."""
+
+    msgs: np.ndarray
+    frames: np.ndarray
+    index: np.ndarray  # frame index of each message (its place in the batch)
+
+
+@dataclass
+class ItchNormalizer:
+    """Normalizes ITCH 5.0 batches of one session (one venue, one date)."""
+
+    clock: VenueClock
+    venue: int = 1
+    orders: OrderRefTable = field(default_factory=OrderRefTable)
+    by_type: Counter = field(default_factory=Counter)
+    anomalies: Counter = field(default_factory=Counter)
+    symbols: dict[int, str] = field(default_factory=dict)  # instrument id (locate) -> symbol
+    _known_locate: np.ndarray = field(default_factory=lambda: np.zeros(1 << 16, dtype=bool))
+    _ref_anomalies: np.ndarray = field(default_factory=lambda: np.zeros(len(ANOMALY_NAMES), dtype=np.int64))
+    first_ts_event: int | None = None
+    last_ts_event: int | None = None
+
+    def normalize(self, buf: np.ndarray, frames: np.ndarray) -> Normalized:
+        """Decode and normalize one batch (``buf`` uint8, ``frames`` ``FRAME_DTYPE``)."""
+        typed = self._decode(buf, frames)
+        for code, t in typed.items():
+            if code == b"R":
+                self._learn_directory(t)
+        out = Normalized(
+            events=self._events(typed, frames),
+            trades=schema.TRADE.empty(0),
+            status=self._status(typed),
+            definitions=self._definitions(typed.get(b"R")),
+            imbalance=self._imbalance(typed.get(b"I")),
+            price_discovery=self._price_discovery(typed.get(b"O")),
+            retail_interest=self._retail_interest(typed.get(b"N")),
+            broken_trades=self._broken(typed.get(b"B")),
+            system_events=self._system(typed.get(b"S")),
+            messages=len(frames),
+        )
+        out.trades = self._trades(out.events, typed, frames)
+        self._count_unknown_instruments(typed)
+        return out
+
+    def anomaly_counts(self) -> dict[str, int]:
+        counts = Counter(self.anomalies)
+        for name, n in zip(ANOMALY_NAMES, self._ref_anomalies):
+            counts[name] += int(n)
+        return {k: v for k, v in sorted(counts.items()) if v}
+
+    # -- decoding ---------------------------------------------------------------------------------
+
+    def _decode(self, buf: np.ndarray, frames: np.ndarray) -> dict[bytes, _Typed]:
+        if len(frames) == 0:
+            return {}
+        types = buf[frames["offset"]]
+        spec = itch50.SIZE_BY_CODE[types]
+        length = frames["length"].astype(np.int64)
+        unknown = spec == 0
+        short = ~unknown & (length < spec)
+        longer = ~unknown & (length > spec)
+        if unknown.any():
+            for code, n in zip(*np.unique(types[unknown], return_counts=True)):
+                self.anomalies[f"unknown_type_{_letter(code)}"] += int(n)
+        if short.any():
+            self.anomalies["truncated_message"] += int(short.sum())
+        if longer.any():
+            self.anomalies["longer_than_spec"] += int(longer.sum())
+        ok = ~(unknown | short)
+        key = np.where(ok, types, np.uint8(0))  # 0 is no type code: it gathers what is not decoded
+        order = np.argsort(key, kind="stable")  # radix sort on uint8; keeps sequence order per type
+        counts = np.bincount(key, minlength=256)
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        typed: dict[bytes, _Typed] = {}
+        for msg in itch50.MESSAGE_TABLE:
+            c = msg.code[0]
+            if counts[c] == 0:
+                continue
+            idx = order[starts[c] : starts[c] + counts[c]]
+            fr = frames[idx]
+            typed[msg.code] = _Typed(itch50.decode_type(buf, fr["offset"], msg.code), fr, idx)
+            self.by_type[msg.code.decode()] += int(counts[c])
+        return typed
+
+    def _common(self, record: schema.Record, t: _Typed) -> np.ndarray:
+        """Rows of ``record`` with the columns every record shares filled from the messages."""
+        rows = record.empty(len(t.msgs))
+        ts = t.msgs["timestamp"]
+        rows["ts_event"] = self.clock.to_epoch(ts)
+        rows["ts_recv"] = t.frames["ts_recv"]
+        rows["sequence"] = t.frames["sequence"]
+        rows["venue"] = self.venue
+        flags = t.frames["flags"] & _FRAME_FLAG_MASK
+        bad_ts = ts >= NANOS_PER_DAY
+        if bad_ts.any():
+            self.anomalies["bad_timestamp"] += int(bad_ts.sum())
+            flags = flags | np.where(bad_ts, np.uint16(Flag.BAD_TS_EVENT), np.uint16(0))
+        rows["flags"] = flags
+        if "instrument_id" in rows.dtype.names:
+            rows["instrument_id"] = t.msgs["stock_locate"]
+        if len(rows):
+            lo, hi = int(rows["ts_event"].min()), int(rows["ts_event"].max())
+            self.first_ts_event = lo if self.first_ts_event is None else min(self.first_ts_event, lo)
+            self.last_ts_event = hi if self.last_ts_event is None else max(self.last_ts_event, hi)
+        return rows
+
+    # -- book events and trades -------------------------------------------------------------------
+
+    def _events(self, typed: dict[bytes, _Typed], frames: np.ndarray) -> np.ndarray:
+        parts = [(code, t) for code, t in typed.items() if code in _BOOK_ACTIONS]
+        if not parts:
+            return schema.EVENT.empty(0)
+        index = np.concatenate([t.index for _, t in parts])
+        rows = np.concatenate([self._event_rows(code, t) for code, t in parts])
+        rows = rows[np.argsort(index, kind="stable")]
+        adds = int(np.isin(rows["action"], (Action.ADD, Action.REPLACE)).sum())
+        self.orders.reserve(adds)
+        enrich_events(
+            rows["action"], rows["order_id"], rows["prev_order_id"], rows["price"], rows["size"],
+            rows["side"], rows["instrument_id"], rows["flags"], *self.orders.arrays(), self._ref_anomalies,
+        )
+        return rows
+
+    def _event_rows(self, code: bytes, t: _Typed) -> np.ndarray:
+        m = t.msgs
+        rows = self._common(schema.EVENT, t)
+        rows["tracking"] = m["tracking_number"]
+        rows["action"] = _BOOK_ACTIONS[code]
+        rows["price"] = UNDEF_PRICE
+        rows["side"] = Side.NONE
+        if code in (b"A", b"F", b"P"):
+            rows["order_id"] = m["order_ref"]
+            rows["side"] = np.where(m["side"] == b"B", np.uint8(Side.BID), np.uint8(Side.ASK))
+            rows["size"] = m["shares"]
+            rows["price"] = m["price"].astype(np.int64) * itch50.PRICE4_TO_NANO
+            if code == b"F":
+                rows["flags"] |= np.uint16(Flag.ATTRIBUTED)
+            if code == b"P":
+                rows["match_id"] = m["match_number"]
+        elif code in (b"E", b"C"):
+            rows["order_id"] = m["order_ref"]
+            rows["size"] = m["executed_shares"]
+            rows["match_id"] = m["match_number"]
+            if code == b"C":
+                rows["price"] = m["execution_price"].astype(np.int64) * itch50.PRICE4_TO_NANO
+                rows["flags"] |= np.where(m["printable"] == b"N", np.uint16(Flag.NON_PRINTABLE), np.uint16(0))
+        elif code == b"X":
+            rows["order_id"] = m["order_ref"]
+            rows["size"] = m["cancelled_shares"]
+        elif code == b"D":
+            rows["order_id"] = m["order_ref"]
+        elif code == b"U":
+            rows["order_id"] = m["new_ref"]
+            rows["prev_order_id"] = m["original_ref"]
+            rows["size"] = m["shares"]
+            rows["price"] = m["price"].astype(np.int64) * itch50.PRICE4_TO_NANO
+        elif code == b"Q":
+            rows["size"] = np.minimum(m["shares"], np.uint64(2**32 - 1))
+            rows["price"] = m["cross_price"].astype(np.int64) * itch50.PRICE4_TO_NANO
+            rows["match_id"] = m["match_number"]
+        return rows
+
+    def _trades(self, events: np.ndarray, typed: dict[bytes, _Typed], frames: np.ndarray) -> np.ndarray:
+        """Executions, non-book trades and crosses with shares, in sequence order."""
+        is_trade = np.isin(events["action"], (Action.EXECUTE, Action.TRADE, Action.CROSS)) & (events["size"] > 0)
+        ev = events[is_trade]
+        rows = schema.TRADE.empty(len(ev))
+        for name in ("ts_event", "ts_recv", "price", "size", "order_id", "match_id", "sequence",
+                     "instrument_id", "venue", "flags", "action", "side"):
+            rows[name] = ev[name]
+        rows["printable"] = (ev["flags"] & np.uint16(Flag.NON_PRINTABLE)) == 0
+        q = typed.get(b"Q")
+        if q is not None:
+            # Cross sizes are 8 bytes on the wire; events keep 4, trades keep them whole.
+            q_rows = np.flatnonzero(ev["action"] == Action.CROSS)
+            full = q.msgs[q.msgs["shares"] > 0]
+            rows["size"][q_rows] = full["shares"]
+            rows["cross_type"][q_rows] = full["cross_type"]
+        return rows
+
+    # -- everything else --------------------------------------------------------------------------
+
+    def _learn_directory(self, t: _Typed) -> None:
+        locates = t.msgs["stock_locate"]
+        self._known_locate[locates] = True
+        for locate, stock in zip(locates.tolist(), t.msgs["stock"].tolist()):
+            self.symbols[locate] = stock.decode("ascii", "replace").rstrip()
+
+    def _count_unknown_instruments(self, typed: dict[bytes, _Typed]) -> None:
+        n = 0
+        for code, t in typed.items():
+            loc = t.msgs["stock_locate"]
+            n += int(((loc != 0) & ~self._known_locate[loc]).sum())
+        if n:
+            self.anomalies["unknown_instrument"] += n
+
+    def _definitions(self, t: _Typed | None) -> np.ndarray:
+        if t is None:
+            return schema.DEFINITION.empty(0)
+        m = t.msgs
+        rows = self._common(schema.DEFINITION, t)
+        rows["symbol"] = np.char.rstrip(m["stock"])
+        rows["round_lot"] = m["round_lot_size"]
+        rows["etp_leverage"] = m["etp_leverage"]
+        for name in ("market_category", "financial_status", "round_lots_only", "issue_classification",
+                     "issue_subtype", "authenticity", "short_sale_threshold", "ipo_flag", "luld_tier",
+                     "etp_flag", "inverse"):
+            rows[name] = m[name]
+        return rows
+
+    def _status(self, typed: dict[bytes, _Typed]) -> np.ndarray:
+        parts = [(code, typed[code]) for code in _STATUS_CODES if code in typed]
+        if not parts:
+            return schema.STATUS.empty(0)
+        rows = np.concatenate([self._status_rows(code, t) for code, t in parts])
+        index = np.concatenate([t.index for _, t in parts])
+        return rows[np.argsort(index, kind="stable")]
+
+    def _status_rows(self, code: bytes, t: _Typed) -> np.ndarray:
+        m = t.msgs
+        rows = self._common(schema.STATUS, t)
+        for p in ("price_1", "price_2", "price_3"):
+            rows[p] = UNDEF_PRICE
+        p4 = lambda name: m[name].astype(np.int64) * itch50.PRICE4_TO_NANO  # noqa: E731
+        if code == b"H":
+            rows["kind"] = StatusKind.TRADING_ACTION
+            rows["code"] = m["trading_state"]
+            state = np.zeros(len(m), dtype=np.uint8)
+            for letter, value in _TRADING_STATE.items():
+                state[m["trading_state"] == letter] = value
+            rows["state"] = state
+            rows["reason"] = m["reason"]
+        elif code == b"Y":
+            rows["kind"] = StatusKind.REG_SHO
+            rows["code"] = m["reg_sho_action"]
+        elif code == b"V":
+            rows["kind"] = StatusKind.MWCB_LEVELS
+            for i in (1, 2, 3):
+                rows[f"price_{i}"] = m[f"level_{i}"].astype(np.int64) * itch50.PRICE8_TO_NANO
+        elif code == b"W":
+            rows["kind"] = StatusKind.MWCB_BREACH
+            rows["code"] = m["breached_level"]
+        elif code == b"K":
+            rows["kind"] = StatusKind.IPO_QUOTING
+            rows["code"] = m["release_qualifier"]
+            rows["price_1"] = p4("ipo_price")
+            rows["detail"] = m["release_time"]
+        elif code == b"J":
+            rows["kind"] = StatusKind.LULD_COLLAR
+            rows["price_1"] = p4("ref_price")
+            rows["price_2"] = p4("upper_price")
+            rows["price_3"] = p4("lower_price")
+            rows["detail"] = m["extension"]
+        elif code == b"h":
+            rows["kind"] = StatusKind.OPERATIONAL_HALT
+            rows["code"] = m["halt_action"]
+            rows["reason"] = m["market_code"]
+            rows["state"] = np.where(m["halt_action"] == b"H", np.uint8(TradingState.HALTED), np.uint8(TradingState.TRADING))
+        return rows
+
+    def _imbalance(self, t: _Typed | None) -> np.ndarray:
+        if t is None:
+            return schema.IMBALANCE.empty(0)
+        m = t.msgs
+        rows = self._common(schema.IMBALANCE, t)
+        rows["paired_size"] = m["paired_shares"]
+        rows["imbalance_size"] = m["imbalance_shares"]
+        rows["far_price"] = m["far_price"].astype(np.int64) * itch50.PRICE4_TO_NANO
+        rows["near_price"] = m["near_price"].astype(np.int64) * itch50.PRICE4_TO_NANO
+        rows["ref_price"] = m["current_ref_price"].astype(np.int64) * itch50.PRICE4_TO_NANO
+        rows["direction"] = m["imbalance_direction"]
+        rows["cross_type"] = m["cross_type"]
+        rows["price_variation"] = m["price_variation"]
+        return rows
+
+    def _price_discovery(self, t: _Typed | None) -> np.ndarray:
+        if t is None:
+            return schema.PRICE_DISCOVERY.empty(0)
+        m = t.msgs
+        rows = self._common(schema.PRICE_DISCOVERY, t)
+        for out, wire in (("min_price", "min_allowable_price"), ("max_price", "max_allowable_price"),
+                          ("near_price", "near_execution_price"), ("lower_collar", "lower_price_collar"),
+                          ("upper_collar", "upper_price_collar")):
+            rows[out] = m[wire].astype(np.int64) * itch50.PRICE4_TO_NANO
+        rows["near_time"] = m["near_execution_time"]
+        rows["open_eligible"] = m["open_eligibility"]
+        return rows
+
+    def _retail_interest(self, t: _Typed | None) -> np.ndarray:
+        if t is None:
+            return schema.RETAIL_INTEREST.empty(0)
+        rows = self._common(schema.RETAIL_INTEREST, t)
+        rows["interest"] = t.msgs["interest_flag"]
+        return rows
+
+    def _broken(self, t: _Typed | None) -> np.ndarray:
+        if t is None:
+            return schema.BROKEN_TRADE.empty(0)
+        rows = self._common(schema.BROKEN_TRADE, t)
+        rows["match_id"] = t.msgs["match_number"]
+        return rows
+
+    def _system(self, t: _Typed | None) -> np.ndarray:
+        if t is None:
+            return schema.SYSTEM_EVENT.empty(0)
+        rows = self._common(schema.SYSTEM_EVENT, t)
+        rows["code"] = t.msgs["event_code"]
+        return rows
+
+
+def _letter(code: int) -> str:
+    c = chr(int(code))
+    return c if c.isprintable() and c != " " else f"0x{int(code):02x}"

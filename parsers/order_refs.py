@@ -1,0 +1,223 @@
+"""Resting orders by reference: an open-addressing hash table in numba arrays, and event enrichment.
+
+Order-based feeds (ITCH, PITCH, ...) name the order but not its price or side on executions, cancels
+and deletes. ``enrich_events`` walks normalized events in order, keeps every resting order's price,
+side and remaining size, and fills those in, so each event stands on its own. It flags (and counts)
+references that are not resting and adds that reuse a live reference, and never stops.
+
+The table uses linear probing with backward-shift deletion (no tombstones), so it holds a full day's
+hundreds of millions of references in turn; Python grows it between batches (``reserve``), never in a
+kernel.
+"""
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from parsers.schema import UNDEF_PRICE, Action, Flag, Side
+
+EMPTY_KEY = np.uint64(0xFFFFFFFFFFFFFFFF)
+_HASH_MUL = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads sequential references
+
+# Indexes of the anomaly counters kept by ``enrich_events``.
+ANOMALY_UNKNOWN_REF = 0
+ANOMALY_DUPLICATE_REF = 1
+ANOMALY_OVERFILL = 2  # an execution or cancel larger than the remaining size
+ANOMALY_NAMES = ("unknown_order_ref", "duplicate_order_ref", "size_below_zero")
+
+_ADD = np.uint8(Action.ADD)
+_REPLACE = np.uint8(Action.REPLACE)
+_CANCEL = np.uint8(Action.CANCEL)
+_DELETE = np.uint8(Action.DELETE)
+_EXECUTE = np.uint8(Action.EXECUTE)
+_CLEAR = np.uint8(Action.CLEAR)
+_SIDE_NONE = np.uint8(Side.NONE)
+_FLAG_UNKNOWN_REF = np.uint16(Flag.UNKNOWN_REF)
+_FLAG_DUPLICATE_REF = np.uint16(Flag.DUPLICATE_REF)
+
+
+class OrderRefTable:
+    """Resting orders keyed by order reference: price, remaining size, side, instrument."""
+
+    MAX_LOAD = 0.5
+
+    def __init__(self, capacity: int = 1 << 16) -> None:
+        self._allocate(_pow2(capacity))
+        self.count = np.zeros(1, dtype=np.int64)  # an array so kernels can update it in place
+
+    def _allocate(self, capacity: int) -> None:
+        self.keys = np.full(capacity, EMPTY_KEY, dtype=np.uint64)
+        self.price = np.zeros(capacity, dtype=np.int64)
+        self.size = np.zeros(capacity, dtype=np.uint32)
+        self.side = np.zeros(capacity, dtype=np.uint8)
+        self.instrument = np.zeros(capacity, dtype=np.uint32)
+
+    @property
+    def capacity(self) -> int:
+        return len(self.keys)
+
+    def __len__(self) -> int:
+        return int(self.count[0])
+
+    def reserve(self, more: int) -> None:
+        """Grow (rehash) so that ``more`` further inserts keep the load under ``MAX_LOAD``."""
+        need = len(self) + more
+        if need <= self.capacity * self.MAX_LOAD:
+            return
+        old = (self.keys, self.price, self.size, self.side, self.instrument)
+        self._allocate(_pow2(int(need / self.MAX_LOAD) + 1))
+        _rehash(*old, self.keys, self.price, self.size, self.side, self.instrument)
+
+    def arrays(self):
+        return self.keys, self.price, self.size, self.side, self.instrument, self.count
+
+    def lookup(self, ref: int) -> tuple[int, int, int, int] | None:
+        """(price, size, side, instrument) of a resting reference, or None (tests, tools)."""
+        slot = _find(self.keys, np.uint64(ref))
+        if slot < 0:
+            return None
+        return int(self.price[slot]), int(self.size[slot]), int(self.side[slot]), int(self.instrument[slot])
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(4, (n - 1).bit_length())
+
+
+@nb.njit(cache=True, inline="always")
+def _home(key, mask):
+    return np.int64((key * _HASH_MUL) >> np.uint64(20)) & mask
+
+
+@nb.njit(cache=True)
+def _find(keys, key):
+    """Slot of ``key``, or -1."""
+    mask = keys.shape[0] - 1
+    i = _home(key, mask)
+    while True:
+        k = keys[i]
+        if k == key:
+            return i
+        if k == EMPTY_KEY:
+            return -1
+        i = (i + 1) & mask
+
+
+@nb.njit(cache=True)
+def _insert_slot(keys, key):
+    """Slot holding ``key`` or the empty slot where it goes (the caller fills it)."""
+    mask = keys.shape[0] - 1
+    i = _home(key, mask)
+    while keys[i] != key and keys[i] != EMPTY_KEY:
+        i = (i + 1) & mask
+    return i
+
+
+@nb.njit(cache=True)
+def _remove(keys, price, size, side, instrument, slot):
+    """Empty ``slot`` and shift later entries of its probe run back (no tombstones)."""
+    mask = keys.shape[0] - 1
+    hole = slot
+    i = (slot + 1) & mask
+    while keys[i] != EMPTY_KEY:
+        home = _home(keys[i], mask)
+        # Move entry i into the hole if its home is not in the cyclic range (hole, i].
+        if ((i - home) & mask) >= ((i - hole) & mask):
+            keys[hole] = keys[i]
+            price[hole] = price[i]
+            size[hole] = size[i]
+            side[hole] = side[i]
+            instrument[hole] = instrument[i]
+            hole = i
+        i = (i + 1) & mask
+    keys[hole] = EMPTY_KEY
+
+
+@nb.njit(cache=True)
+def _rehash(okeys, oprice, osize, oside, oinstrument, keys, price, size, side, instrument):
+    for j in range(okeys.shape[0]):
+        if okeys[j] != EMPTY_KEY:
+            i = _insert_slot(keys, okeys[j])
+            keys[i] = okeys[j]
+            price[i] = oprice[j]
+            size[i] = osize[j]
+            side[i] = oside[j]
+            instrument[i] = oinstrument[j]
+
+
+@nb.njit(cache=True)
+def enrich_events(action, order_id, prev_order_id, price, size, side, instrument, flags,
+                  keys, tprice, tsize, tside, tinstrument, count, anomalies):
+    """Apply events to the table in order and fill in what the venue left out.
+
+    Args:
+        action, order_id, prev_order_id, price, size, side, instrument, flags: event columns
+            (``parsers.schema.EVENT``); price, size, side and flags are updated in place.
+        keys, tprice, tsize, tside, tinstrument, count: the ``OrderRefTable`` arrays, with room
+            reserved for every add and replace of the batch.
+        anomalies: int64 counters, indexed by the ``ANOMALY_*`` constants.
+    """
+    for i in range(action.shape[0]):
+        a = action[i]
+        if a == _ADD:
+            slot = _insert_slot(keys, order_id[i])
+            if keys[slot] == order_id[i]:
+                flags[i] |= _FLAG_DUPLICATE_REF
+                anomalies[ANOMALY_DUPLICATE_REF] += 1
+            else:
+                count[0] += 1
+            keys[slot] = order_id[i]
+            tprice[slot] = price[i]
+            tsize[slot] = size[i]
+            tside[slot] = side[i]
+            tinstrument[slot] = instrument[i]
+        elif a == _EXECUTE or a == _CANCEL or a == _DELETE:
+            slot = _find(keys, order_id[i])
+            if slot < 0:
+                flags[i] |= _FLAG_UNKNOWN_REF
+                anomalies[ANOMALY_UNKNOWN_REF] += 1
+                continue
+            side[i] = tside[slot]
+            if price[i] == UNDEF_PRICE:
+                price[i] = tprice[slot]
+            if a == _DELETE:
+                size[i] = tsize[slot]
+                remaining = np.uint32(0)
+            elif size[i] > tsize[slot]:
+                anomalies[ANOMALY_OVERFILL] += 1
+                remaining = np.uint32(0)
+            else:
+                remaining = tsize[slot] - size[i]
+            if remaining == 0:
+                _remove(keys, tprice, tsize, tside, tinstrument, slot)
+                count[0] -= 1
+            else:
+                tsize[slot] = remaining
+        elif a == _REPLACE:
+            slot = _find(keys, prev_order_id[i])
+            if slot < 0:
+                flags[i] |= _FLAG_UNKNOWN_REF
+                anomalies[ANOMALY_UNKNOWN_REF] += 1
+                side[i] = _SIDE_NONE
+            else:
+                side[i] = tside[slot]
+                _remove(keys, tprice, tsize, tside, tinstrument, slot)
+                count[0] -= 1
+            slot = _insert_slot(keys, order_id[i])
+            if keys[slot] == order_id[i]:
+                flags[i] |= _FLAG_DUPLICATE_REF
+                anomalies[ANOMALY_DUPLICATE_REF] += 1
+            else:
+                count[0] += 1
+            keys[slot] = order_id[i]
+            tprice[slot] = price[i]
+            tsize[slot] = size[i]
+            tside[slot] = side[i]
+            tinstrument[slot] = instrument[i]
+        elif a == _CLEAR:
+            j = 0
+            while j < keys.shape[0]:
+                if keys[j] != EMPTY_KEY and tinstrument[j] == instrument[i]:
+                    _remove(keys, tprice, tsize, tside, tinstrument, j)
+                    count[0] -= 1
+                    continue  # an entry may have shifted into slot j
+                j += 1
