@@ -1,0 +1,192 @@
+"""Parquet output: numpy structured arrays in, one Parquet file per record kind out.
+
+Rules this module keeps:
+- The Arrow schema is derived from the numpy dtype, never written by hand: one column per dtype
+  field, in dtype order, except fields whose names start with ``_`` (explicit padding).
+- Fixed-width byte fields (``S<n>``, e.g. symbols) become Arrow ``string`` with trailing spaces and
+  NULs stripped; every other field keeps its numeric type (int64 ns stays int64, prices stay int64 in
+  units of 1e-9: the units live in the file's metadata, not in converted values).
+- Conversion is column by column on numpy buffers; no Python object is made per row.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DEFAULT_ROW_GROUP_ROWS = 256 * 1024
+DEFAULT_COMPRESSION = "zstd"
+
+_NUMPY_TO_ARROW: dict[str, pa.DataType] = {
+    "b1": pa.bool_(),
+    "i1": pa.int8(),
+    "i2": pa.int16(),
+    "i4": pa.int32(),
+    "i8": pa.int64(),
+    "u1": pa.uint8(),
+    "u2": pa.uint16(),
+    "u4": pa.uint32(),
+    "u8": pa.uint64(),
+    "f2": pa.float16(),
+    "f4": pa.float32(),
+    "f8": pa.float64(),
+}
+
+
+def public_fields(dtype: np.dtype) -> list[str]:
+    """Names of the fields of ``dtype`` that are data (not ``_`` padding), in layout order."""
+    if dtype.names is None:
+        raise TypeError(f"expected a structured dtype, got {dtype}")
+    return [name for name in dtype.names if not name.startswith("_")]
+
+
+def arrow_type(field_dtype: np.dtype) -> pa.DataType:
+    """The Arrow type for one numpy field type (see the module rules)."""
+    if field_dtype.subdtype is not None or field_dtype.names is not None:
+        raise TypeError(f"nested or sub-array field type {field_dtype} has no Arrow mapping here")
+    if field_dtype.kind == "S":
+        return pa.string()
+    key = f"{field_dtype.kind}{field_dtype.itemsize}"
+    try:
+        return _NUMPY_TO_ARROW[key]
+    except KeyError:
+        raise TypeError(f"numpy type {field_dtype} has no Arrow mapping") from None
+
+
+def _metadata_bytes(metadata: Mapping[str, Any]) -> dict[bytes, bytes]:
+    out: dict[bytes, bytes] = {}
+    for key, value in metadata.items():
+        if isinstance(value, bytes):
+            raw = value
+        elif isinstance(value, str):
+            raw = value.encode()
+        else:  # numbers, lists, dicts: stored as compact JSON
+            raw = json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+        out[str(key).encode()] = raw
+    return out
+
+
+def arrow_schema(dtype: np.dtype, metadata: Mapping[str, Any] | None = None) -> pa.Schema:
+    """Return the Arrow schema for records of ``dtype``.
+
+    Args:
+        dtype: a numpy structured dtype; fields starting with ``_`` are padding and left out.
+        metadata: schema-level key/value metadata; str and bytes values are stored as they are,
+            other values as compact JSON.
+    """
+    dtype = np.dtype(dtype)
+    fields = [pa.field(name, arrow_type(dtype.fields[name][0]), nullable=False) for name in public_fields(dtype)]
+    return pa.schema(fields, metadata=_metadata_bytes(metadata) if metadata else None)
+
+
+def _strings_from_fixed_bytes(column: np.ndarray) -> pa.Array:
+    """``S<n>`` column -> Arrow string array, trailing NULs and spaces stripped, built from buffers."""
+    n = len(column)
+    width = column.dtype.itemsize
+    chars = np.ascontiguousarray(column).view(np.uint8).reshape(n, width)
+    keep = (chars != 0) & (chars != 0x20)
+    if n and width:
+        # Length of each value = 1 + index of its last kept byte (0 if none).
+        last_from_end = np.argmax(keep[:, ::-1], axis=1)
+        lengths = np.where(keep.any(axis=1), width - last_from_end, 0).astype(np.int32)
+    else:
+        lengths = np.zeros(n, dtype=np.int32)
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    data = chars[np.arange(width) < lengths[:, None]]  # row-major: values stay in order
+    array = pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data)))
+    array.validate(full=True)  # raises on bytes that are not UTF-8
+    return array
+
+
+def _arrow_column(column: np.ndarray, type_: pa.DataType) -> pa.Array:
+    if column.dtype.kind == "S":
+        return _strings_from_fixed_bytes(column)
+    values = np.ascontiguousarray(column)
+    if not values.dtype.isnative:
+        values = values.astype(values.dtype.newbyteorder("="))
+    return pa.array(values, type=type_)
+
+
+def to_record_batch(records: np.ndarray, schema: pa.Schema) -> pa.RecordBatch:
+    """Convert a structured array to an Arrow record batch with ``schema`` (from ``arrow_schema``)."""
+    columns = [_arrow_column(records[field.name], field.type) for field in schema]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+class ParquetWriter:
+    """Append numpy structured-array batches of one dtype to one Parquet file.
+
+    Batches are buffered until ``row_group_rows`` rows are pending, so many small batches (one per
+    packet) still make few, large row groups. Call ``close()`` (or use ``with``) to finish the file;
+    a writer that received no rows leaves a valid empty file carrying the schema.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        dtype: np.dtype,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        compression: str = DEFAULT_COMPRESSION,
+        row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
+    ) -> None:
+        if row_group_rows <= 0:
+            raise ValueError("row_group_rows must be positive")
+        self.path = os.fspath(path)
+        self.dtype = np.dtype(dtype)
+        self.schema = arrow_schema(self.dtype, metadata)
+        self.row_group_rows = row_group_rows
+        self.rows_written = 0
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self.path, self.schema, compression=compression)
+
+    def write(self, records: np.ndarray) -> None:
+        """Append ``records`` (a 1-d array of this writer's dtype)."""
+        if self._writer is None:
+            raise ValueError(f"ParquetWriter for {self.path} is closed")
+        if records.dtype != self.dtype:
+            raise TypeError(f"batch dtype {records.dtype} differs from the writer's {self.dtype}")
+        if records.ndim != 1:
+            raise ValueError("expected a 1-d structured array")
+        if len(records) == 0:
+            return
+        self._pending.append(to_record_batch(records, self.schema))
+        self._pending_rows += len(records)
+        if self._pending_rows >= self.row_group_rows:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        """Write whole row groups of pending rows; with ``final``, the remainder too."""
+        if not self._pending or self._writer is None:
+            return
+        table = pa.Table.from_batches(self._pending, schema=self.schema)
+        rows = table.num_rows if final else table.num_rows - table.num_rows % self.row_group_rows
+        if rows:
+            self._writer.write_table(table.slice(0, rows), row_group_size=self.row_group_rows)
+            self.rows_written += rows
+        rest = table.slice(rows)
+        self._pending = rest.to_batches() if rest.num_rows else []
+        self._pending_rows = rest.num_rows
+
+    def close(self) -> None:
+        """Write what is pending and finish the file. Closing twice is harmless."""
+        if self._writer is None:
+            return
+        try:
+            self._flush(final=True)
+        finally:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> ParquetWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,82 @@
+"""Shared fixtures.
+
+Server fixtures connect to the REAL Redis and PostgreSQL named by FEEDHANDLER_REDIS_URL and
+FEEDHANDLER_PG_DSN (defaults below; `make test` exports the same and starts both servers through
+scripts/services.sh). Nothing is mocked and nothing is skipped: a server that cannot be reached
+fails the test with a message saying which server and how to start it. Tests keep to their own
+keys and tables (``unique_name``) so several runs can share one server.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
+DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/feedhandler_test"
+
+_REDIS_HOWTO = (
+    "`make test` starts it (scripts/services.sh); by hand: "
+    "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' --appendonly no"
+)
+_PG_HOWTO = (
+    "`make test` starts it and creates the database (scripts/services.sh); by hand: "
+    "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start && "
+    "psql -h 127.0.0.1 -U postgres -c 'CREATE DATABASE feedhandler_test'"
+)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of a Redis that answers PING, or the test fails saying how to start one."""
+    import redis
+
+    url = os.environ.get("FEEDHANDLER_REDIS_URL", DEFAULT_REDIS_URL)
+    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis at {url} is unreachable ({type(exc).__name__}: {exc}). {_REDIS_HOWTO}", pytrace=False)
+    finally:
+        client.close()
+    return url
+
+
+@pytest.fixture
+def redis_client(redis_url: str):
+    """A redis-py client (bytes responses) on the test database."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> str:
+    """DSN of a PostgreSQL that accepts a connection, or the test fails saying how to start one."""
+    import psycopg
+
+    dsn = os.environ.get("FEEDHANDLER_PG_DSN", DEFAULT_PG_DSN)
+    try:
+        with psycopg.connect(dsn, connect_timeout=5) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        pytest.fail(f"PostgreSQL at {dsn} is unreachable ({type(exc).__name__}: {exc}). {_PG_HOWTO}", pytrace=False)
+    return dsn
+
+
+@pytest.fixture
+def pg_conn(pg_dsn: str):
+    """An autocommit psycopg connection to the test database."""
+    import psycopg
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A fresh lowercase identifier for this test's keys and tables: t_<12 hex digits>."""
+    return f"t_{uuid.uuid4().hex[:12]}"
