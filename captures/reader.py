@@ -153,7 +153,11 @@ class Capture:
             parts = []
             for buf, frames in self.iter_batches(max_packets=1 << 62):
                 parts.append(frames)
-            self._whole = (buf, np.concatenate(parts) if parts else np.empty(0, FRAME_DTYPE))
+            if len(parts) == 1:
+                frames = parts[0]
+            else:
+                frames = np.concatenate(parts) if parts else np.empty(0, FRAME_DTYPE)
+            self._whole = (buf, frames)
         return self._whole
 
     @property

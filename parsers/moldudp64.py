@@ -367,7 +367,10 @@ class MoldSessionTracker:
             return idx
         starts = offset[ok].astype(np.int64)
         raw = buf[starts[:, None] + np.arange(MOLD_SESSION_LEN)]
-        names, inverse = np.unique(np.ascontiguousarray(raw).view(f"V{MOLD_SESSION_LEN}").ravel(), return_inverse=True)
+        if (raw == raw[0]).all():  # the usual case: one session, no sort needed
+            names, inverse = raw[:1].view(f"V{MOLD_SESSION_LEN}").ravel(), np.zeros(starts.shape[0], np.intp)
+        else:
+            names, inverse = np.unique(raw.view(f"V{MOLD_SESSION_LEN}").ravel(), return_inverse=True)
         table = np.empty(names.shape[0], np.uint16)
         for j, name in enumerate(names):
             key = name.tobytes()
