@@ -42,6 +42,8 @@ def price_to_str(price: int) -> str:
 def prices_to_str(prices: np.ndarray) -> np.ndarray:
     """Vectorised ``price_to_str`` over an int64 array; returns a numpy unicode array."""
     p = np.asarray(prices, dtype=np.int64)
+    if p.size == 0:
+        return np.zeros(p.shape, dtype="U1")
     neg = p < 0
     # |p| in uint64 without overflow at INT64_MIN: -(p + 1) + 1.
     mag = np.where(neg, (-(p + 1)).astype(np.uint64) + np.uint64(1), p.astype(np.uint64))
@@ -66,12 +68,20 @@ def symbols_for(instrument_ids: np.ndarray, symbols: Mapping[int, str]) -> np.nd
     return names[inverse.reshape(-1)]
 
 
+REQUIRED_TRADE_FIELDS = ("ts_event", "price", "size", "instrument_id")
+
+
+def _check_trade_fields(dtype: np.dtype) -> None:
+    names = dtype.names or ()
+    for required in REQUIRED_TRADE_FIELDS:
+        if required not in names:
+            raise TypeError(f"trades dtype has no {required!r} field: {dtype}")
+
+
 def trade_json(row_symbols: np.ndarray, trades: np.ndarray) -> np.ndarray:
     """The ``data`` JSON text of each trade row, as a numpy unicode array (built column-wise)."""
-    names = trades.dtype.names or ()
-    for required in ("ts_event", "price", "size", "instrument_id"):
-        if required not in names:
-            raise TypeError(f"trades dtype has no {required!r} field: {trades.dtype}")
+    _check_trade_fields(trades.dtype)
+    names = trades.dtype.names
     if len(trades) == 0:
         return np.zeros(0, dtype="U1")
     unique_syms, inverse = np.unique(row_symbols, return_inverse=True)
@@ -125,6 +135,7 @@ class RedisSink:
             trades: structured array with at least ts_event, price, size, instrument_id (and
                 match_id, written when present).
         """
+        _check_trade_fields(trades.dtype)
         if len(trades) == 0:
             return 0
         payloads = trade_json(symbols_for(trades["instrument_id"], symbols), trades).tolist()

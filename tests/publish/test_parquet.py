@@ -1,0 +1,163 @@
+"""Parquet output: schema derivation and round trips through pyarrow, value by value."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from parsers.schema import TRADE
+from publish.parquet import ParquetWriter, arrow_schema, to_record_batch
+
+QUOTE = np.dtype(
+    [
+        ("ts_event", "<i8"),
+        ("price", "<i8"),
+        ("size", "<u8"),
+        ("instrument_id", "<u4"),
+        ("venue", "<u2"),
+        ("side", "u1"),
+        ("_reserved", "V1"),
+        ("symbol", "S8"),
+    ]
+)
+
+
+def make_quotes(n: int, start: int = 0) -> np.ndarray:
+    q = np.zeros(n, dtype=QUOTE)
+    i = np.arange(start, start + n, dtype=np.int64)
+    q["ts_event"] = 1_700_000_000_000_000_000 + i
+    q["price"] = -5 + i * 1_000_000_007
+    q["size"] = np.uint64(2**64 - 1) - i.astype(np.uint64)
+    q["instrument_id"] = i % 5
+    q["venue"] = 3
+    q["side"] = np.where(i % 2 == 0, ord("B"), ord("A"))
+    q["_reserved"] = np.void(b"\xee")
+    q["symbol"] = np.array([b"AAPL", b"MSFT    ", b"BRK B", b"", b"Z\x00\x00"])[i % 5]
+    return q
+
+
+def test_schema_maps_every_numpy_type_and_drops_padding():
+    dtype = np.dtype(
+        [
+            ("b", "?"), ("i1", "i1"), ("i2", "<i2"), ("i4", "<i4"), ("i8", "<i8"),
+            ("u1", "u1"), ("u2", "<u2"), ("u4", "<u4"), ("u8", "<u8"),
+            ("f4", "<f4"), ("f8", "<f8"), ("_pad", "V3"), ("s", "S4"), ("big", ">i4"),
+        ]
+    )
+    schema = arrow_schema(dtype, {"record": "test", "version": 2})
+    assert schema.names == ["b", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f4", "f8", "s", "big"]
+    assert schema.types == [
+        pa.bool_(), pa.int8(), pa.int16(), pa.int32(), pa.int64(),
+        pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64(),
+        pa.float32(), pa.float64(), pa.string(), pa.int32(),
+    ]
+    assert schema.metadata == {b"record": b"test", b"version": b"2"}
+
+
+def test_schema_without_metadata_has_none():
+    assert arrow_schema(QUOTE).metadata is None
+
+
+def test_unmappable_field_types_are_refused():
+    with pytest.raises(TypeError):
+        arrow_schema(np.dtype([("when", "M8[ns]")]))
+    with pytest.raises(TypeError):
+        arrow_schema(np.dtype([("blob", "V4")]))  # public void field: not padding
+    with pytest.raises(TypeError):
+        arrow_schema(np.dtype("<i8"))
+
+
+def test_project_trade_schema():
+    schema = arrow_schema(TRADE.dtype)
+    assert "_reserved" not in schema.names
+    assert schema.field("cross_type").type == pa.string()
+    assert schema.field("price").type == pa.int64()
+    assert schema.names == [c.name for c in TRADE.public_columns]
+
+
+def test_round_trip_several_batches(tmp_path):
+    path = tmp_path / "quotes.parquet"
+    batches = [make_quotes(7, 0), make_quotes(0, 7), make_quotes(13, 7), make_quotes(1, 20)]
+    with ParquetWriter(path, QUOTE, {"record": "quotes"}) as writer:
+        for batch in batches:
+            writer.write(batch)
+    expected = np.concatenate(batches)
+
+    table = pq.read_table(path)
+    assert table.schema == arrow_schema(QUOTE, {"record": "quotes"})
+    assert table.num_rows == 21
+    for name in ("ts_event", "price", "size", "instrument_id", "venue", "side"):
+        got = table.column(name).to_numpy()
+        assert got.dtype == expected[name].dtype, name
+        np.testing.assert_array_equal(got, expected[name], err_msg=name)
+    assert table.column("symbol").to_pylist()[:5] == ["AAPL", "MSFT", "BRK B", "", "Z"]
+    assert table.column("size").to_pylist()[0] == 2**64 - 1
+    assert table.column("price").to_pylist()[:2] == [-5, 1_000_000_002]
+
+
+def test_strided_and_big_endian_input(tmp_path):
+    dtype = np.dtype([("a", ">i8"), ("s", "S3"), ("b", ">u2")])
+    records = np.zeros(6, dtype=dtype)
+    records["a"] = [1, -2, 3, -4, 5, -6]
+    records["b"] = [1, 2, 3, 4, 65535, 6]
+    records["s"] = [b"ab", b"c  ", b"d", b"e", b"f", b"ghi"]
+    path = tmp_path / "strided.parquet"
+    with ParquetWriter(path, dtype) as writer:
+        writer.write(records[::2])  # a strided view, not a copy
+    table = pq.read_table(path)
+    assert table.to_pydict() == {"a": [1, 3, 5], "s": ["ab", "d", "f"], "b": [1, 3, 65535]}
+
+
+def test_no_rows_gives_an_empty_file_with_the_schema(tmp_path):
+    path = tmp_path / "empty.parquet"
+    writer = ParquetWriter(path, QUOTE, {"record": "quotes"})
+    writer.write(make_quotes(0))
+    writer.close()
+    writer.close()  # harmless
+    table = pq.read_table(path)
+    assert table.num_rows == 0
+    assert table.schema == arrow_schema(QUOTE, {"record": "quotes"})
+
+
+def test_small_batches_make_full_row_groups(tmp_path):
+    path = tmp_path / "groups.parquet"
+    with ParquetWriter(path, QUOTE, row_group_rows=100) as writer:
+        for k in range(10):
+            writer.write(make_quotes(35, start=35 * k))
+        assert writer.rows_written == 300  # whole groups go out as soon as they are complete
+    meta = pq.ParquetFile(path).metadata
+    assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == [100, 100, 100, 50]
+    assert meta.row_group(0).column(0).compression == "ZSTD"
+    np.testing.assert_array_equal(pq.read_table(path).column("ts_event").to_numpy(), make_quotes(350)["ts_event"])
+
+
+def test_wrong_dtype_and_closed_writer_are_refused(tmp_path):
+    writer = ParquetWriter(tmp_path / "x.parquet", QUOTE)
+    with pytest.raises(TypeError):
+        writer.write(np.zeros(1, dtype=[("ts_event", "<i8")]))
+    writer.close()
+    with pytest.raises(ValueError):
+        writer.write(make_quotes(1))
+
+
+def test_bytes_that_are_not_utf8_are_refused():
+    records = make_quotes(2)
+    records["symbol"][1] = b"\xff\xfe"
+    with pytest.raises(pa.ArrowInvalid):
+        to_record_batch(records, arrow_schema(QUOTE))
+
+
+@settings(max_examples=200)
+@given(st.lists(st.binary(max_size=6).map(lambda b: bytes(c % 128 for c in b)), max_size=40))
+def test_fixed_bytes_become_strings_without_trailing_spaces_or_nuls(values: list[bytes]):
+    dtype = np.dtype([("s", "S6")])
+    records = np.zeros(len(values), dtype=dtype)
+    for k, v in enumerate(values):
+        records["s"][k] = v
+    raw = np.ascontiguousarray(records).view(np.uint8).reshape(len(values), 6)
+    expected = [bytes(row).rstrip(b" \x00").decode() for row in raw]
+    batch = to_record_batch(records, arrow_schema(dtype))
+    assert batch.column(0).to_pylist() == expected
