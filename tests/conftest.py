@@ -80,3 +80,14 @@ def pg_conn(pg_dsn: str):
 def unique_name() -> str:
     """A fresh lowercase identifier for this test's keys and tables: t_<12 hex digits>."""
     return f"t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def real_data():
+    """Directory of the real exchange captures (env FEEDHANDLER_REAL_DATA); skips when unset."""
+    from pathlib import Path
+
+    root = os.environ.get("FEEDHANDLER_REAL_DATA")
+    if not root:
+        pytest.skip("FEEDHANDLER_REAL_DATA is unset: set it to the real-captures directory (CI: ../shared/data/real)")
+    return Path(root)
