@@ -50,12 +50,12 @@ def test_decode_real_add_order_bytes():
         assert row["side"] == b"B"
         assert row["shares"] == 1600
         assert row["stock"] == b"IVOO    "
-        assert row["price"] == 874_924
+        assert row["price"] == 873_900
 
 
 def test_encode_reproduces_real_bytes():
     assert itch50.encode(b"A", stock_locate=5528, timestamp=34_199_999_894_278, order_ref=23_508_286, side=b"B",
-                         shares=1600, stock=b"IVOO", price=874_924) == REAL_ADD
+                         shares=1600, stock=b"IVOO", price=873_900) == REAL_ADD
 
 
 def test_encode_rejects_unknown_fields():
