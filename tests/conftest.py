@@ -34,12 +34,15 @@ def redis_url() -> str:
 
     url = os.environ.get("FEEDHANDLER_REDIS_URL", DEFAULT_REDIS_URL)
     client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    problem = None
     try:
         client.ping()
     except redis.RedisError as exc:
-        pytest.fail(f"Redis at {url} is unreachable ({type(exc).__name__}: {exc}). {_REDIS_HOWTO}", pytrace=False)
+        problem = f"{type(exc).__name__}: {exc}"
     finally:
         client.close()
+    if problem:
+        pytest.fail(f"Redis at {url} is unreachable ({problem}). {_REDIS_HOWTO}", pytrace=False)
     return url
 
 
@@ -59,11 +62,14 @@ def pg_dsn() -> str:
     import psycopg
 
     dsn = os.environ.get("FEEDHANDLER_PG_DSN", DEFAULT_PG_DSN)
+    problem = None
     try:
         with psycopg.connect(dsn, connect_timeout=5) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as exc:
-        pytest.fail(f"PostgreSQL at {dsn} is unreachable ({type(exc).__name__}: {exc}). {_PG_HOWTO}", pytrace=False)
+        problem = f"{type(exc).__name__}: {str(exc).strip()}"
+    if problem:
+        pytest.fail(f"PostgreSQL at {dsn} is unreachable ({problem}). {_PG_HOWTO}", pytrace=False)
     return dsn
 
 
