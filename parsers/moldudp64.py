@@ -368,12 +368,14 @@ class MoldSessionTracker:
         starts = offset[ok].astype(np.int64)
         raw = buf[starts[:, None] + np.arange(MOLD_SESSION_LEN)]
         if (raw == raw[0]).all():  # the usual case: one session, no sort needed
-            names, inverse = raw[:1].view(f"V{MOLD_SESSION_LEN}").ravel(), np.zeros(starts.shape[0], np.intp)
+            names = raw[:1].view(f"V{MOLD_SESSION_LEN}").ravel()
+            first, inverse = np.zeros(1, np.intp), np.zeros(starts.shape[0], np.intp)
         else:
-            names, inverse = np.unique(raw.view(f"V{MOLD_SESSION_LEN}").ravel(), return_inverse=True)
+            keys = raw.view(f"V{MOLD_SESSION_LEN}").ravel()
+            names, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         table = np.empty(names.shape[0], np.uint16)
-        for j, name in enumerate(names):
-            key = name.tobytes()
+        for j in np.argsort(first, kind="stable"):  # new sessions numbered in order of appearance
+            key = names[j].tobytes()
             if key not in self._session_index:
                 if len(self.sessions) >= 0xFFFF:
                     raise ValueError("more than 65535 MoldUDP64 sessions")
