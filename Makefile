@@ -15,7 +15,8 @@ PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 PIP := $(VPY) -m pip --disable-pip-version-check
-PIP_FLAGS ?= -q
+# -qq: errors still show, warnings don't (this machine's pip config warns about each missing local index).
+PIP_FLAGS ?= -qq
 
 # Integration test servers; tests and scripts/services.sh read the same variables.
 export FEEDHANDLER_REDIS_URL ?= redis://127.0.0.1:6379/15
