@@ -142,7 +142,21 @@ class ItchNormalizer:
             fr = frames[idx]
             typed[msg.code] = _Typed(itch50.decode_type(buf, fr["offset"], msg.code), fr, idx)
             self.by_type[msg.code.decode()] += int(counts[c])
+        self._track_time_span(typed)
         return typed
+
+    def _track_time_span(self, typed: dict[bytes, _Typed]) -> None:
+        """First and last venue time over every decoded message (L messages included)."""
+        stamps = [t.msgs["timestamp"] for t in typed.values()]
+        if not stamps:
+            return
+        stamps = np.concatenate(stamps)
+        stamps = stamps[stamps < NANOS_PER_DAY]
+        if not len(stamps):
+            return
+        lo, hi = (int(x) for x in self.clock.to_epoch(np.array([stamps.min(), stamps.max()])))
+        self.first_ts_event = lo if self.first_ts_event is None else min(self.first_ts_event, lo)
+        self.last_ts_event = hi if self.last_ts_event is None else max(self.last_ts_event, hi)
 
     def _common(self, record: schema.Record, t: _Typed) -> np.ndarray:
         """Rows of ``record`` with the columns every record shares filled from the messages."""
@@ -160,10 +174,6 @@ class ItchNormalizer:
         rows["flags"] = flags
         if "instrument_id" in rows.dtype.names:
             rows["instrument_id"] = t.msgs["stock_locate"]
-        if len(rows):
-            lo, hi = int(rows["ts_event"].min()), int(rows["ts_event"].max())
-            self.first_ts_event = lo if self.first_ts_event is None else min(self.first_ts_event, lo)
-            self.last_ts_event = hi if self.last_ts_event is None else max(self.last_ts_event, hi)
         return rows
 
     # -- book events and trades -------------------------------------------------------------------

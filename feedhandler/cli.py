@@ -1,0 +1,153 @@
+"""The ``feedhandler`` command line. Every verb has ``--help`` with an example.
+
+Errors a user can fix print one line (``feedhandler: error: ...``) and exit 2; nothing prints a
+traceback unless ``FEEDHANDLER_DEBUG=1``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+
+from feedhandler.replay import ReplayError, ReplaySummary, replay, wants_progress
+from parsers.venues import VENUES_BY_NAME
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _add_capture_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("capture", help="pcap, pcapng or Nasdaq BinaryFILE (plain or gzip); the format is read from the bytes")
+    p.add_argument("--date", type=_date, help="session date YYYY-MM-DD (default: from the capture's timestamps)")
+    p.add_argument("--venue", default="nasdaq", choices=sorted(VENUES_BY_NAME), help="venue of the feed (default nasdaq)")
+    p.add_argument("--port", type=int, dest="udp_port", help="only UDP packets to this destination port")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="feedhandler", description="Market-data feed handler: decode, normalize, publish.")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = verbs.add_parser(
+        "replay", help="decode a capture and write normalized Parquet files",
+        description="Decode a whole capture into the common schema and write one Parquet file per record kind "
+        "(events, trades, status, definitions, imbalance, ...) under --out.",
+        epilog="example: feedhandler replay captures/nasdaq-sample.pcap --out out",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_capture_args(p)
+    p.add_argument("--out", default="out", help="output directory (default ./out)")
+    p.add_argument("--sink", choices=["parquet", "null"], default="parquet",
+                   help="parquet (default) or null: decode everything, write nothing")
+    p.set_defaults(run=_run_replay)
+
+    p = verbs.add_parser(
+        "stats", help="count what a capture holds",
+        description="Frame and decode a capture and print its counts: messages, packets, types, sessions, gaps, anomalies.",
+        epilog="example: feedhandler stats captures/nasdaq-sample.pcap --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_capture_args(p)
+    p.set_defaults(run=_run_stats)
+
+    p = verbs.add_parser(
+        "generate", help="write a synthetic, internally consistent ITCH 5.0 session",
+        description="Generate a seeded ITCH 5.0 trading day (directory, order flow, crosses, halts, ...) as a "
+        "MoldUDP64 pcap or a Nasdaq BinaryFILE.",
+        epilog="example: feedhandler generate session.pcap --messages 1000000 --symbols 500 --seed 1",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", help="file to write")
+    p.add_argument("--messages", type=_positive_int, default=100_000, help="number of messages (default 100000)")
+    p.add_argument("--symbols", type=_positive_int, default=100, help="number of symbols (default 100)")
+    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--format", choices=["pcap", "itch"], default="pcap", help="pcap (MoldUDP64) or itch (BinaryFILE)")
+    p.add_argument("--date", type=_date, default=dt.date(2024, 3, 15), help="session date (default 2024-03-15)")
+    p.add_argument("--no-dlcr", action="store_true", help="leave out DLCR price discovery (O) messages")
+    p.add_argument("--gzip", action="store_true", help="gzip a BinaryFILE")
+    p.set_defaults(run=_run_generate)
+    return parser
+
+
+def _run_replay(args) -> int:
+    out = None if args.sink == "null" else args.out
+    summary = replay(args.capture, out, date=args.date, venue=args.venue, udp_port=args.udp_port,
+                     progress=not args.json and wants_progress(sys.stderr))
+    _print_summary(summary, args.json)
+    return 0
+
+
+def _run_stats(args) -> int:
+    summary = replay(args.capture, None, date=args.date, venue=args.venue, udp_port=args.udp_port,
+                     progress=not args.json and wants_progress(sys.stderr))
+    _print_summary(summary, args.json)
+    return 0
+
+
+def _run_generate(args) -> int:
+    from captures.generator import generate
+
+    session = generate(messages=args.messages, symbols=args.symbols, seed=args.seed, date=args.date,
+                       dlcr=not args.no_dlcr)
+    try:
+        session.write(args.out, fmt=args.format, gzip=args.gzip)
+    except OSError as exc:
+        raise UserError(f"cannot write {args.out}: {exc.strerror}") from None
+    print(f"wrote {session.messages:,} messages, {args.symbols} symbols, seed {args.seed} -> {args.out}")
+    return 0
+
+
+def _print_summary(s: ReplaySummary, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(s.as_json(), separators=(",", ":")))
+        return
+    print(f"{s.capture}: {s.format}, venue {s.venue}, session date {s.date}")
+    print(f"  messages     {s.messages:>14,}   packets {s.packets:,}")
+    print(f"  instruments  {s.instruments:>14,}   sessions {', '.join(s.sessions) or '-'}")
+    print("  by type      " + " ".join(f"{k}:{v:,}" for k, v in s.by_type.items()))
+    gaps = sum(g["count"] for g in s.gaps)
+    print(f"  gaps         {len(s.gaps):>14,}   ({gaps:,} messages missing)")
+    anomalies = ", ".join(f"{k} {v:,}" for k, v in s.anomalies.items()) or "none"
+    print(f"  anomalies    {anomalies}")
+    if s.out:
+        print("  wrote        " + ", ".join(f"{k} {v:,}" for k, v in s.rows.items() if v) + f" rows under {s.out}/")
+    print(f"  time         {s.seconds:.3f} s   {s.msgs_per_s:,.0f} messages/s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (UserError, ReplayError) as exc:
+        print(f"feedhandler: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("feedhandler: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # never a traceback for the user; FEEDHANDLER_DEBUG=1 shows it
+        if os.environ.get("FEEDHANDLER_DEBUG"):
+            raise
+        print(f"feedhandler: error: {type(exc).__name__}: {exc} (set FEEDHANDLER_DEBUG=1 for details)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
