@@ -10,6 +10,7 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
+.DELETE_ON_ERROR:  # a failed `feedhandler generate` leaves no half-written sample behind
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -37,7 +38,7 @@ help:
 	@echo "make demo       create .venv, install, replay $(SAMPLE) into $(DEMO_OUT)/"
 	@echo "make test       install with test extras, start Redis + PostgreSQL if needed, run pytest"
 	@echo "                (PYTEST_ARGS='-k redis' passes arguments to pytest)"
-	@echo "make bench      install with bench extras and run every bench/*.py"
+	@echo "make bench      install with bench extras and run every bench/*.py (helpers named _*.py are skipped)"
 	@echo "make sample     rebuild $(SAMPLE) (SAMPLE_ARGS='$(SAMPLE_ARGS)')"
 	@echo "make services   only make sure Redis and PostgreSQL are up"
 	@echo "make clean      remove outputs and caches (keeps .venv); make distclean also removes .venv"
@@ -89,7 +90,8 @@ test: $(VENV)/.installed-test
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-bench
-	@shopt -s nullglob; files=(bench/*.py); \
+	@shopt -s nullglob; files=(); \
+	for f in bench/*.py; do case $${f##*/} in _*) ;; *) files+=("$$f") ;; esac; done; \
 	if [ $${#files[@]} -eq 0 ]; then echo "no benchmarks in bench/"; exit 0; fi; \
 	for f in "$${files[@]}"; do echo "=== $$f"; $(VPY) "$$f"; done
 
