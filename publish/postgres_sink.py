@@ -125,7 +125,7 @@ def copy_text(columns: list[PgColumn], trades: np.ndarray, venue: str, symbols: 
     if len(trades) == 0:
         return b""
     texts = [_column_text(column, trades, venue, symbols).tolist() for column in columns]
-    # str.join over zipped columns: 4x faster than growing numpy string arrays column by column.
+    # str.join over zipped columns: growing numpy string arrays would copy every line once per column.
     return ("\n".join(map("\t".join, zip(*texts, strict=True))) + "\n").encode()
 
 

@@ -78,30 +78,26 @@ def _check_trade_fields(dtype: np.dtype) -> None:
             raise TypeError(f"trades dtype has no {required!r} field: {dtype}")
 
 
-def trade_json(row_symbols: np.ndarray, trades: np.ndarray) -> np.ndarray:
-    """The ``data`` JSON text of each trade row, as a numpy unicode array (built column-wise)."""
+def trade_json(row_symbols: np.ndarray, trades: np.ndarray) -> list[str]:
+    """The ``data`` JSON text of each trade row.
+
+    Each column is formatted once with numpy (exact price text, JSON-escaped symbols looked up per
+    distinct symbol); only the final template fill runs per row.
+    """
     _check_trade_fields(trades.dtype)
-    names = trades.dtype.names
     if len(trades) == 0:
-        return np.zeros(0, dtype="U1")
+        return []
     unique_syms, inverse = np.unique(row_symbols, return_inverse=True)
     sym_json = np.array([json.dumps(str(s)) for s in unique_syms], dtype=np.str_)[inverse.reshape(-1)]
     price = trades["price"]
     price_json = np.where(price == UNDEF_PRICE, "null", np.char.add(np.char.add('"', prices_to_str(price)), '"'))
-    parts = [
-        '{"symbol":', sym_json,
-        ',"instrument_id":', trades["instrument_id"].astype("U10"),
-        ',"price":', price_json,
-        ',"size":', trades["size"].astype("U20"),
-        ',"ts_event":"', trades["ts_event"].astype("U20"), '"',
-    ]
-    if "match_id" in names:
-        parts += [',"match_id":"', trades["match_id"].astype("U20"), '"']
-    parts.append("}")
-    out = np.full(len(trades), "", dtype=np.str_)
-    for part in parts:
-        out = np.char.add(out, part)
-    return out
+    template = '{{"symbol":{},"instrument_id":{},"price":{},"size":{},"ts_event":"{}"'
+    columns = [sym_json, trades["instrument_id"], price_json, trades["size"], trades["ts_event"]]
+    if "match_id" in trades.dtype.names:
+        template += ',"match_id":"{}"'
+        columns.append(trades["match_id"])
+    template += "}}"
+    return list(map(template.format, *(c.tolist() for c in columns)))
 
 
 class RedisSink:
@@ -138,7 +134,7 @@ class RedisSink:
         _check_trade_fields(trades.dtype)
         if len(trades) == 0:
             return 0
-        payloads = trade_json(symbols_for(trades["instrument_id"], symbols), trades).tolist()
+        payloads = trade_json(symbols_for(trades["instrument_id"], symbols), trades)
         key = self.trades_key(venue)
         added = 0
         for start in range(0, len(payloads), self.chunk):
