@@ -8,6 +8,8 @@ import dpkt
 import dpkt.pcapng
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import CookedLinux, Dot1AD, Dot1Q, Ether
@@ -198,3 +200,17 @@ def test_real_nasdaq_pcap_vlan_nanosecond(real_data):
     assert t.packets["ts_recv"].tolist() == [1692711000007661955, 1692711038952561782]
     assert [t.buf[o : o + 10].tobytes() for o in t.packets["offset"]] == [b"000010059B"] * 2
     assert struct.unpack(">Q", t.buf[t.packets["offset"][0] + 10 :][:8].tobytes())[0] == 14764496
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_corrupted_bytes_never_point_outside_the_buffer(data):
+    frames = [Ether() / Dot1Q(vlan=1) / _udp(b"abcdefgh" * 3), Ether() / _udp(b"12345"), Ether() / _udp(b"z" * 40)]
+    raw = bytearray(_pcap(frames, [(T0, 1), (T0, 2), (T0, 3)], nano=True))
+    for _ in range(data.draw(st.integers(1, 8))):
+        i = data.draw(st.integers(24, len(raw) - 1))
+        raw[i] = data.draw(st.integers(0, 255))
+    raw = raw[: data.draw(st.integers(24, len(raw)))]
+    t = _table(bytes(raw))
+    ends = t.packets["offset"].astype(np.int64) + t.packets["length"]
+    assert (t.packets["offset"] >= 0).all() and (ends <= len(raw)).all()

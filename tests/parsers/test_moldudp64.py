@@ -183,3 +183,16 @@ def test_round_trip_and_chunking_do_not_change_frames(messages, start, per_packe
     parts = [tr.frame_packets(buf, off[i : i + 2], ln[i : i + 2], ts[i : i + 2]) for i in range(0, len(packets), 2)]
     assert np.array_equal(np.concatenate(parts), whole)
     assert tr.gaps == [] and tr.messages == len(messages)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(min_size=0, max_size=80), min_size=1, max_size=20))
+def test_arbitrary_payloads_never_point_outside_their_packet(payloads):
+    packets = [b"RANDOMSESS" + p if i % 2 else p for i, p in enumerate(payloads)]
+    buf, off, ln, ts = _batch(packets)
+    tr = MoldSessionTracker()
+    frames = tr.frame_packets(buf, off, ln, ts)
+    starts = frames["offset"].astype(np.int64)
+    owner = np.searchsorted(off, starts, side="right") - 1
+    assert (starts + frames["length"] <= off[owner] + ln[owner]).all()
+    assert len(np.unique(frames["sequence"][frames["session"] == 0])) == int((frames["session"] == 0).sum())
