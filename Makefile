@@ -22,6 +22,11 @@ PIP_FLAGS ?= -qq
 # Integration test servers; tests and scripts/services.sh read the same variables.
 export FEEDHANDLER_REDIS_URL ?= redis://127.0.0.1:6379/15
 export FEEDHANDLER_PG_DSN ?= postgresql://postgres@127.0.0.1:5432/feedhandler_test
+# Real captures, where shared/ sits beside the repo as in CI (.ci/run sets the same); else tests skip.
+REAL_DATA_DEFAULT := $(wildcard $(abspath ../shared/data/real))
+ifneq ($(REAL_DATA_DEFAULT),)
+export FEEDHANDLER_REAL_DATA ?= $(REAL_DATA_DEFAULT)
+endif
 
 PYTEST_ARGS ?=
 SAMPLE := captures/nasdaq-sample.pcap

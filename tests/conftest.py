@@ -5,6 +5,8 @@ FEEDHANDLER_PG_DSN (defaults below; `make test` exports the same and starts both
 scripts/services.sh). Nothing is mocked and nothing is skipped: a server that cannot be reached
 fails the test with a message saying which server and how to start it. Tests keep to their own
 keys and tables (``unique_name``) so several runs can share one server.
+
+``real_data`` is the directory of real captures (FEEDHANDLER_REAL_DATA); its tests skip when unset.
 """
 from __future__ import annotations
 
