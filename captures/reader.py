@@ -9,7 +9,8 @@ Rules this module keeps:
 - Problems a user can fix (missing file, directory, empty or unknown file) raise ``CaptureError`` with a
   one-line message; problems inside a capture are counted in ``stats.anomalies`` and reading goes on.
 - Framing runs batch by batch through one ``MoldSessionTracker`` (``iter_batches``); ``frames()`` is the
-  single batch covering the whole file, held in memory.
+  single batch covering the whole file. The file itself is held in memory whole; reading it in chunks
+  later only changes where ``iter_batches`` gets its packet tables, not the tracker or the callers.
 """
 from __future__ import annotations
 
