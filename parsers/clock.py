@@ -32,6 +32,10 @@ class VenueClock:
         offset = np.where(local >= self._change_local_ns, self._offset_after, self._offset_at_midnight)
         return self._midnight_naive_ns + local - offset
 
+    def kernel_params(self) -> tuple[int, int, int, int]:
+        """(naive midnight epoch ns, local ns of the offset change, offset before, offset after) for kernels."""
+        return self._midnight_naive_ns, self._change_local_ns, self._offset_at_midnight, self._offset_after
+
     def local_ns(self, epoch_ns: int) -> int:
         """ns since local midnight of an epoch time (inverse of ``to_epoch`` for one value)."""
         t = dt.datetime.fromtimestamp(epoch_ns // NANOS_PER_SECOND, tz=self.tz)

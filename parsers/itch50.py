@@ -78,6 +78,18 @@ class Message:
     def size(self) -> int:
         return sum(f.size for f in self.fields)
 
+    def offset(self, name: str) -> int:
+        """Byte offset of a field from the start of the message."""
+        pos = 0
+        for f in self.fields:
+            if f.name == name:
+                return pos
+            pos += f.size
+        raise KeyError(f"ITCH {self.code.decode()} has no field {name!r}")
+
+    def field(self, name: str) -> Field:
+        return next(f for f in self.fields if f.name == name)
+
     @property
     def wire_dtype(self) -> np.dtype:
         return np.dtype([row for f in self.fields for row in f.wire()])

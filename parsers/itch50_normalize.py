@@ -17,22 +17,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from parsers import itch50, schema
+from parsers import itch50, itch50_book, schema
 from parsers.clock import NANOS_PER_DAY, VenueClock
 from parsers.order_refs import ANOMALY_NAMES, OrderRefTable, enrich_events
 from parsers.schema import UNDEF_PRICE, Action, Flag, Side, StatusKind, TradingState
 
-_BOOK_ACTIONS = {
-    b"A": Action.ADD,
-    b"F": Action.ADD,
-    b"E": Action.EXECUTE,
-    b"C": Action.EXECUTE,
-    b"X": Action.CANCEL,
-    b"D": Action.DELETE,
-    b"U": Action.REPLACE,
-    b"P": Action.TRADE,
-    b"Q": Action.CROSS,
-}
 _STATUS_CODES = (b"H", b"Y", b"V", b"W", b"K", b"J", b"h")
 _TRADING_STATE = {b"H": TradingState.HALTED, b"P": TradingState.PAUSED, b"Q": TradingState.QUOTE_ONLY, b"T": TradingState.TRADING}
 _FRAME_FLAG_MASK = np.uint16(Flag.LAST | Flag.RECOVERED | Flag.BAD_TS_RECV)
@@ -84,13 +73,13 @@ class ItchNormalizer:
 
     def normalize(self, buf: np.ndarray, frames: np.ndarray) -> Normalized:
         """Decode and normalize one batch (``buf`` uint8, ``frames`` ``FRAME_DTYPE``)."""
-        typed = self._decode(buf, frames)
-        for code, t in typed.items():
-            if code == b"R":
-                self._learn_directory(t)
+        typed, book = self._decode(buf, frames)
+        if b"R" in typed:
+            self._learn_directory(typed[b"R"])
+        events, wide_size, cross_type = self._events(buf, frames, book)
         out = Normalized(
-            events=self._events(typed, frames),
-            trades=schema.TRADE.empty(0),
+            events=events,
+            trades=self._trades(events, wide_size, cross_type),
             status=self._status(typed),
             definitions=self._definitions(typed.get(b"R")),
             imbalance=self._imbalance(typed.get(b"I")),
@@ -100,7 +89,6 @@ class ItchNormalizer:
             system_events=self._system(typed.get(b"S")),
             messages=len(frames),
         )
-        out.trades = self._trades(out.events, typed, frames)
         self._count_unknown_instruments(typed)
         return out
 
@@ -112,9 +100,10 @@ class ItchNormalizer:
 
     # -- decoding ---------------------------------------------------------------------------------
 
-    def _decode(self, buf: np.ndarray, frames: np.ndarray) -> dict[bytes, _Typed]:
+    def _decode(self, buf: np.ndarray, frames: np.ndarray) -> tuple[dict[bytes, _Typed], np.ndarray]:
+        """Validate lengths; decode the non-book messages by type; return them and the book frames' indexes."""
         if len(frames) == 0:
-            return {}
+            return {}, np.empty(0, dtype=np.int64)
         types = buf[frames["offset"]]
         spec = itch50.SIZE_BY_CODE[types]
         length = frames["length"].astype(np.int64)
@@ -129,7 +118,13 @@ class ItchNormalizer:
         if longer.any():
             self.anomalies["longer_than_spec"] += int(longer.sum())
         ok = ~(unknown | short)
-        key = np.where(ok, types, np.uint8(0))  # 0 is no type code: it gathers what is not decoded
+        counts = np.bincount(types[ok], minlength=256)
+        for c in np.flatnonzero(counts):
+            self.by_type[chr(c)] += int(counts[c])
+        is_book = itch50_book.BOOK_ACTION[types] != 0
+        book = np.flatnonzero(ok & is_book)
+        rest = ok & ~is_book
+        key = np.where(rest, types, np.uint8(0))  # 0 is no type code: it gathers what is not decoded here
         order = np.argsort(key, kind="stable")  # radix sort on uint8; keeps sequence order per type
         counts = np.bincount(key, minlength=256)
         starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
@@ -141,20 +136,18 @@ class ItchNormalizer:
             idx = order[starts[c] : starts[c] + counts[c]]
             fr = frames[idx]
             typed[msg.code] = _Typed(itch50.decode_type(buf, fr["offset"], msg.code), fr, idx)
-            self.by_type[msg.code.decode()] += int(counts[c])
-        self._track_time_span(typed)
-        return typed
+        self._track_time_span([t.msgs["timestamp"] for t in typed.values()])
+        return typed, book
 
-    def _track_time_span(self, typed: dict[bytes, _Typed]) -> None:
-        """First and last venue time over every decoded message (L messages included)."""
-        stamps = [t.msgs["timestamp"] for t in typed.values()]
-        if not stamps:
-            return
-        stamps = np.concatenate(stamps)
+    def _track_time_span(self, stamps: list[np.ndarray]) -> None:
+        """Note the span of venue times (ns since midnight) of decoded messages, L messages included."""
+        stamps = np.concatenate(stamps) if stamps else np.empty(0, dtype=np.uint64)
         stamps = stamps[stamps < NANOS_PER_DAY]
-        if not len(stamps):
-            return
-        lo, hi = (int(x) for x in self.clock.to_epoch(np.array([stamps.min(), stamps.max()])))
+        if len(stamps):
+            lo, hi = self.clock.to_epoch(np.array([stamps.min(), stamps.max()]))
+            self._note_span(int(lo), int(hi))
+
+    def _note_span(self, lo: int, hi: int) -> None:
         self.first_ts_event = lo if self.first_ts_event is None else min(self.first_ts_event, lo)
         self.last_ts_event = hi if self.last_ts_event is None else max(self.last_ts_event, hi)
 
@@ -178,76 +171,44 @@ class ItchNormalizer:
 
     # -- book events and trades -------------------------------------------------------------------
 
-    def _events(self, typed: dict[bytes, _Typed], frames: np.ndarray) -> np.ndarray:
-        parts = [(code, t) for code, t in typed.items() if code in _BOOK_ACTIONS]
-        if not parts:
-            return schema.EVENT.empty(0)
-        index = np.concatenate([t.index for _, t in parts])
-        rows = np.concatenate([self._event_rows(code, t) for code, t in parts])
-        rows = rows[np.argsort(index, kind="stable")]
-        adds = int(np.isin(rows["action"], (Action.ADD, Action.REPLACE)).sum())
-        self.orders.reserve(adds)
+    def _events(self, buf: np.ndarray, frames: np.ndarray, book: np.ndarray):
+        """Book messages as enriched event rows, with each row's full wire size and cross type."""
+        rows = schema.EVENT.empty(len(book))
+        wide_size = np.empty(len(book), dtype=np.uint64)
+        cross_type = np.empty(len(book), dtype=np.uint8)
+        if not len(book):
+            return rows, wide_size, cross_type
+        counts = np.zeros(2, dtype=np.int64)
+        itch50_book.decode_book_events(
+            buf, frames, book, itch50_book.BOOK_OFFSET, itch50_book.BOOK_WIDTH, itch50_book.BOOK_ACTION,
+            self._known_locate, *self.clock.kernel_params(), self.venue, rows, wide_size, cross_type, counts,
+        )
+        if counts[0]:
+            self.anomalies["bad_timestamp"] += int(counts[0])
+        if counts[1]:
+            self.anomalies["unknown_instrument"] += int(counts[1])
+        ts = rows["ts_event"][(rows["flags"] & np.uint16(Flag.BAD_TS_EVENT)) == 0]
+        if len(ts):
+            self._note_span(int(ts.min()), int(ts.max()))
+        self.orders.reserve(int(np.count_nonzero((rows["action"] == Action.ADD) | (rows["action"] == Action.REPLACE))))
         enrich_events(
             rows["action"], rows["order_id"], rows["prev_order_id"], rows["price"], rows["size"],
             rows["side"], rows["instrument_id"], rows["flags"], *self.orders.arrays(), self._ref_anomalies,
         )
-        return rows
+        return rows, wide_size, cross_type
 
-    def _event_rows(self, code: bytes, t: _Typed) -> np.ndarray:
-        m = t.msgs
-        rows = self._common(schema.EVENT, t)
-        rows["tracking"] = m["tracking_number"]
-        rows["action"] = _BOOK_ACTIONS[code]
-        rows["price"] = UNDEF_PRICE
-        rows["side"] = Side.NONE
-        if code in (b"A", b"F", b"P"):
-            rows["order_id"] = m["order_ref"]
-            rows["side"] = np.where(m["side"] == b"B", np.uint8(Side.BID), np.uint8(Side.ASK))
-            rows["size"] = m["shares"]
-            rows["price"] = m["price"].astype(np.int64) * itch50.PRICE4_TO_NANO
-            if code == b"F":
-                rows["flags"] |= np.uint16(Flag.ATTRIBUTED)
-            if code == b"P":
-                rows["match_id"] = m["match_number"]
-        elif code in (b"E", b"C"):
-            rows["order_id"] = m["order_ref"]
-            rows["size"] = m["executed_shares"]
-            rows["match_id"] = m["match_number"]
-            if code == b"C":
-                rows["price"] = m["execution_price"].astype(np.int64) * itch50.PRICE4_TO_NANO
-                rows["flags"] |= np.where(m["printable"] == b"N", np.uint16(Flag.NON_PRINTABLE), np.uint16(0))
-        elif code == b"X":
-            rows["order_id"] = m["order_ref"]
-            rows["size"] = m["cancelled_shares"]
-        elif code == b"D":
-            rows["order_id"] = m["order_ref"]
-        elif code == b"U":
-            rows["order_id"] = m["new_ref"]
-            rows["prev_order_id"] = m["original_ref"]
-            rows["size"] = m["shares"]
-            rows["price"] = m["price"].astype(np.int64) * itch50.PRICE4_TO_NANO
-        elif code == b"Q":
-            rows["size"] = np.minimum(m["shares"], np.uint64(2**32 - 1))
-            rows["price"] = m["cross_price"].astype(np.int64) * itch50.PRICE4_TO_NANO
-            rows["match_id"] = m["match_number"]
-        return rows
-
-    def _trades(self, events: np.ndarray, typed: dict[bytes, _Typed], frames: np.ndarray) -> np.ndarray:
+    def _trades(self, events: np.ndarray, wide_size: np.ndarray, cross_type: np.ndarray) -> np.ndarray:
         """Executions, non-book trades and crosses with shares, in sequence order."""
-        is_trade = np.isin(events["action"], (Action.EXECUTE, Action.TRADE, Action.CROSS)) & (events["size"] > 0)
+        action = events["action"]
+        is_trade = ((action == Action.EXECUTE) | (action == Action.TRADE) | (action == Action.CROSS)) & (wide_size > 0)
         ev = events[is_trade]
         rows = schema.TRADE.empty(len(ev))
-        for name in ("ts_event", "ts_recv", "price", "size", "order_id", "match_id", "sequence",
+        for name in ("ts_event", "ts_recv", "price", "order_id", "match_id", "sequence",
                      "instrument_id", "venue", "flags", "action", "side"):
             rows[name] = ev[name]
+        rows["size"] = wide_size[is_trade]  # crosses keep their 8-byte size here
+        rows["cross_type"] = cross_type[is_trade].view("S1")
         rows["printable"] = (ev["flags"] & np.uint16(Flag.NON_PRINTABLE)) == 0
-        q = typed.get(b"Q")
-        if q is not None:
-            # Cross sizes are 8 bytes on the wire; events keep 4, trades keep them whole.
-            q_rows = np.flatnonzero(ev["action"] == Action.CROSS)
-            full = q.msgs[q.msgs["shares"] > 0]
-            rows["size"][q_rows] = full["shares"]
-            rows["cross_type"][q_rows] = full["cross_type"]
         return rows
 
     # -- everything else --------------------------------------------------------------------------

@@ -1,0 +1,133 @@
+"""ITCH 5.0 book messages (A F E C X D U P Q) straight into ``schema.EVENT`` rows, in one compiled pass.
+
+Book messages are nearly every message of a day, so they skip the per-type gather of
+``itch50.decode_type`` and go byte-to-row in one kernel. The kernel knows no layout of its own: it
+reads field positions from ``BOOK_LAYOUT``, which is derived from ``itch50.MESSAGE_TABLE`` through the
+mapping below (normalized column -> wire field, per message type).
+"""
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from parsers import itch50
+from parsers.clock import NANOS_PER_DAY
+from parsers.schema import UNDEF_PRICE, Action, Flag, Side
+
+# Which wire field fills which event column, per book message type.
+BOOK_FIELDS: dict[bytes, dict[str, str]] = {
+    b"A": {"order_id": "order_ref", "side": "side", "size": "shares", "price": "price"},
+    b"F": {"order_id": "order_ref", "side": "side", "size": "shares", "price": "price", "attribution": "attribution"},
+    b"E": {"order_id": "order_ref", "size": "executed_shares", "match_id": "match_number"},
+    b"C": {"order_id": "order_ref", "size": "executed_shares", "match_id": "match_number",
+           "price": "execution_price", "printable": "printable"},
+    b"X": {"order_id": "order_ref", "size": "cancelled_shares"},
+    b"D": {"order_id": "order_ref"},
+    b"U": {"order_id": "new_ref", "prev_order_id": "original_ref", "size": "shares", "price": "price"},
+    b"P": {"order_id": "order_ref", "side": "side", "size": "shares", "price": "price", "match_id": "match_number"},
+    b"Q": {"size": "shares", "price": "cross_price", "match_id": "match_number", "cross_type": "cross_type"},
+}
+BOOK_ACTIONS: dict[bytes, Action] = {
+    b"A": Action.ADD, b"F": Action.ADD, b"E": Action.EXECUTE, b"C": Action.EXECUTE, b"X": Action.CANCEL,
+    b"D": Action.DELETE, b"U": Action.REPLACE, b"P": Action.TRADE, b"Q": Action.CROSS,
+}
+COLUMNS = ("order_id", "prev_order_id", "size", "price", "side", "match_id", "printable", "cross_type", "attribution")
+(COL_ORDER_ID, COL_PREV, COL_SIZE, COL_PRICE, COL_SIDE, COL_MATCH, COL_PRINTABLE, COL_CROSS, COL_ATTRIBUTION) = range(len(COLUMNS))
+
+
+def _layout() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(offset, width) of each column's wire field per type byte (-1: absent), and the action by type byte."""
+    offset = np.full((256, len(COLUMNS)), -1, dtype=np.int64)
+    width = np.zeros((256, len(COLUMNS)), dtype=np.int64)
+    action = np.zeros(256, dtype=np.uint8)
+    for code, columns in BOOK_FIELDS.items():
+        msg = itch50.MESSAGES[code]
+        action[code[0]] = BOOK_ACTIONS[code]
+        for column, wire in columns.items():
+            if column == "price":
+                assert msg.field(wire).kind == "price4", "the kernel scales book prices from price4"
+            offset[code[0], COLUMNS.index(column)] = msg.offset(wire)
+            width[code[0], COLUMNS.index(column)] = msg.field(wire).size
+    return offset, width, action
+
+
+BOOK_OFFSET, BOOK_WIDTH, BOOK_ACTION = _layout()
+_TS_OFFSET = itch50.MESSAGES[b"A"].offset("timestamp")
+_LOCATE_OFFSET = itch50.MESSAGES[b"A"].offset("stock_locate")
+_TRACKING_OFFSET = itch50.MESSAGES[b"A"].offset("tracking_number")
+_FRAME_BITS = np.uint16(Flag.LAST | Flag.RECOVERED | Flag.BAD_TS_RECV)
+_BAD_TS = np.uint16(Flag.BAD_TS_EVENT)
+_UNKNOWN_INSTRUMENT = np.uint16(Flag.UNKNOWN_INSTRUMENT)
+_NON_PRINTABLE = np.uint16(Flag.NON_PRINTABLE)
+_ATTRIBUTED = np.uint16(Flag.ATTRIBUTED)
+_SIDE_NONE = np.uint8(Side.NONE)
+_BID = np.uint8(Side.BID)
+_ASK = np.uint8(Side.ASK)
+_UNDEF = np.int64(UNDEF_PRICE)
+
+
+@nb.njit(cache=True, inline="always")
+def _be(buf, pos, width):
+    v = np.uint64(0)
+    for k in range(width):
+        v = (v << np.uint64(8)) | np.uint64(buf[pos + k])
+    return v
+
+
+@nb.njit(cache=True)
+def decode_book_events(buf, frames, selected, offset, width, action_lut, known_locate,
+                       midnight, change_local, offset_before, offset_after, venue,
+                       events, wide_size, cross_type, counts):
+    """Write one event row per selected frame, in frame order.
+
+    Args:
+        buf: uint8 message buffer; frames: ``FRAME_DTYPE`` rows; selected: int64 frame indexes of
+            whole book messages, ascending.
+        offset, width, action_lut: ``BOOK_OFFSET``, ``BOOK_WIDTH``, ``BOOK_ACTION``.
+        known_locate: bool by stock locate, True once its directory message was seen.
+        midnight, change_local, offset_before, offset_after: ``VenueClock.kernel_params()``.
+        venue: venue id for every row.
+        events: ``schema.EVENT`` rows to fill (len(selected)); wide_size: uint64 per row, the full
+            wire size (crosses carry 8 bytes); cross_type: uint8 per row (0 when not a cross).
+        counts: int64 [bad timestamps, unknown instruments], incremented.
+    """
+    for j in range(selected.shape[0]):
+        fr = frames[selected[j]]
+        pos = fr.offset
+        t = buf[pos]
+        ev = events[j]
+        local = np.int64(_be(buf, pos + _TS_OFFSET, 6))
+        flags = np.uint16(fr.flags) & _FRAME_BITS
+        if local >= NANOS_PER_DAY:
+            flags |= _BAD_TS
+            counts[0] += 1
+        ev.ts_event = midnight + local - (offset_after if local >= change_local else offset_before)
+        ev.ts_recv = fr.ts_recv
+        ev.sequence = fr.sequence
+        locate = np.uint32(_be(buf, pos + _LOCATE_OFFSET, 2))
+        if not known_locate[locate]:
+            flags |= _UNKNOWN_INSTRUMENT
+            counts[1] += 1
+        ev.instrument_id = locate
+        ev.tracking = np.uint16(_be(buf, pos + _TRACKING_OFFSET, 2))
+        ev.venue = venue
+        ev.action = action_lut[t]
+        o = offset[t]
+        w = width[t]
+        ev.order_id = _be(buf, pos + o[COL_ORDER_ID], 8) if o[COL_ORDER_ID] >= 0 else np.uint64(0)
+        ev.prev_order_id = _be(buf, pos + o[COL_PREV], 8) if o[COL_PREV] >= 0 else np.uint64(0)
+        ev.match_id = _be(buf, pos + o[COL_MATCH], 8) if o[COL_MATCH] >= 0 else np.uint64(0)
+        size = _be(buf, pos + o[COL_SIZE], w[COL_SIZE]) if o[COL_SIZE] >= 0 else np.uint64(0)
+        wide_size[j] = size
+        ev.size = np.uint32(min(size, np.uint64(0xFFFFFFFF)))
+        ev.price = np.int64(_be(buf, pos + o[COL_PRICE], w[COL_PRICE])) * 100_000 if o[COL_PRICE] >= 0 else _UNDEF
+        if o[COL_SIDE] >= 0:
+            ev.side = _BID if buf[pos + o[COL_SIDE]] == 66 else _ASK  # 'B'
+        else:
+            ev.side = _SIDE_NONE
+        if o[COL_PRINTABLE] >= 0 and buf[pos + o[COL_PRINTABLE]] == 78:  # 'N'
+            flags |= _NON_PRINTABLE
+        if o[COL_ATTRIBUTION] >= 0:
+            flags |= _ATTRIBUTED
+        cross_type[j] = buf[pos + o[COL_CROSS]] if o[COL_CROSS] >= 0 else np.uint8(0)
+        ev.flags = flags
