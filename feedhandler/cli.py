@@ -106,8 +106,11 @@ def _run_generate(args) -> int:
 
     session = generate(messages=args.messages, symbols=args.symbols, seed=args.seed, date=args.date,
                        dlcr=not args.no_dlcr)
+    if args.gzip and args.format != "itch":
+        raise UserError("--gzip applies to --format itch (BinaryFILE) only")
+    options = {"gzip": True} if args.gzip else {}
     try:
-        session.write(args.out, fmt=args.format, gzip=args.gzip)
+        session.write(args.out, fmt=args.format, **options)
     except OSError as exc:
         raise UserError(f"cannot write {args.out}: {exc.strerror}") from None
     print(f"wrote {session.messages:,} messages, {args.symbols} symbols, seed {args.seed} -> {args.out}")
