@@ -110,10 +110,10 @@ def _run_generate(args) -> int:
         raise UserError("--gzip applies to --format itch (BinaryFILE) only")
     options = {"gzip": True} if args.gzip else {}
     try:
-        session.write(args.out, fmt=args.format, **options)
+        written = session.write(args.out, fmt=args.format, **options)
     except OSError as exc:
         raise UserError(f"cannot write {args.out}: {exc.strerror}") from None
-    print(f"wrote {session.messages:,} messages, {args.symbols} symbols, seed {args.seed} -> {args.out}")
+    print(f"wrote {written.messages:,} messages, {args.symbols} symbols, seed {args.seed} -> {args.out}")
     return 0
 
 
