@@ -453,11 +453,11 @@ def _schedule(rng, day: _Day, messages: int, noii_rounds: int, dlcr: bool, mwcb_
     for (lo, hi), cross in ((T_OPEN_NOII, b"O"), (T_CLOSE_NOII, b"C")):
         for loc in np.repeat(trading, noii_rounds):
             sch.add(int(rng.integers(lo, hi)), b"I", int(loc), aux2=cross)
-    # Regulatory halts: an LULD pause (5 minutes, with its auction collar) or a news halt (30 minutes).
-    for s in day.halted:
+    # Regulatory halts of a few symbols: an LULD pause (5 minutes, with its auction collar) or a news halt (30 minutes).
+    for j, s in enumerate(day.halted):
         loc = int(s) + 1
         t0 = int(rng.integers(_at(10), _at(15)))
-        luld = rng.random() < 0.7
+        luld = rng.random() < 0.7 or j == 0  # at least one LULD pause, so every day has a J
         t1 = t0 + (5 if luld else 30) * MINUTE
         sch.add(t0, b"H", loc, b"H", REASON_LULD if luld else REASON_NEWS)
         if luld:
