@@ -430,6 +430,7 @@ def main(argv=None) -> int:
 
     results: list[dict] = []
     ours: dict = {}  # (stage, input) -> result
+    our_version = _our_version()  # once: others may commit while the bench runs
     if not args.no_ours:
         warm_n = min(WARMUP_MESSAGES, n_full)
         warm = write_prefix(path, warm_n, reference_census(path, warm_n)["end_offset"])
@@ -442,7 +443,7 @@ def main(argv=None) -> int:
                     p, ref = inputs[name]
                     _log(args, f"ours {stage} on {name} ({ref['messages']:,} messages) ...")
                     r = time_ours(p, stage, args.repeat)
-                    r.update(decoder=f"ours/{stage}", version=_our_version(), input=name, warmup_seconds=warm_s)
+                    r.update(decoder=f"ours/{stage}", version=our_version, input=name, warmup_seconds=warm_s)
                     if not args.no_check:
                         r["check"] = census_ours(p, stage)
                         r["verified"] = compare(r["check"], ref)
