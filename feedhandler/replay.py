@@ -73,7 +73,7 @@ def replay(
     summary = ReplaySummary(capture=str(path), format=capture.kind, venue=venue, date="")
     normalizer: ItchNormalizer | None = None
     writers = None
-    instruments: set[int] = set()
+    instruments = _InstrumentSet()
     done = 0
     try:
         for buf, frames in capture.iter_batches(max_packets=BATCH_MESSAGES // 8):
@@ -88,7 +88,7 @@ def replay(
                 for name, rows in batch.records().items():
                     summary.rows[name] = summary.rows.get(name, 0) + len(rows)
                     if "instrument_id" in rows.dtype.names and len(rows):
-                        instruments.update(np.unique(rows["instrument_id"]).tolist())
+                        instruments.note(rows["instrument_id"])
                     if writers is not None:
                         writers[name].write(rows)
                 done += len(part)
@@ -112,8 +112,8 @@ def replay(
     summary.by_type = dict(sorted(normalizer.by_type.items()))
     summary.sessions = stats.sessions
     summary.gaps = stats.gaps
-    instruments.discard(0)
-    summary.instruments = len(instruments | set(normalizer.symbols))
+    instruments.note(np.fromiter(normalizer.symbols, dtype=np.uint32, count=len(normalizer.symbols)))
+    summary.instruments = len(instruments)
     summary.first_ts = normalizer.first_ts_event
     summary.last_ts = normalizer.last_ts_event
     summary.anomalies = dict(sorted({**stats.anomalies, **normalizer.anomaly_counts()}.items()))
@@ -123,6 +123,25 @@ def replay(
     summary.seconds = round(time.perf_counter() - started, 6)
     summary.msgs_per_s = round(summary.messages / summary.seconds, 1) if summary.seconds > 0 else 0.0
     return summary
+
+
+class _InstrumentSet:
+    """Distinct nonzero instrument ids seen: a bitmap for the small ids every ITCH venue uses."""
+
+    SMALL = 1 << 16
+
+    def __init__(self) -> None:
+        self._small = np.zeros(self.SMALL, dtype=bool)
+        self._large: set[int] = set()
+
+    def note(self, ids: np.ndarray) -> None:
+        small = ids < self.SMALL
+        self._small[ids[small]] = True
+        if not small.all():
+            self._large.update(np.unique(ids[~small]).tolist())
+
+    def __len__(self) -> int:
+        return int(self._small[1:].sum()) + len(self._large)
 
 
 def _normalizer(capture, path, frames, date: dt.date | None, venue: Venue) -> ItchNormalizer:

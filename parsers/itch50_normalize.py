@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numba as nb
 import numpy as np
 
 from parsers import itch50, itch50_book, schema
@@ -104,36 +105,27 @@ class ItchNormalizer:
         """Validate lengths; decode the non-book messages by type; return them and the book frames' indexes."""
         if len(frames) == 0:
             return {}, np.empty(0, dtype=np.int64)
-        types = buf[frames["offset"]]
-        spec = itch50.SIZE_BY_CODE[types]
-        length = frames["length"].astype(np.int64)
-        unknown = spec == 0
-        short = ~unknown & (length < spec)
-        longer = ~unknown & (length > spec)
-        if unknown.any():
-            for code, n in zip(*np.unique(types[unknown], return_counts=True)):
-                self.anomalies[f"unknown_type_{_letter(code)}"] += int(n)
-        if short.any():
-            self.anomalies["truncated_message"] += int(short.sum())
-        if longer.any():
-            self.anomalies["longer_than_spec"] += int(longer.sum())
-        ok = ~(unknown | short)
-        counts = np.bincount(types[ok], minlength=256)
+        book, rest, counts, unknown, short, longer = classify_frames(
+            buf, frames, itch50.SIZE_BY_CODE, itch50_book.BOOK_ACTION)
+        for c in np.flatnonzero(unknown):
+            self.anomalies[f"unknown_type_{_letter(c)}"] += int(unknown[c])
+        if short:
+            self.anomalies["truncated_message"] += int(short)
+        if longer:
+            self.anomalies["longer_than_spec"] += int(longer)
         for c in np.flatnonzero(counts):
             self.by_type[chr(c)] += int(counts[c])
-        is_book = itch50_book.BOOK_ACTION[types] != 0
-        book = np.flatnonzero(ok & is_book)
-        rest = ok & ~is_book
-        key = np.where(rest, types, np.uint8(0))  # 0 is no type code: it gathers what is not decoded here
-        order = np.argsort(key, kind="stable")  # radix sort on uint8; keeps sequence order per type
-        counts = np.bincount(key, minlength=256)
-        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        # The few non-book messages, grouped by type in sequence order (stable radix sort on uint8).
+        rest_types = buf[frames["offset"][rest]]
+        order = rest[np.argsort(rest_types, kind="stable")]
+        rest_counts = np.bincount(rest_types, minlength=256)
+        starts = np.concatenate(([0], np.cumsum(rest_counts)[:-1]))
         typed: dict[bytes, _Typed] = {}
         for msg in itch50.MESSAGE_TABLE:
             c = msg.code[0]
-            if counts[c] == 0:
+            if rest_counts[c] == 0:
                 continue
-            idx = order[starts[c] : starts[c] + counts[c]]
+            idx = order[starts[c] : starts[c] + rest_counts[c]]
             fr = frames[idx]
             typed[msg.code] = _Typed(itch50.decode_type(buf, fr["offset"], msg.code), fr, idx)
         self._track_time_span([t.msgs["timestamp"] for t in typed.values()])
@@ -335,6 +327,48 @@ class ItchNormalizer:
         rows = self._common(schema.SYSTEM_EVENT, t)
         rows["code"] = t.msgs["event_code"]
         return rows
+
+
+@nb.njit(cache=True)
+def classify_frames(buf, frames, size_by_code, book_lut):
+    """Sort frames into decodable book messages, other decodable messages, and anomalies.
+
+    Args:
+        buf, frames: the batch; size_by_code: ``itch50.SIZE_BY_CODE``; book_lut: nonzero for book types.
+
+    Returns:
+        (book frame indexes, other frame indexes, decodable count by type byte, unknown count by
+        type byte, messages shorter than specified, messages longer than specified).
+    """
+    n = frames.shape[0]
+    book = np.empty(n, dtype=np.int64)
+    rest = np.empty(n, dtype=np.int64)
+    counts = np.zeros(256, dtype=np.int64)
+    unknown = np.zeros(256, dtype=np.int64)
+    n_book = 0
+    n_rest = 0
+    short = 0
+    longer = 0
+    for i in range(n):
+        t = buf[frames[i].offset]
+        spec = size_by_code[t]
+        length = frames[i].length
+        if spec == 0:
+            unknown[t] += 1
+            continue
+        if length < spec:
+            short += 1
+            continue
+        if length > spec:
+            longer += 1
+        counts[t] += 1
+        if book_lut[t] != 0:
+            book[n_book] = i
+            n_book += 1
+        else:
+            rest[n_rest] = i
+            n_rest += 1
+    return book[:n_book], rest[:n_rest], counts, unknown, short, longer
 
 
 def _letter(code: int) -> str:
