@@ -90,28 +90,10 @@ FPARAMS[gk.P_ODD_LOT] = 0.08
 FPARAMS[gk.P_NON_PRINTABLE] = 0.15
 FPARAMS[gk.P_CROSS_EXEC] = 0.5
 
-# The intent columns the kernel fills, in its tuple order, with their types.
-INTENT_COLUMNS = (
-    ("kind", np.uint8),
-    ("locate", np.uint16),
-    ("aux1", np.uint8),
-    ("aux2", np.uint8),
-    ("ts", np.int64),
-    ("ref", np.uint64),
-    ("ref2", np.uint64),
-    ("shares", np.uint32),
-    ("price", np.uint32),
-    ("price2", np.uint32),
-    ("price3", np.uint32),
-)
 
-
-def _intents(n: int) -> dict[str, np.ndarray]:
-    return {name: np.zeros(n, dtype) for name, dtype in INTENT_COLUMNS}
-
-
-def _as_tuple(cols: dict[str, np.ndarray]) -> tuple:
-    return tuple(cols[name] for name, _ in INTENT_COLUMNS)
+def _intents(n: int) -> np.ndarray:
+    """``n`` zeroed intent rows (see ``generator_kernel.INTENT_DTYPE``)."""
+    return np.zeros(n, gk.INTENT_DTYPE)
 
 
 @dataclass(frozen=True)
@@ -224,18 +206,18 @@ class _Schedule:
         a2 = aux2[0] if isinstance(aux2, bytes) else aux2
         self.rows.append((int(ts), kind[0], int(locate), int(a1), int(a2), int(ref2)))
 
-    def columns(self) -> dict[str, np.ndarray]:
+    def columns(self) -> np.ndarray:
         cols = _intents(len(self.rows))
         if self.rows:
             arr = np.array(self.rows, dtype=np.int64)
             order = np.argsort(arr[:, 0], kind="stable")
             arr = arr[order]
-            cols["ts"][:] = arr[:, 0]
-            cols["kind"][:] = arr[:, 1]
-            cols["locate"][:] = arr[:, 2]
-            cols["aux1"][:] = arr[:, 3]
-            cols["aux2"][:] = arr[:, 4]
-            cols["ref2"][:] = arr[:, 5].astype(np.uint64)
+            cols["ts"] = arr[:, 0]
+            cols["kind"] = arr[:, 1]
+            cols["locate"] = arr[:, 2]
+            cols["aux1"] = arr[:, 3]
+            cols["aux2"] = arr[:, 4]
+            cols["ref2"] = arr[:, 5].astype(np.uint64)
         return cols
 
 
@@ -319,8 +301,7 @@ def generate(
     phase_target = n_admin + np.cumsum(mandatory + flow_per_phase)
 
     cols = _intents(messages)
-    for name, _ in INTENT_COLUMNS:
-        cols[name][:n_admin] = admin[name]
+    cols[:n_admin] = admin
     expected = day.weight * flow
     step_ticks = np.maximum(1, day.fair0 // 2500)
     # A fair value moving ``step`` ticks with probability p per step of the symbol wanders about
@@ -328,12 +309,20 @@ def generate(
     moves = (0.02 * day.fair0 / step_ticks) ** 2
     move_prob = np.clip(moves / np.maximum(expected, 1.0), 0.0, 0.5)
     depth = 1.0 + day.fair0 / 4000.0
-    init_state = np.zeros(symbols, np.int64)
-    init_state[day.ipo] = gk.STATE_NOT_RELEASED | gk.STATE_HALTED
     warp = np.stack([_warp(w, p) for w, p in zip(PHASE_WINDOW, PROFILES)])
+    cum_weight = np.cumsum(day.weight)
+    cum_weight /= cum_weight[-1]
+    sym = np.zeros((symbols, gk.N_SY), np.int64)
+    sym[:, gk.SY_FAIR] = sym[:, gk.SY_FAIR0] = day.fair0
+    sym[:, gk.SY_MOVE_STEP] = step_ticks
+    sym[day.ipo, gk.SY_STATE] = gk.STATE_NOT_RELEASED | gk.STATE_HALTED
+    symf = np.zeros((symbols, gk.N_SF))
+    symf[:, gk.SF_MOVE_PROB] = move_prob
+    symf[:, gk.SF_DEPTH] = depth
+    symf[:, gk.SF_CUM_WEIGHT] = cum_weight
 
     written, used, refs, matches = gk.simulate(
-        _as_tuple(cols),
+        cols,
         n_admin,
         int(admin["ts"][-1]),
         kernel_seed,
@@ -341,13 +330,10 @@ def generate(
         np.array(PHASE_WINDOW, np.int64),
         phase_target.astype(np.int64),
         warp,
-        np.cumsum(day.weight) / day.weight.sum(),
-        day.fair0,
-        move_prob,
-        step_ticks.astype(np.int64),
-        depth,
-        init_state,
-        _as_tuple(sched),
+        np.searchsorted(cum_weight, np.arange(4 * symbols) / (4 * symbols), side="right").astype(np.int64),
+        sym,
+        symf,
+        sched,
         sched_phase_end,
         max_orders,
         ACTION_WEIGHTS,
@@ -363,7 +349,7 @@ def generate(
         buf=buf,
         offsets=offsets,
         lengths=lengths,
-        types=cols["kind"],
+        types=np.ascontiguousarray(cols["kind"]),
         ts_event=ts_event,
         ts_recv=ts_recv,
         symbols=day.symbols,
@@ -403,7 +389,7 @@ def _mwcb_levels(rng: np.random.Generator) -> tuple[int, int, int]:
     return tuple(int(close * (100 - d) // 100 // 1_000_000 * 1_000_000) for d in (7, 13, 20))
 
 
-def _directory(rng: np.random.Generator, day: _Day) -> dict[str, np.ndarray]:
+def _directory(rng: np.random.Generator, day: _Day) -> np.ndarray:
     """The messages before the start of system hours: S O, R, H, Y per symbol, some L, V."""
     n = day.symbols.shape[0]
     top = np.argsort(-day.weight)[: min(n, 20)]
@@ -413,8 +399,8 @@ def _directory(rng: np.random.Generator, day: _Day) -> dict[str, np.ndarray]:
     loc = np.arange(1, n + 1)
     kind = np.concatenate(([ord("S")], np.full(n, ord("R")), np.full(n, ord("H")), np.full(n, ord("Y")),
                            np.full(l_loc.shape[0], ord("L")), [ord("V")]))
-    cols["kind"][:] = kind
-    cols["locate"][:] = np.concatenate(([0], loc, loc, loc, l_loc + 1, [0]))
+    cols["kind"] = kind
+    cols["locate"] = np.concatenate(([0], loc, loc, loc, l_loc + 1, [0]))
     state = np.full(n, ord("T"))
     state[day.ipo] = ord("H")
     reason = np.full(n, REASON_NONE)
@@ -422,16 +408,16 @@ def _directory(rng: np.random.Generator, day: _Day) -> dict[str, np.ndarray]:
     # L: aux1 primary market maker (the first listed), aux2 the MPID index.
     first = np.concatenate(([True], l_loc[1:] != l_loc[:-1]))
     l_mpid = rng.integers(0, len(MPIDS), size=l_loc.shape[0])
-    cols["aux1"][:] = np.concatenate(([ord("O")], np.zeros(n), state, day.reg_sho.view(np.uint8),
+    cols["aux1"] = np.concatenate(([ord("O")], np.zeros(n), state, day.reg_sho.view(np.uint8),
                                       np.where(first, ord("Y"), ord("N")), [0]))
-    cols["aux2"][:] = np.concatenate(([0], np.zeros(n), reason, np.zeros(n), l_mpid, [0]))
-    cols["ts"][:] = T_START_MESSAGES + int(rng.integers(0, 5_000_000)) + np.concatenate(
+    cols["aux2"] = np.concatenate(([0], np.zeros(n), reason, np.zeros(n), l_mpid, [0]))
+    cols["ts"] = T_START_MESSAGES + int(rng.integers(0, 5_000_000)) + np.concatenate(
         ([0], np.cumsum(rng.integers(300, 3_000, size=n_rows - 1)))
     )
     return cols
 
 
-def _schedule(rng, day: _Day, messages: int, noii_rounds: int, dlcr: bool, mwcb_breach: bool) -> dict[str, np.ndarray]:
+def _schedule(rng, day: _Day, messages: int, noii_rounds: int, dlcr: bool, mwcb_breach: bool) -> np.ndarray:
     """The timed messages of the day, sorted by time (the kernel fills in their book-dependent numbers)."""
     sch = _Schedule()
     n = day.symbols.shape[0]
@@ -498,7 +484,7 @@ def _scatter_rows(buf, offsets, rows):
 class _Rows:
     """The intent columns of the messages of one type (gathered on first use)."""
 
-    def __init__(self, cols: dict[str, np.ndarray], idx: np.ndarray, day: _Day) -> None:
+    def __init__(self, cols: np.ndarray, idx: np.ndarray, day: _Day) -> None:
         self._cols = cols
         self._idx = idx
         self._cache: dict[str, np.ndarray] = {}
@@ -616,7 +602,7 @@ FIELD_BUILDERS = {
 assert set(FIELD_BUILDERS) == set(itch50.MESSAGES)
 
 
-def _encode(cols: dict[str, np.ndarray], day: _Day) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _encode(cols: np.ndarray, day: _Day) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Wire bytes of every intent row: (buf, offsets int64, lengths uint32)."""
     kind = cols["kind"]
     lengths = itch50.SIZE_BY_CODE[kind]
