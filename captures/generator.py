@@ -303,18 +303,22 @@ def generate(
     cols = _intents(messages)
     cols[:n_admin] = admin
     expected = day.weight * flow
-    step_ticks = np.maximum(1, day.fair0 // 2500)
-    # A fair value moving ``step`` ticks with probability p per step of the symbol wanders about
-    # 2% of its price over the day.
-    moves = (0.02 * day.fair0 / step_ticks) ** 2
-    move_prob = np.clip(moves / np.maximum(expected, 1.0), 0.0, 0.5)
-    depth = 1.0 + day.fair0 / 4000.0
+    # Wider spreads for dearer stocks: about 1 cent at $5, 10 cents at $500.
+    half_spread = (day.fair0 * rng.uniform(0.5, 1.5, symbols) / 10_000).astype(np.int64)
+    # The fair value moves by about half the half spread; aiming at a 2% daily range, but never so
+    # often that the book cannot follow (then the spread collapses onto stale quotes): a small
+    # session has quieter prices rather than a broken book.
+    step_ticks = np.maximum(1, half_spread // 2)
+    moves = (0.02 * day.fair0 / (1.6 * step_ticks)) ** 2
+    move_prob = np.clip(moves / np.maximum(expected, 1.0), 0.0, 0.1)
+    depth = 1.0 + day.fair0 / 5000.0
     warp = np.stack([_warp(w, p) for w, p in zip(PHASE_WINDOW, PROFILES)])
     cum_weight = np.cumsum(day.weight)
     cum_weight /= cum_weight[-1]
     sym = np.zeros((symbols, gk.N_SY), np.int64)
     sym[:, gk.SY_FAIR] = sym[:, gk.SY_FAIR0] = day.fair0
     sym[:, gk.SY_MOVE_STEP] = step_ticks
+    sym[:, gk.SY_HALF_SPREAD] = half_spread
     sym[day.ipo, gk.SY_STATE] = gk.STATE_NOT_RELEASED | gk.STATE_HALTED
     symf = np.zeros((symbols, gk.N_SF))
     symf[:, gk.SF_MOVE_PROB] = move_prob
@@ -477,8 +481,7 @@ def _scatter_rows(buf, offsets, rows):
     size = rows.shape[1]
     for i in range(rows.shape[0]):
         o = offsets[i]
-        for j in range(size):
-            buf[o + j] = rows[i, j]
+        buf[o : o + size] = rows[i]
 
 
 class _Rows:

@@ -113,7 +113,8 @@ SY_FAIR = 5  # fair value (ticks), a random walk
 SY_FAIR0 = 6  # opening fair value (ticks)
 SY_STATE = 7  # STATE_* bits
 SY_MOVE_STEP = 8  # ticks per fair value move
-N_SY = 9
+SY_HALF_SPREAD = 9  # ticks between the fair value and where new orders start (0: one-tick spreads)
+N_SY = 10
 
 # symf[s, SF_*]: float64 parameters per symbol.
 SF_MOVE_PROB = 0  # probability of a fair value move per step of the symbol
@@ -255,6 +256,14 @@ def _insert(book, sym, s, ref, side, price, shares):
 
 
 @nb.njit(cache=True, inline="always")
+def _staleness(book, sym, s, k):
+    """How far the order in slot ``k`` sits on the aggressive side of the fair value (ticks)."""
+    if book[s, k, BK_SIDE] == SIDE_BID:
+        return book[s, k, BK_PRICE] - sym[s, SY_FAIR]
+    return sym[s, SY_FAIR] - book[s, k, BK_PRICE]
+
+
+@nb.njit(cache=True, inline="always")
 def _next_ref(rng, ctr):
     """A new order reference: increasing, in small irregular steps like Nasdaq's."""
     ctr[CT_REF] += 1 + _below(rng, 4)
@@ -281,17 +290,22 @@ def _order_shares(rng, fparams):
 @nb.njit(cache=True, inline="always")
 def _limit_price(rng, book, sym, symf, s, side):
     """A price for a new bid/ask near the fair value that does not cross or lock the other side."""
-    g = np.int64(_exponential(rng) * symf[s, SF_DEPTH])
+    half = sym[s, SY_HALF_SPREAD]
+    g = half + np.int64(_exponential(rng) * symf[s, SF_DEPTH])
+    # Against a stale opposite side (the fair value moved through it) the order keeps a spread's
+    # distance from it instead of joining one tick away.
+    keep = 1 + _below(rng, 2 * half + 1)
     if side == SIDE_BID:
-        p = max(sym[s, SY_FAIR] - g, 1)
+        p = sym[s, SY_FAIR] - g
         ask = _best(book, sym, s, SIDE_ASK)
         if p >= ask:
-            p = ask - 1
+            p = ask - keep
+        p = max(p, min(1, ask - 1))
     else:
         p = sym[s, SY_FAIR] + 1 + g
         bid = _best(book, sym, s, SIDE_BID)
         if p <= bid:
-            p = bid + 1
+            p = bid + keep
     return p
 
 
@@ -343,8 +357,8 @@ def simulate(out, start, last_ts, seed, sys_ts, phase_window, phase_target, warp
         warp: float64[3, K] flow time (ns) at K equally spaced quantiles of each phase: the intraday
             activity profile.
         guide: int64[M] first symbol with cumulative weight above ``j / M`` (M about 4 symbols).
-        sym: int64[S, N_SY] initial symbol state (SY_FAIR, SY_FAIR0, SY_STATE, SY_MOVE_STEP set,
-            the rest zero); updated in place.
+        sym: int64[S, N_SY] initial symbol state (SY_FAIR, SY_FAIR0, SY_STATE, SY_MOVE_STEP,
+            SY_HALF_SPREAD set, the rest zero); updated in place.
         symf: float64[S, N_SF] symbol parameters.
         sched: INTENT_DTYPE scheduled messages sorted by time (halts, resumptions, NOII, crosses after
             halts, IPO, LULD collars, RPII, Reg SHO, broken trades...); the kernel fills in what
@@ -554,6 +568,12 @@ def _flow(out, i, ts, s, rng, book, sym, symf, ctr, max_orders, target_size, cum
             _insert(book, sym, s, new_ref, side, px, q)
             _put(out, i, MSG_REPLACE, loc, 0, 0, ts, ref, new_ref, q, px * TICK, 0, 0)
         else:
+            # Of two random orders, the staler goes: the one further on the wrong side of (or
+            # nearer to) the fair value. Stale quotes are pulled first, deep ones rest longer.
+            k2 = _below(rng, n)
+            if _staleness(book, sym, s, k2) > _staleness(book, sym, s, k):
+                k = k2
+                ref = book[s, k, BK_REF]
             _remove(book, sym, s, k)
             _put(out, i, MSG_DELETE, loc, 0, 0, ts, ref, 0, 0, 0, 0, 0)
 
