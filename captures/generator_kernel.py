@@ -472,7 +472,7 @@ def _crosses(out, i, last_ts, limit, phase, rng, book, sym, ctr, fparams):
     return i, last_ts
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True)
 def _flow(out, i, ts, s, rng, book, sym, symf, ctr, max_orders, target_size, cum_act, fparams):
     """One order-flow message for symbol ``s`` at ``ts``."""
     loc = s + 1

@@ -358,10 +358,15 @@ def test_too_few_messages_is_an_error():
         generate(500, 100, 1)
 
 
-@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**64 - 1), symbols=st.integers(4, 40), dlcr=st.booleans())
-def test_rules_hold_for_any_seed(seed, symbols, dlcr):
-    sess = generate(12_000, symbols, seed, dlcr=dlcr)
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**64 - 1),
+    symbols=st.integers(4, 40),
+    dlcr=st.booleans(),
+    max_orders=st.sampled_from([4, 16, 128]),
+)
+def test_rules_hold_for_any_seed(seed, symbols, dlcr, max_orders):
+    sess = generate(12_000, symbols, seed, dlcr=dlcr, max_orders=max_orders)
     assert len(sess) == 12_000
     counts = sess.type_counts()
     assert ("O" in counts) == dlcr
