@@ -147,7 +147,7 @@ class GeneratedSession:
         ``options`` go to ``captures.pcap_writer.write_moldudp64_pcap`` / ``write_binaryfile``
         (e.g. ``session``, ``dst_ip``, ``gzip``). Returns the writer's summary.
         """
-        from captures import pcap_writer  # the writer pulls in dpkt-free framing code only when used
+        from captures import pcap_writer  # imported on use: generating needs no writer
 
         if fmt == "pcap":
             return pcap_writer.write_moldudp64_pcap(path, self.buf, self.offsets, self.lengths, self.ts_recv, **options)
