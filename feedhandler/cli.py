@@ -11,7 +11,8 @@ import json
 import os
 import sys
 
-from feedhandler.replay import ReplayError, ReplaySummary, replay, wants_progress
+from feedhandler.replay import DecodedCapture, ReplayError, ReplaySummary, replay, wants_progress
+from feedhandler.times import parse_at, parse_duration
 from parsers.venues import VENUES_BY_NAME
 
 
@@ -36,6 +37,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _duration(text: str) -> int:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _depth(text: str) -> int:
+    value = _positive_int(text)
+    if value > 255:
+        raise argparse.ArgumentTypeError(f"depth must be at most 255: {text!r}")
+    return value
+
+
 def _add_capture_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("capture", help="pcap, pcapng or Nasdaq BinaryFILE (plain or gzip); the format is read from the bytes")
     p.add_argument("--date", type=_date, help="session date YYYY-MM-DD (default: from the capture's timestamps)")
@@ -57,8 +72,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_capture_args(p)
     p.add_argument("--out", default="out", help="output directory (default ./out)")
     p.add_argument("--sink", choices=["parquet", "null"], default="parquet",
-                   help="parquet (default) or null: decode everything, write nothing")
+                   help="parquet (default) or null: decode and build every book, write nothing")
+    p.add_argument("--conflate", type=_duration, default=0, metavar="DURATION",
+                   help="BBO/L2 conflation window per instrument: 0 (every update, default), 500us, 1ms, 100ms ...")
+    p.add_argument("--depth", type=_depth, default=10, help="levels per side in l2.parquet (default 10)")
     p.set_defaults(run=_run_replay)
+
+    p = verbs.add_parser(
+        "book", help="print one symbol's L2 book at the end of a capture or at a time",
+        description="Replay a capture up to a time (every message stamped at or before it) and print the L2 book "
+        "of one symbol: price, total size and order count per level, best first.",
+        epilog="examples:\n  feedhandler book captures/nasdaq-sample.pcap --symbol AAPL --depth 5\n"
+        "  feedhandler book captures/nasdaq-sample.pcap --symbol AAPL --at 10:30:00 --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_capture_args(p)
+    p.add_argument("--symbol", required=True, help="venue symbol, e.g. AAPL")
+    p.add_argument("--at", metavar="TIME", help="HH:MM:SS[.fffffffff] in venue local time, or ISO 8601 (default: end)")
+    p.add_argument("--depth", type=_depth, default=10, help="levels per side (default 10)")
+    p.set_defaults(run=_run_book)
 
     p = verbs.add_parser(
         "stats", help="count what a capture holds",
@@ -89,16 +120,45 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_replay(args) -> int:
     out = None if args.sink == "null" else args.out
     summary = replay(args.capture, out, date=args.date, venue=args.venue, udp_port=args.udp_port,
-                     progress=not args.json and wants_progress(sys.stderr))
+                     progress=not args.json and wants_progress(sys.stderr), depth=args.depth,
+                     conflate_ns=args.conflate)
     _print_summary(summary, args.json)
     return 0
 
 
 def _run_stats(args) -> int:
     summary = replay(args.capture, None, date=args.date, venue=args.venue, udp_port=args.udp_port,
-                     progress=not args.json and wants_progress(sys.stderr))
+                     progress=not args.json and wants_progress(sys.stderr), books=False)
     _print_summary(summary, args.json)
     return 0
+
+
+def _run_book(args) -> int:
+    from feedhandler.book import book_at
+
+    source = DecodedCapture(args.capture, args.date, args.venue, args.udp_port)
+    at = None
+    if args.at is not None:
+        at = _AtTime(args.at)
+    result = book_at(source, args.symbol, depth=args.depth, at=at)
+    if args.json:
+        print(json.dumps(result.as_json(), separators=(",", ":")))
+    else:
+        print(result.as_text())
+    return 0
+
+
+class _AtTime:
+    """``--at`` text, read once the session date (and so the venue clock) is known."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def epoch_ns(self, clock) -> int:
+        try:
+            return parse_at(self.text, clock)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
 
 
 def _run_generate(args) -> int:
@@ -129,6 +189,9 @@ def _print_summary(s: ReplaySummary, as_json: bool) -> None:
     print(f"  gaps         {len(s.gaps):>14,}   ({gaps:,} messages missing)")
     anomalies = ", ".join(f"{k} {v:,}" for k, v in s.anomalies.items()) or "none"
     print(f"  anomalies    {anomalies}")
+    if s.integrity or s.resting_orders:
+        integrity = ", ".join(f"{k} {v:,}" for k, v in s.integrity.items()) or "none"
+        print(f"  books        {s.resting_orders:,} orders resting at the end; integrity: {integrity}")
     if s.out:
         print("  wrote        " + ", ".join(f"{k} {v:,}" for k, v in s.rows.items() if v) + f" rows under {s.out}/")
     print(f"  time         {s.seconds:.3f} s   {s.msgs_per_s:,.0f} messages/s")

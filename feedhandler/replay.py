@@ -1,8 +1,9 @@
-"""Replay a capture: frame, decode and normalize it batch by batch, and write the records.
+"""Replay a capture: frame, decode, normalize and build books batch by batch, and write the records.
 
-This is the pipeline of the walking skeleton: capture file -> frames -> ITCH 5.0 normalizer ->
-Parquet files (one per record kind). ``stats`` runs the same pipeline without writing, so the two
-always agree on counts.
+The pipeline: capture file -> frames -> ITCH 5.0 normalizer -> book engine (BBO, L2) and OHLCV bars ->
+Parquet files (one per record kind). ``stats`` runs the decoding part without books or writing, and
+``book`` stops at a time and reads one instrument's book; all three share ``DecodedCapture``, so they
+agree on counts.
 """
 from __future__ import annotations
 
@@ -12,17 +13,21 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from captures.reader import CAPTURE_BINARYFILE, CaptureError, open_capture
 from parsers import schema
 from parsers.clock import VenueClock, session_date
-from parsers.itch50_normalize import ItchNormalizer
+from parsers.itch50_normalize import ItchNormalizer, Normalized
 from parsers.venues import VENUES_BY_NAME, Venue
+from orderbook.bars import INTERVALS, BarBuilder
+from orderbook.engine import BookEngine
+from orderbook.records import BBO, L2, ohlcv_record
 
 BATCH_MESSAGES = 1 << 20  # messages normalized per batch: bounds memory, keeps numpy calls large
-_PROGRESS_MIN_MESSAGES = 2_000_000
+OUTPUT_RECORDS = (*schema.RECORDS, BBO, L2, *(ohlcv_record(i) for i in INTERVALS))
 
 
 @dataclass
@@ -43,6 +48,8 @@ class ReplaySummary:
     last_ts: int | None = None
     anomalies: dict[str, int] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
+    integrity: dict[str, int] = field(default_factory=dict)
+    resting_orders: int = 0
     out: str | None = None
     seconds: float = 0.0
     msgs_per_s: float = 0.0
@@ -55,6 +62,61 @@ class ReplayError(Exception):
     """A replay that cannot start (bad capture, no session date); one line for the user."""
 
 
+class DecodedCapture:
+    """A capture decoded batch by batch into the common schema (``batches()``), and its counts."""
+
+    def __init__(self, path: str | Path, date: dt.date | None = None, venue: str = "nasdaq",
+                 udp_port: int | None = None) -> None:
+        try:
+            self.capture = open_capture(path, udp_port=udp_port)
+        except CaptureError as exc:
+            raise ReplayError(str(exc)) from None
+        self.path = str(path)
+        self.venue = VENUES_BY_NAME[venue]
+        self.date = date
+        self.normalizer: ItchNormalizer | None = None
+        self.instruments = _InstrumentSet()
+        self.messages_done = 0
+
+    def batches(self) -> Iterator[Normalized]:
+        """Normalized batches in sequence order; the normalizer exists once the first batch came."""
+        for buf, frames in self.capture.iter_batches(max_packets=BATCH_MESSAGES // 8):
+            for start in range(0, len(frames), BATCH_MESSAGES):
+                part = frames[start : start + BATCH_MESSAGES]
+                if self.normalizer is None:
+                    day = self.date or _date_from_capture(self.capture, self.path, part, self.venue)
+                    self.normalizer = ItchNormalizer(clock=VenueClock(day, self.venue.tz), venue=self.venue.id)
+                batch = self.normalizer.normalize(buf, part)
+                for rows in batch.records().values():
+                    if "instrument_id" in rows.dtype.names and len(rows):
+                        self.instruments.note(rows["instrument_id"])
+                self.messages_done += len(part)
+                yield batch
+        if self.normalizer is None:  # nothing framed: a valid, empty replay (no timestamps to convert)
+            day = self.date or dt.date(1970, 1, 1)
+            self.normalizer = ItchNormalizer(clock=VenueClock(day, self.venue.tz), venue=self.venue.id)
+
+    def summary(self) -> ReplaySummary:
+        """Counts of everything decoded so far (call after ``batches()`` ran)."""
+        n = self.normalizer
+        stats = self.capture.stats
+        out = ReplaySummary(capture=self.path, format=self.capture.kind, venue=self.venue.name,
+                            date=n.clock.date.isoformat())
+        out.messages = stats.messages
+        out.packets = stats.packets
+        out.by_type = dict(sorted(n.by_type.items()))
+        out.sessions = stats.sessions
+        out.gaps = stats.gaps
+        self.instruments.note(np.fromiter(n.symbols, dtype=np.uint32, count=len(n.symbols)))
+        out.instruments = len(self.instruments)
+        out.first_ts = n.first_ts_event
+        out.last_ts = n.last_ts_event
+        out.anomalies = dict(sorted({**stats.anomalies, **n.anomaly_counts()}.items()))
+        if stats.duplicate_messages:
+            out.anomalies["duplicate_messages"] = stats.duplicate_messages
+        return out
+
+
 def replay(
     path: str | Path,
     out_dir: str | Path | None,
@@ -62,67 +124,84 @@ def replay(
     venue: str = "nasdaq",
     udp_port: int | None = None,
     progress: bool = False,
+    books: bool = True,
+    depth: int = 10,
+    conflate_ns: int = 0,
 ) -> ReplaySummary:
-    """Decode a whole capture; write ``<record>.parquet`` files under ``out_dir`` unless it is None."""
+    """Decode a whole capture, build every book and bar; write Parquet under ``out_dir`` unless None.
+
+    ``books=False`` decodes only (``stats``); ``out_dir=None`` with books is ``--sink null``.
+    """
     started = time.perf_counter()
+    source = DecodedCapture(path, date, venue, udp_port)
+    engine = BookEngine(depth=depth, conflate_ns=conflate_ns, venue=source.venue.id) if books else None
+    bars = BarBuilder(venue=source.venue.id, tz=source.venue.tz) if books else None
+    outputs = _Outputs(out_dir)
     try:
-        capture = open_capture(path, udp_port=udp_port)
-    except CaptureError as exc:
-        raise ReplayError(str(exc)) from None
-    venue_info = VENUES_BY_NAME[venue]
-    summary = ReplaySummary(capture=str(path), format=capture.kind, venue=venue, date="")
-    normalizer: ItchNormalizer | None = None
-    writers = None
-    instruments = _InstrumentSet()
-    done = 0
-    try:
-        for buf, frames in capture.iter_batches(max_packets=BATCH_MESSAGES // 8):
-            for start in range(0, len(frames), BATCH_MESSAGES):
-                part = frames[start : start + BATCH_MESSAGES]
-                if normalizer is None:
-                    normalizer = _normalizer(capture, path, part, date, venue_info)
-                    summary.date = normalizer.clock.date.isoformat()
-                    if out_dir is not None:
-                        writers = _open_writers(Path(out_dir), summary)
-                batch = normalizer.normalize(buf, part)
-                for name, rows in batch.records().items():
-                    summary.rows[name] = summary.rows.get(name, 0) + len(rows)
-                    if "instrument_id" in rows.dtype.names and len(rows):
-                        instruments.note(rows["instrument_id"])
-                    if writers is not None:
-                        writers[name].write(rows)
-                done += len(part)
-                if progress:
-                    _show_progress(done, started)
+        for batch in source.batches():
+            outputs.open_once(source)
+            for name, rows in batch.records().items():
+                outputs.write(name, rows)
+            if engine is not None:
+                book = engine.apply(batch.events)
+                outputs.write("bbo", book.bbo)
+                outputs.write("l2", book.l2)
+                bars.add_trades(batch.trades)
+                bars.add_broken(batch.broken_trades)
+            if progress:
+                _show_progress(source.messages_done, started)
+        outputs.open_once(source)
+        if engine is not None:
+            book = engine.finish()
+            outputs.write("bbo", book.bbo)
+            outputs.write("l2", book.l2)
+            for interval, rows in bars.finish().items():
+                outputs.write(f"ohlcv_{interval}", rows)
     finally:
-        if writers is not None:
-            for w in writers.values():
-                w.close()
-    if normalizer is None:  # nothing framed: a valid, empty replay (no timestamps to convert)
-        normalizer = ItchNormalizer(clock=VenueClock(date or dt.date(1970, 1, 1), venue_info.tz), venue=venue_info.id)
-        summary.date = normalizer.clock.date.isoformat()
-        if out_dir is not None:
-            for w in _open_writers(Path(out_dir), summary).values():
-                w.close()
+        outputs.close()
     if progress:
         sys.stderr.write("\r\033[K")
-    stats = capture.stats
-    summary.messages = stats.messages
-    summary.packets = stats.packets
-    summary.by_type = dict(sorted(normalizer.by_type.items()))
-    summary.sessions = stats.sessions
-    summary.gaps = stats.gaps
-    instruments.note(np.fromiter(normalizer.symbols, dtype=np.uint32, count=len(normalizer.symbols)))
-    summary.instruments = len(instruments)
-    summary.first_ts = normalizer.first_ts_event
-    summary.last_ts = normalizer.last_ts_event
-    summary.anomalies = dict(sorted({**stats.anomalies, **normalizer.anomaly_counts()}.items()))
-    if stats.duplicate_messages:
-        summary.anomalies["duplicate_messages"] = stats.duplicate_messages
+    summary = source.summary()
+    summary.rows = outputs.rows
+    if engine is not None:
+        summary.integrity = engine.integrity()
+        summary.resting_orders = engine.orders
     summary.out = None if out_dir is None else str(out_dir)
     summary.seconds = round(time.perf_counter() - started, 6)
     summary.msgs_per_s = round(summary.messages / summary.seconds, 1) if summary.seconds > 0 else 0.0
     return summary
+
+
+class _Outputs:
+    """One Parquet writer per record kind under ``out_dir`` (none for the null sink), and row counts."""
+
+    def __init__(self, out_dir: str | Path | None) -> None:
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        self.rows: dict[str, int] = {}
+        self._writers: dict | None = None
+
+    def open_once(self, source: DecodedCapture) -> None:
+        if self._writers is not None or self.out_dir is None:
+            return
+        from publish.parquet import ParquetWriter  # the pipeline's sink; parsers never import publish
+
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ReplayError(f"cannot create output directory {self.out_dir}: {exc.strerror}") from None
+        meta = {"venue": source.venue.name, "date": source.normalizer.clock.date.isoformat(),
+                "capture": source.path, "schema": "feedhandler/1"}
+        self._writers = {r.name: ParquetWriter(self.out_dir / f"{r.name}.parquet", r.dtype, {**meta, "record": r.name})
+                         for r in OUTPUT_RECORDS}
+
+    def write(self, name: str, rows: np.ndarray) -> None:
+        self.rows[name] = self.rows.get(name, 0) + len(rows)
+        if self._writers is not None:
+            self._writers[name].write(rows)
+
+    def close(self) -> None:
+        for w in (self._writers or {}).values():
+            w.close()
 
 
 class _InstrumentSet:
@@ -144,18 +223,12 @@ class _InstrumentSet:
         return int(self._small[1:].sum()) + len(self._large)
 
 
-def _normalizer(capture, path, frames, date: dt.date | None, venue: Venue) -> ItchNormalizer:
-    if date is None:
-        date = _date_from_capture(capture, path, frames, venue)
-    return ItchNormalizer(clock=VenueClock(date, venue.tz), venue=venue.id)
-
-
-def _date_from_capture(capture, path, frames, venue: Venue) -> dt.date:
+def _date_from_capture(capture, path: str, frames: np.ndarray, venue: Venue | None = None) -> dt.date:
     """The session date: first receive timestamp in the venue's time zone, or the file name."""
-    if frames is not None and len(frames):
-        stamped = frames["ts_recv"][frames["ts_recv"] > 0]
-        if len(stamped):
-            return session_date(int(stamped[0]), venue.tz)
+    tz = venue.tz if venue is not None else "America/New_York"
+    stamped = frames["ts_recv"][frames["ts_recv"] > 0]
+    if len(stamped):
+        return session_date(int(stamped[0]), tz)
     if capture.kind == CAPTURE_BINARYFILE:
         found = _date_from_name(Path(path).name)
         if found is not None:
@@ -175,18 +248,6 @@ def _date_from_name(name: str) -> dt.date | None:
             except ValueError:
                 continue
     return None
-
-
-def _open_writers(out_dir: Path, summary: ReplaySummary):
-    from publish.parquet import ParquetWriter  # the pipeline's sink; parsers never import publish
-
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ReplayError(f"cannot create output directory {out_dir}: {exc.strerror}") from None
-    meta = {"venue": summary.venue, "date": summary.date, "capture": summary.capture, "schema": "feedhandler/1"}
-    return {r.name: ParquetWriter(out_dir / f"{r.name}.parquet", r.dtype, {**meta, "record": r.name})
-            for r in schema.RECORDS}
 
 
 def _show_progress(done: int, started: float) -> None:
