@@ -30,14 +30,14 @@ endif
 
 PYTEST_ARGS ?=
 SAMPLE := captures/nasdaq-sample.pcap
-SAMPLE_ARGS ?= --messages 40000 --symbols 50 --seed 7 --format pcap
+SAMPLE_ARGS ?= --messages 16000 --symbols 40 --seed 7 --format pcap
 DEMO_OUT ?= out
 
 # Several people (and CI) may run make in the same tree at once: serialise pip on one lock file.
 FLOCK := $(shell command -v flock 2>/dev/null)
 LOCKED = $(if $(FLOCK),$(FLOCK) $(VENV)/.install.lock,)
 
-.PHONY: help demo test bench sample services clean distclean
+.PHONY: help demo test bench sample docs services clean distclean
 
 help:
 	@echo "make demo       create .venv, install, replay $(SAMPLE) into $(DEMO_OUT)/"
@@ -45,6 +45,7 @@ help:
 	@echo "                (PYTEST_ARGS='-k redis' passes arguments to pytest)"
 	@echo "make bench      install with bench extras and run every bench/*.py (helpers named _*.py are skipped)"
 	@echo "make sample     rebuild $(SAMPLE) (SAMPLE_ARGS='$(SAMPLE_ARGS)')"
+	@echo "make docs       regenerate docs/schema.md and docs/itch50.md from the declarations and the sample"
 	@echo "make services   only make sure Redis and PostgreSQL are up"
 	@echo "make clean      remove outputs and caches (keeps .venv); make distclean also removes .venv"
 
@@ -106,3 +107,6 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+docs: $(VENV)/.installed-base
+	$(VPY) scripts/schema_doc.py $(SAMPLE)

@@ -16,6 +16,9 @@ from captures.reader import open_capture  # noqa: E402
 from parsers import itch50, schema  # noqa: E402
 from parsers.clock import VenueClock, session_date  # noqa: E402
 from parsers.itch50_normalize import ItchNormalizer  # noqa: E402
+from orderbook.bars import BarBuilder  # noqa: E402
+from orderbook.engine import BookEngine  # noqa: E402
+from orderbook.records import BBO, L2, ohlcv_record  # noqa: E402
 
 INTRO = """# The common schema
 
@@ -32,6 +35,10 @@ and are not written to Parquet.
 
 Enums: Action: {actions}. Side: {sides}. Flag bits: {flags}.
 StatusKind: {kinds}. TradingState: {states}.
+
+The book engine adds `bbo`, `l2` and the OHLCV bars (`ohlcv_1s`, `ohlcv_1m`, `ohlcv_5m`, `ohlcv_1h`,
+`ohlcv_1d`; one record shape, shown once as `ohlcv_1m`); their `flags` add `BookFlag` bits (CROSSED =
+0x0400, LOCKED = 0x0800, SNAPSHOT = 0x1000, INTEGRITY = 0x2000, STALE = 0x4000).
 
 The example rows below are the first row of each record in `{capture}` (regenerate with `make docs`).
 """
@@ -51,7 +58,9 @@ def _value(column: schema.Column, v) -> str:
     if column.unit == "TradingState":
         return f"{int(v)} ({schema.TradingState(int(v)).name})"
     if column.unit == "Flag":
-        names = [f.name for f in schema.Flag if int(v) & f]
+        from orderbook.records import BookFlag
+
+        names = [f.name for f in (*schema.Flag, *BookFlag) if int(v) & f]
         return f"{int(v)} ({'|'.join(names) or '-'})"
     return str(v)
 
@@ -61,14 +70,22 @@ def schema_page(capture: Path) -> str:
     buf, frames = cap.frames()
     stamped = frames["ts_recv"][frames["ts_recv"] > 0]
     normalizer = ItchNormalizer(VenueClock(session_date(int(stamped[0]))))
-    batch = normalizer.normalize(buf, frames).records()
+    normalized = normalizer.normalize(buf, frames)
+    batch = normalized.records()
+    engine = BookEngine()
+    book = engine.apply(normalized.events)
+    batch["bbo"], batch["l2"] = book.bbo, book.l2
+    bars = BarBuilder(venue=1)
+    bars.add_trades(normalized.trades)
+    bars.add_broken(normalized.broken_trades)
+    batch["ohlcv_1m"] = bars.finish()["1m"]
     enum_list = lambda e: ", ".join(f"{m.name} = {int(m)}" for m in e)  # noqa: E731
     lines = [INTRO.format(actions=", ".join(f"{m.name} = {int(m)} ('{chr(m)}')" for m in schema.Action),
                           sides=", ".join(f"{m.name} = {int(m)} ('{chr(m)}')" for m in schema.Side),
                           flags=", ".join(f"{m.name} = 0x{int(m):04x}" for m in schema.Flag),
                           kinds=enum_list(schema.StatusKind), states=enum_list(schema.TradingState),
                           capture=capture.relative_to(ROOT) if capture.is_relative_to(ROOT) else capture)]
-    for record in schema.RECORDS:
+    for record in (*schema.RECORDS, BBO, L2, ohlcv_record("1m")):
         rows = batch[record.name]
         example = rows[0] if len(rows) else None
         lines.append(f"## `{record.name}` ({record.dtype.itemsize} bytes)\n\n{record.doc}\n")
