@@ -55,7 +55,7 @@ if str(ROOT) not in sys.path:  # running as ``python bench/decode.py`` from anyw
 
 
 # ===================================================================== our decoder
-STAGES = ("decode", "replay")
+STAGES = ("decode", "normalize")
 SESSION_DATE = (2024, 3, 15)  # the venue clock needs a date (the generator's default); any weekday will do
 
 
@@ -67,9 +67,9 @@ def run_ours(path, stage: str = "decode") -> tuple[int, float]:
     ``decode``: ``captures.binaryfile.read_binaryfile`` (read + framing kernel), then
     ``parsers.itch50.decode_type`` once per message type: every field of every message into typed
     numpy columns, the same work the peers do into Python objects.
-    ``replay``: ``feedhandler.replay.replay(path, None)``, i.e. ``feedhandler replay FILE --sink null``
+    ``normalize``: ``feedhandler.replay.replay(path, None, books=False)``, i.e. ``feedhandler stats FILE``
     in process: open and frame the capture, then normalize it into the common schema batch by batch
-    (epoch timestamps, 1e-9 prices, order-reference enrichment), writing nothing.
+    (epoch timestamps, 1e-9 prices, order-reference enrichment), writing nothing, building no books.
     """
     fn = _STAGE_FUNCTIONS[stage]
     t0 = time.perf_counter()
@@ -99,16 +99,16 @@ def _ours_decode(path) -> tuple[int, dict]:
     return n, decoded
 
 
-def _ours_replay(path) -> tuple[int, object]:
+def _ours_normalize(path) -> tuple[int, object]:
     import datetime as dt
 
     from feedhandler.replay import replay
 
-    summary = replay(path, None, date=dt.date(*SESSION_DATE))
+    summary = replay(path, None, date=dt.date(*SESSION_DATE), books=False)
     return summary.messages, summary
 
 
-_STAGE_FUNCTIONS = {"decode": _ours_decode, "replay": _ours_replay}
+_STAGE_FUNCTIONS = {"decode": _ours_decode, "normalize": _ours_normalize}
 
 
 def census_ours(path, stage: str) -> dict:
@@ -522,7 +522,7 @@ def print_table(report: dict) -> None:
         print("every decoder decodes the whole session; ratios compare messages/s")
     print()
     head = (f"{'decoder':<16} {'version':<14} {'input':<6} {'messages':>10} {'seconds':>8} {'messages/s':>12} "
-            f"{'decode/peer':>11} {'replay/peer':>14}  {'target':<7} check")
+            f"{'decode/peer':>11} {'normalize/peer':>14}  {'target':<7} check")
     print(head)
     print("-" * (len(head) + 8))
     for r in report["results"]:
@@ -547,7 +547,7 @@ def print_table(report: dict) -> None:
         print(f"ours: numba's cache loaded (or compiled) on the first {WARMUP_MESSAGES:,} messages before timing: "
               + ", ".join(f"{r['decoder']} {r['warmup_seconds']:.2f} s" for r in warm if r["input"] == "full"))
     print("decode = read + frame + every field of every message into typed numpy columns (the peers' work); "
-          "replay = `feedhandler replay FILE --sink null` in process: decode + common schema + order-reference "
+          "normalize = `feedhandler stats FILE` in process: decode + common schema + order-reference "
           "enrichment, batch by batch")
 
 
