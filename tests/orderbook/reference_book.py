@@ -25,9 +25,10 @@ Rules this book keeps (the engine keeps the same ones):
   rests an order. An action outside ``schema.Action`` counts ``unknown_action``.
 - An event naming an order of another instrument acts on the order's instrument (both are "touched")
   and counts ``instrument_mismatch`` on the event's instrument.
-- After every event, every instrument it touched (always the event's ``instrument_id``) counts
-  ``crossed`` if its best bid is above its best ask and ``locked`` if equal: these count events after
-  which the book was crossed, not crossings.
+- After every event other than TRADE and CROSS, every instrument it touched (always the event's
+  ``instrument_id``, even when the event changed nothing) counts ``crossed`` if its best bid is above its
+  best ask and ``locked`` if equal: these count book events after which the book was crossed, not
+  crossings.
 Problems are counted per instrument (the event's ``instrument_id``, or the order's for crossed/locked),
 never raised.
 """
@@ -46,7 +47,6 @@ BID = int(Side.BID)
 ASK = int(Side.ASK)
 EMPTY_BBO = (UNDEF, 0, 0, UNDEF, 0, 0)
 _NAMES = EVENT.dtype.names
-_KNOWN_ACTIONS = {int(a) for a in Action}
 
 
 @dataclass
@@ -84,6 +84,8 @@ class ReferenceBooks:
         inst = int(ev["instrument_id"])
         touched = [inst]
         action = int(ev["action"])
+        if action in (Action.TRADE, Action.CROSS):
+            return []  # they leave the book alone: nothing to check or report
         if action == Action.ADD:
             self._add(ev, inst, int(ev["order_id"]), int(ev["side"]), touched)
         elif action in (Action.CANCEL, Action.EXECUTE):
@@ -105,8 +107,6 @@ class ReferenceBooks:
         elif action == Action.CLEAR:
             for order in [o for o in self.orders.values() if o.instrument == inst]:
                 self._remove(order)
-        elif action in (Action.TRADE, Action.CROSS):
-            pass
         else:
             self.problems[inst]["unknown_action"] += 1
         changes = []

@@ -136,12 +136,13 @@ def test_replace_onto_a_live_id_counts_a_duplicate():
     assert b.integrity() == {1: {"duplicate_add": 1}}
 
 
-def test_locked_and_crossed_count_every_event_they_last_through():
+def test_locked_and_crossed_count_every_book_event_they_last_through():
     b = book(add(1, B, 10 * P, 100), add(2, S, 10 * P, 100),  # locked
-             dict(action=Action.TRADE, inst=1, price=10 * P, size=5, side=B),  # still locked
+             dict(action=Action.TRADE, inst=1, price=10 * P, size=5, side=B),  # not a book event: no count
              add(3, B, 11 * P, 100),  # crossed
+             cancel(99, 5),  # changes nothing, still counts: crossed
              delete(3), delete(2))  # locked, then fine
-    assert b.integrity() == {1: {"crossed": 1, "locked": 3}}
+    assert b.integrity() == {1: {"crossed": 2, "locked": 2, "unknown_order": 1}}
 
 
 def test_an_event_naming_another_instruments_order_acts_on_that_order():
