@@ -17,8 +17,9 @@ Rules this book keeps (the engine keeps the same ones):
 - REPLACE removes ``prev_order_id`` and rests ``order_id`` at the event's price and size on the old
   order's side, with a new priority (it goes to the back of its level even at an unchanged price).
   An unknown ``prev_order_id`` counts ``unknown_order``; the new order still rests if the event
-  carries a BID/ASK side, and is dropped without another count if not (``ItchNormalizer`` sets NONE). A new id that is already
-  resting (other than ``prev_order_id``) counts ``duplicate_add`` and replaces that order.
+  carries a BID/ASK side, and is dropped without another count if not (``ItchNormalizer`` sets NONE).
+  A new id that is already resting (other than ``prev_order_id``) counts ``duplicate_add`` and
+  replaces that order.
 - TRADE and CROSS leave the book alone. CLEAR empties the event's instrument.
 - An id that is not resting counts ``unknown_order`` (CANCEL, EXECUTE, DELETE, REPLACE's prev).
 - An ADD/REPLACE with a side other than BID/ASK counts ``bad_side``; with size 0, ``zero_size``; neither
