@@ -15,7 +15,6 @@ from orderbook import kernel as k
 from orderbook.records import BBO, L2
 from parsers.schema import UNDEF_PRICE, Side
 
-_OUT_ROWS = 1 << 16
 
 
 @dataclass
@@ -37,12 +36,13 @@ class BookEngine:
     """
 
     def __init__(self, depth: int = 10, conflate_ns: int = 0, venue: int = 1, instruments: int = 1024,
-                 orders: int = 1 << 16, levels: int = 1 << 16) -> None:
+                 orders: int = 1 << 16, levels: int = 1 << 16, out_rows: int = 1 << 16) -> None:
         if not 1 <= depth <= 255:
             raise ValueError("depth must be within 1..255")
         self.depth = depth
         self.conflate_ns = int(conflate_ns)
         self.venue = venue
+        self.out_rows = out_rows
         self.scalars = np.zeros(7, dtype=np.int64)
         self._orders_alloc(_pow2(orders))
         self.lv_key = np.zeros(levels, dtype=np.int64)
@@ -105,8 +105,8 @@ class BookEngine:
         assert old_n <= n
 
     def _new_outputs(self) -> None:
-        self._bbo = BBO.empty(_OUT_ROWS)
-        self._l2 = L2.empty(max(_OUT_ROWS, 8 * (2 * self.depth + 4)))
+        self._bbo = BBO.empty(max(self.out_rows, 2))
+        self._l2 = L2.empty(max(self.out_rows, 2 * (2 * self.depth + 4)))
         self._bbo_parts: list[np.ndarray] = []
         self._l2_parts: list[np.ndarray] = []
         self.scalars[k.S_BBO_ROWS] = 0

@@ -33,8 +33,9 @@ NEED_BOOKS = 3  # an instrument id beyond the book arrays
 NEED_OUTPUT = 4  # output arrays full: take the rows and give fresh room
 
 # Integrity counters per instrument (columns of ``integrity``).
-INTEGRITY_NAMES = ("unknown_order", "size_below_zero", "crossed", "locked", "duplicate_add")
-I_UNKNOWN, I_BELOW_ZERO, I_CROSSED, I_LOCKED, I_DUPLICATE = range(5)
+INTEGRITY_NAMES = ("unknown_order", "size_below_zero", "crossed", "locked", "duplicate_add", "bad_side",
+                   "zero_size", "instrument_mismatch")
+I_UNKNOWN, I_BELOW_ZERO, I_CROSSED, I_LOCKED, I_DUPLICATE, I_BAD_SIDE, I_ZERO_SIZE, I_MISMATCH = range(8)
 
 # Slots of the ``scalars`` array.
 S_ORDERS = 0  # live orders
@@ -363,19 +364,19 @@ def apply_events(start, events, venue, depth, conflate_ns,
             continue  # non-book trades and crosses leave the book alone
         if inst >= n_inst:
             return NEED_BOOKS, i
-        if conflate_ns == 0 and (scalars[S_BBO_ROWS] + 1 > bbo_out.shape[0]
+        if conflate_ns == 0 and (scalars[S_BBO_ROWS] + 2 > bbo_out.shape[0]
                                  or scalars[S_L2_ROWS] + l2_room > l2_out.shape[0]):
             return NEED_OUTPUT, i
-        if conflate_ns > 0 and scalars[S_DIRTY] >= dirty.shape[0]:
-            return NEED_BOOKS, i
-        # Room for what this event may insert, before anything changes.
+        # The order this event names, and room for what it may insert, before anything changes.
         slot = -1
         if a == _REPLACE:
             slot = order_find(keys, ev.prev_order_id)
-        if a == _ADD or (a == _REPLACE and slot >= 0):
+        elif a != _ADD and a != _CLEAR:
+            slot = order_find(keys, ev.order_id)
+        if a == _ADD or a == _REPLACE:
             if scalars[S_ORDERS] >= scalars[S_ORDER_LIMIT]:
                 return NEED_ORDERS, i
-            side_in = ev.side if a == _ADD else o_side[slot]
+            side_in = o_side[slot] if slot >= 0 else ev.side
             if side_in == _BID or side_in == _ASK:
                 book = _book_of(inst, side_in)
                 if b_len[book] >= b_cap[book]:
@@ -386,51 +387,18 @@ def apply_events(start, events, venue, depth, conflate_ns,
         seq = ev.sequence
         recv = ev.ts_recv
         top_changed = False
-        if a == _ADD or a == _REPLACE:
-            price = ev.price
-            size = ev.size
-            side = ev.side
-            if a == _REPLACE:
-                if slot < 0:
-                    integrity[inst, I_UNKNOWN] += 1
-                    flags |= _F_INTEGRITY
-                    side = _NONE
-                else:
-                    side = o_side[slot]
-                    d, removed = _level_sub(lv_key, lv_price, lv_size, lv_count, b_start, b_len,
-                                            _book_of(o_inst[slot], side), side, o_price[slot], o_size[slot], 1)
-                    if d >= 0 and d < depth:
-                        top_changed = True
-                        if conflate_ns == 0:
-                            row = _emit_change(lv_price, lv_size, lv_count, b_start, b_len, l2_out, row, ts, recv,
-                                               seq, inst, venue, flags, side, _book_of(inst, side), d, removed,
-                                               o_price[slot], depth)
-                    _order_remove(keys, o_price, o_size, o_side, o_inst, o_prio, slot)
-                    scalars[S_ORDERS] -= 1
-            if side == _BID or side == _ASK:
-                book = _book_of(inst, side)
-                key = ev.order_id
-                s = _order_slot(keys, key)
-                if keys[s] == key:  # a live reference added again: take the old order out first
-                    integrity[inst, I_DUPLICATE] += 1
-                    flags |= _F_INTEGRITY
-                    _level_sub(lv_key, lv_price, lv_size, lv_count, b_start, b_len, _book_of(o_inst[s], o_side[s]),
-                               o_side[s], o_price[s], o_size[s], 1)
-                else:
-                    scalars[S_ORDERS] += 1
-                keys[s] = key
-                o_price[s] = price
-                o_size[s] = size
-                o_side[s] = side
-                o_inst[s] = inst
-                o_prio[s] = seq
-                d = _level_add(lv_key, lv_price, lv_size, lv_count, b_start, b_len, book, side, price, np.uint64(size))
-                if d < depth:
-                    top_changed = True
-                    if conflate_ns == 0:
-                        row = _emit_depth(lv_price, lv_size, lv_count, b_start, b_len, l2_out, row, ts, recv, seq,
-                                          inst, venue, flags, side, book, d)
-        elif a == _CLEAR:
+        other = inst  # an instrument the event touches besides its own (an order of another instrument)
+        other_top_changed = False
+        named_side = o_side[slot] if slot >= 0 else _NONE  # read now: removing the order moves slots
+        if a != _ADD and a != _CLEAR:
+            if slot < 0:
+                integrity[inst, I_UNKNOWN] += 1
+                flags |= _F_INTEGRITY
+            elif o_inst[slot] != inst:
+                integrity[inst, I_MISMATCH] += 1
+                flags |= _F_INTEGRITY
+                other = o_inst[slot]
+        if a == _CLEAR:
             for sd in range(2):
                 side = _BID if sd == 0 else _ASK
                 book = 2 * np.int64(inst) + sd
@@ -449,86 +417,148 @@ def apply_events(start, events, venue, depth, conflate_ns,
                     scalars[S_ORDERS] -= 1
                     continue  # an entry may have shifted into slot j
                 j += 1
-        else:  # execute, cancel, delete
-            s = order_find(keys, ev.order_id)
-            if s < 0:
-                integrity[inst, I_UNKNOWN] += 1
+        elif slot >= 0:
+            # Take shares (or the whole order) off the order this event names, at its resting price.
+            side = o_side[slot]
+            remaining = o_size[slot]
+            take = remaining
+            if a == _EXECUTE or a == _CANCEL:
+                take = ev.size
+                if take > remaining:
+                    integrity[inst, I_BELOW_ZERO] += 1
+                    flags |= _F_INTEGRITY
+                    take = remaining
+            gone = take == remaining
+            price = o_price[slot]
+            owner = o_inst[slot]
+            book = _book_of(owner, side)
+            d, removed = _level_sub(lv_key, lv_price, lv_size, lv_count, b_start, b_len, book, side, price,
+                                    np.uint64(take), 1 if gone else 0)
+            if gone:
+                _order_remove(keys, o_price, o_size, o_side, o_inst, o_prio, slot)
+                scalars[S_ORDERS] -= 1
+            else:
+                o_size[slot] = remaining - take
+            if d >= 0 and d < depth:
+                if owner == inst:
+                    top_changed = True
+                else:
+                    other_top_changed = True
+                if conflate_ns == 0:
+                    row = _emit_change(lv_price, lv_size, lv_count, b_start, b_len, l2_out, row, ts, recv, seq,
+                                       owner, venue, flags, side, book, d, removed, price, depth)
+        if a == _ADD or a == _REPLACE:
+            side = ev.side if a == _ADD or slot < 0 else named_side  # a replace keeps its order's side
+            size = ev.size
+            if a == _REPLACE and slot < 0 and side != _BID and side != _ASK:
+                pass  # unknown order and no side to rest on: counted above
+            elif side != _BID and side != _ASK:
+                integrity[inst, I_BAD_SIDE] += 1
+                flags |= _F_INTEGRITY
+            elif size == 0:
+                integrity[inst, I_ZERO_SIZE] += 1
                 flags |= _F_INTEGRITY
             else:
-                side = o_side[s]
-                remaining = o_size[s]
-                take = remaining
-                if a != _DELETE:
-                    take = ev.size
-                    if take > remaining:
-                        integrity[inst, I_BELOW_ZERO] += 1
-                        flags |= _F_INTEGRITY
-                        take = remaining
-                gone = take == remaining
-                price = o_price[s]
-                book = _book_of(o_inst[s], side)
-                d, removed = _level_sub(lv_key, lv_price, lv_size, lv_count, b_start, b_len, book, side, price,
-                                        np.uint64(take), 1 if gone else 0)
-                if gone:
-                    _order_remove(keys, o_price, o_size, o_side, o_inst, o_prio, s)
-                    scalars[S_ORDERS] -= 1
+                price = ev.price
+                book = _book_of(inst, side)
+                key = ev.order_id
+                s = _order_slot(keys, key)
+                if keys[s] == key:  # a live reference added again: the old order leaves first
+                    integrity[inst, I_DUPLICATE] += 1
+                    flags |= _F_INTEGRITY
+                    owner = o_inst[s]
+                    if owner != inst:
+                        other = owner
+                    d, removed = _level_sub(lv_key, lv_price, lv_size, lv_count, b_start, b_len,
+                                            _book_of(owner, o_side[s]), o_side[s], o_price[s], np.uint64(o_size[s]), 1)
+                    if d >= 0 and d < depth:
+                        if owner == inst:
+                            top_changed = True
+                        else:
+                            other_top_changed = True
+                        if conflate_ns == 0:
+                            row = _emit_change(lv_price, lv_size, lv_count, b_start, b_len, l2_out, row, ts, recv,
+                                               seq, owner, venue, flags, o_side[s], _book_of(owner, o_side[s]), d,
+                                               removed, o_price[s], depth)
                 else:
-                    o_size[s] = remaining - take
-                if d >= 0 and d < depth:
+                    scalars[S_ORDERS] += 1
+                keys[s] = key
+                o_price[s] = price
+                o_size[s] = size
+                o_side[s] = side
+                o_inst[s] = inst
+                o_prio[s] = seq
+                d = _level_add(lv_key, lv_price, lv_size, lv_count, b_start, b_len, book, side, price, np.uint64(size))
+                if d < depth:
                     top_changed = True
                     if conflate_ns == 0:
-                        row = _emit_change(lv_price, lv_size, lv_count, b_start, b_len, l2_out, row, ts, recv, seq,
-                                           inst, venue, flags, side, book, d, removed, price, depth)
-        # BBO, crossed and locked books.
-        bid_px, bid_sz, bid_ct = _best(lv_price, lv_size, lv_count, b_start, b_len, 2 * np.int64(inst))
-        ask_px, ask_sz, ask_ct = _best(lv_price, lv_size, lv_count, b_start, b_len, 2 * np.int64(inst) + 1)
-        if bid_px != _UNDEF and ask_px != _UNDEF:
-            if bid_px > ask_px:
-                integrity[inst, I_CROSSED] += 1
-                flags |= _F_CROSSED
-            elif bid_px == ask_px:
-                integrity[inst, I_LOCKED] += 1
-                flags |= _F_LOCKED
-        lb = last_bbo[inst]
-        bbo_changed = (lb[0] != bid_px or lb[1] != np.int64(bid_sz) or lb[2] != np.int64(bid_ct)
-                       or lb[3] != ask_px or lb[4] != np.int64(ask_sz) or lb[5] != np.int64(ask_ct))
-        if bbo_changed:
-            lb[0] = bid_px
-            lb[1] = np.int64(bid_sz)
-            lb[2] = np.int64(bid_ct)
-            lb[3] = ask_px
-            lb[4] = np.int64(ask_sz)
-            lb[5] = np.int64(ask_ct)
+                        row = _emit_depth(lv_price, lv_size, lv_count, b_start, b_len, l2_out, row, ts, recv, seq,
+                                          inst, venue, flags, side, book, d)
+        flags = _settle(inst, flags, top_changed, ts, recv, seq, venue, conflate_ns, lv_price, lv_size, lv_count,
+                        b_start, b_len, last_bbo, last_ev, integrity, dirty, is_dirty, bbo_out, scalars)
+        if other != inst:
+            _settle(other, flags, other_top_changed, ts, recv, seq, venue, conflate_ns, lv_price, lv_size, lv_count,
+                    b_start, b_len, last_bbo, last_ev, integrity, dirty, is_dirty, bbo_out, scalars)
         if conflate_ns == 0:
-            if bbo_changed:
-                r = bbo_out[scalars[S_BBO_ROWS]]
-                r.ts_event = ts
-                r.ts_recv = recv
-                r.sequence = seq
-                r.bid_px = bid_px
-                r.bid_sz = bid_sz
-                r.bid_ct = bid_ct
-                r.ask_px = ask_px
-                r.ask_sz = ask_sz
-                r.ask_ct = ask_ct
-                r.instrument_id = inst
-                r.venue = venue
-                r.flags = flags
-                scalars[S_BBO_ROWS] += 1
             for k in range(scalars[S_L2_ROWS], row):
-                l2_out[k].flags = flags  # crossed/locked known only now
+                l2_out[k].flags = flags  # crossed/locked and integrity are known only now
             scalars[S_L2_ROWS] = row
-        elif bbo_changed or top_changed:
-            le = last_ev[inst]
-            le[0] = ts
-            le[1] = recv
-            le[2] = np.int64(seq)
-            le[3] = np.int64(flags)
-            if is_dirty[inst] == 0:
-                dirty[scalars[S_DIRTY]] = inst
-                scalars[S_DIRTY] += 1
-            is_dirty[inst] |= (_DIRTY_BBO if bbo_changed else 0) | (_DIRTY_L2 if top_changed else 0)
     return DONE, events.shape[0]
+
+
+@nb.njit(cache=True)
+def _settle(inst, flags, top_changed, ts, recv, seq, venue, conflate_ns, lv_price, lv_size, lv_count, b_start, b_len,
+            last_bbo, last_ev, integrity, dirty, is_dirty, bbo_out, scalars):
+    """After an event touched ``inst``: count a crossed or locked book, emit (or mark) a BBO change.
+
+    Returns the flags with CROSSED/LOCKED added.
+    """
+    bid_px, bid_sz, bid_ct = _best(lv_price, lv_size, lv_count, b_start, b_len, 2 * np.int64(inst))
+    ask_px, ask_sz, ask_ct = _best(lv_price, lv_size, lv_count, b_start, b_len, 2 * np.int64(inst) + 1)
+    if bid_px != _UNDEF and ask_px != _UNDEF:
+        if bid_px > ask_px:
+            integrity[inst, I_CROSSED] += 1
+            flags |= _F_CROSSED
+        elif bid_px == ask_px:
+            integrity[inst, I_LOCKED] += 1
+            flags |= _F_LOCKED
+    lb = last_bbo[inst]
+    bbo_changed = (lb[0] != bid_px or lb[1] != np.int64(bid_sz) or lb[2] != np.int64(bid_ct)
+                   or lb[3] != ask_px or lb[4] != np.int64(ask_sz) or lb[5] != np.int64(ask_ct))
+    if bbo_changed:
+        lb[0] = bid_px
+        lb[1] = np.int64(bid_sz)
+        lb[2] = np.int64(bid_ct)
+        lb[3] = ask_px
+        lb[4] = np.int64(ask_sz)
+        lb[5] = np.int64(ask_ct)
+    if conflate_ns == 0:
+        if bbo_changed:
+            r = bbo_out[scalars[S_BBO_ROWS]]
+            r.ts_event = ts
+            r.ts_recv = recv
+            r.sequence = seq
+            r.bid_px = bid_px
+            r.bid_sz = bid_sz
+            r.bid_ct = bid_ct
+            r.ask_px = ask_px
+            r.ask_sz = ask_sz
+            r.ask_ct = ask_ct
+            r.instrument_id = inst
+            r.venue = venue
+            r.flags = flags
+            scalars[S_BBO_ROWS] += 1
+    elif bbo_changed or top_changed:
+        le = last_ev[inst]
+        le[0] = ts
+        le[1] = recv
+        le[2] = np.int64(seq)
+        le[3] = np.int64(flags)
+        if is_dirty[inst] == 0:
+            dirty[scalars[S_DIRTY]] = inst
+            scalars[S_DIRTY] += 1
+        is_dirty[inst] |= (_DIRTY_BBO if bbo_changed else 0) | (_DIRTY_L2 if top_changed else 0)
+    return flags
 
 
 @nb.njit(cache=True)

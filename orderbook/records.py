@@ -42,8 +42,10 @@ BBO = Record(
 
 L2 = Record(
     "l2",
-    "A price level of the top N after an update (size 0: the level left the book); conflated output sends "
-    "complete top-N snapshots flagged SNAPSHOT.",
+    "A price level of the top N after an update. Unconflated: rows for the levels an update changed (size 0: "
+    "the level left the book; a level that comes into view from below is sent too); a consumer upserts levels "
+    "by price and keeps the N best after each update. Conflated: per instrument and window, the complete top N "
+    "of both sides flagged SNAPSHOT (replace the instrument's levels with them; one NONE row for an empty book).",
     (
         TS_EVENT,
         TS_RECV,

@@ -1,0 +1,247 @@
+"""The compiled book engine against the plain-Python reference: event by event, and at the end."""
+import datetime as dt
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from captures.generator import generate
+from orderbook.engine import BookEngine
+from orderbook.records import BookFlag
+from parsers import itch50
+from parsers.clock import VenueClock
+from parsers.frames import empty_frames
+from parsers.itch50_normalize import ItchNormalizer
+from parsers.schema import EVENT, UNDEF_PRICE, Action, Side
+from tests.orderbook.event_streams import event_streams, random_events
+from tests.orderbook.reference_book import ReferenceBooks
+
+UNDEF = int(UNDEF_PRICE)
+
+
+def apply_in_batches(engine, events, batch):
+    bbo, l2 = [], []
+    for i in range(0, len(events), batch):
+        out = engine.apply(events[i : i + batch])
+        bbo.append(out.bbo)
+        l2.append(out.l2)
+    return np.concatenate(bbo) if bbo else np.empty(0), np.concatenate(l2) if l2 else np.empty(0)
+
+
+def bbo_rows(bbo):
+    return [(int(r["sequence"]), int(r["instrument_id"]),
+             (int(r["bid_px"]), int(r["bid_sz"]), int(r["bid_ct"]), int(r["ask_px"]), int(r["ask_sz"]), int(r["ask_ct"])))
+            for r in bbo]
+
+
+def assert_same_books(engine, ref, instruments, depth=None):
+    for inst in instruments:
+        assert engine.l2(inst, depth) == ref.l2(inst, depth), inst
+        assert engine.l3(inst) == ref.l3(inst), inst
+        assert engine.bbo(inst) == ref.bbo(inst), inst
+    assert engine.integrity_by_instrument() == ref.integrity()
+    assert engine.orders == len(ref.orders)
+
+
+def replay_l2_deltas(l2_rows, depth):
+    """Top-N books rebuilt from unconflated L2 rows alone, as docs/schema.md tells a consumer to:
+    upsert each level by price (size 0 removes it), then keep the N best after each update."""
+    books: dict = {}
+
+    def truncate(key):
+        levels = books[key]
+        for p in sorted(levels, reverse=key[1] == Side.BID)[depth:]:
+            del levels[p]
+
+    for i, r in enumerate(l2_rows):
+        key = (int(r["instrument_id"]), int(r["side"]))
+        levels = books.setdefault(key, {})
+        if r["size"] == 0:
+            levels.pop(int(r["price"]), None)
+        else:
+            levels[int(r["price"])] = (int(r["size"]), int(r["count"]))
+        if i + 1 == len(l2_rows) or l2_rows[i + 1]["sequence"] != r["sequence"]:
+            for k in books:
+                truncate(k)
+    out = {}
+    for (inst, side), levels in books.items():
+        prices = sorted(levels, reverse=side == Side.BID)
+        out[(inst, side)] = [(p, *levels[p]) for p in prices]
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_streams_match_the_reference(seed):
+    events = random_events(seed, 20_000, instruments=7, invalid=True)
+    ref = ReferenceBooks()
+    expected = ref.bbo_changes(events)
+    # Tiny starting sizes: every growth path (orders, level pool, instruments, outputs) gets used.
+    engine = BookEngine(depth=5, instruments=2, orders=16, levels=16, out_rows=64)
+    bbo, l2 = apply_in_batches(engine, events, 997)
+    assert bbo_rows(bbo) == expected
+    assert_same_books(engine, ref, range(1, 8))
+    rebuilt = replay_l2_deltas(l2, 5)
+    for inst in range(1, 8):
+        bids, asks = engine.l2(inst, 5)
+        assert rebuilt.get((inst, Side.BID), []) == [(p, s, c) for p, s, c in bids]
+        assert rebuilt.get((inst, Side.ASK), []) == [(p, s, c) for p, s, c in asks]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(event_streams(instruments=(1, 2, 3), max_events=150))
+def test_hypothesis_streams_match_the_reference(events):
+    ref = ReferenceBooks()
+    expected = ref.bbo_changes(events)
+    engine = BookEngine(depth=3, instruments=1, orders=16, levels=8, out_rows=8)
+    bbo, _ = apply_in_batches(engine, events, 37)
+    assert bbo_rows(bbo) == expected
+    assert_same_books(engine, ref, (1, 2, 3))
+
+
+def test_generated_session_matches_the_reference():
+    session = generate(messages=30_000, symbols=30, seed=11)
+    buf = session.buf
+    frames = empty_frames(len(session))
+    frames["offset"] = session.offsets
+    frames["length"] = session.lengths
+    frames["ts_recv"] = session.ts_recv
+    frames["sequence"] = np.arange(1, len(session) + 1)
+    frames["session"] = 0
+    frames["flags"] = 0
+    events = ItchNormalizer(VenueClock(session.date)).normalize(buf, frames).events
+    ref = ReferenceBooks()
+    expected = ref.bbo_changes(events)
+    engine = BookEngine()
+    out = engine.apply(events)
+    assert bbo_rows(out.bbo) == expected
+    assert_same_books(engine, ref, range(1, 31), depth=10)
+    assert engine.integrity() == {}  # the generator never crosses a book
+
+
+def ev(seq, action, **fields):
+    row = EVENT.empty(1)[0]
+    row["price"] = UNDEF
+    row["side"] = Side.NONE
+    row["sequence"] = seq
+    row["ts_event"] = 1_000 * seq
+    row["instrument_id"] = 1
+    row["action"] = action
+    for k, v in fields.items():
+        row[k] = v
+    return row
+
+
+def events(*rows):
+    out = EVENT.empty(len(rows))
+    for i, r in enumerate(rows):
+        out[i] = r
+    return out
+
+
+def test_replace_loses_time_priority_and_executions_take_the_front():
+    engine = BookEngine(depth=5)
+    engine.apply(events(
+        ev(1, Action.ADD, order_id=1, side=Side.BID, price=10_000_000_000, size=100),
+        ev(2, Action.ADD, order_id=2, side=Side.BID, price=10_000_000_000, size=200),
+        ev(3, Action.ADD, order_id=3, side=Side.BID, price=10_000_000_000, size=300),
+        ev(4, Action.REPLACE, order_id=4, prev_order_id=1, price=10_000_000_000, size=100),  # same price
+    ))
+    assert engine.l3(1)[Side.BID] == [(10_000_000_000, [2, 3, 4])]
+    # An execution with its own price (ITCH C) comes off the resting level, not the execution price.
+    engine.apply(events(ev(5, Action.EXECUTE, order_id=2, size=50, price=10_010_000_000)))
+    assert engine.l2(1) == ([(10_000_000_000, 550, 3)], [])
+    engine.apply(events(ev(6, Action.EXECUTE, order_id=2, size=150)))
+    assert engine.l3(1)[Side.BID] == [(10_000_000_000, [3, 4])]
+
+
+def test_bbo_and_l2_rows_for_known_updates():
+    engine = BookEngine(depth=2)
+    out = engine.apply(events(
+        ev(1, Action.ADD, order_id=1, side=Side.BID, price=10_000_000_000, size=100),
+        ev(2, Action.ADD, order_id=2, side=Side.ASK, price=10_010_000_000, size=300),
+        ev(3, Action.ADD, order_id=3, side=Side.BID, price=9_990_000_000, size=50),  # below the best: no BBO change
+        ev(4, Action.ADD, order_id=4, side=Side.BID, price=9_980_000_000, size=50),  # third level: outside depth 2
+        ev(5, Action.DELETE, order_id=1),  # best bid leaves; level 3 comes into view
+        ev(6, Action.TRADE, price=10_000_000_000, size=10),  # non-book: nothing
+    ))
+    assert bbo_rows(out.bbo) == [
+        (1, 1, (10_000_000_000, 100, 1, UNDEF, 0, 0)),
+        (2, 1, (10_000_000_000, 100, 1, 10_010_000_000, 300, 1)),
+        (5, 1, (9_990_000_000, 50, 1, 10_010_000_000, 300, 1)),
+    ]
+    l2 = [(int(r["sequence"]), chr(r["side"]), int(r["level"]), int(r["price"]), int(r["size"]), int(r["count"]))
+          for r in out.l2]
+    assert l2 == [
+        (1, "B", 0, 10_000_000_000, 100, 1),
+        (2, "A", 0, 10_010_000_000, 300, 1),
+        (3, "B", 1, 9_990_000_000, 50, 1),
+        (5, "B", 0, 10_000_000_000, 0, 0),
+        (5, "B", 1, 9_980_000_000, 50, 1),
+    ]
+
+
+def test_crossed_and_locked_books_are_counted_and_flagged():
+    engine = BookEngine()
+    out = engine.apply(events(
+        ev(1, Action.ADD, order_id=1, side=Side.ASK, price=10_000_000_000, size=100),
+        ev(2, Action.ADD, order_id=2, side=Side.BID, price=10_000_000_000, size=100),
+        ev(3, Action.ADD, order_id=3, side=Side.BID, price=10_010_000_000, size=100),
+        ev(4, Action.CANCEL, order_id=99, size=1),
+    ))
+    # Crossed counts updates after which the book is crossed: events 3 and 4.
+    assert engine.integrity() == {"unknown_order": 1, "crossed": 2, "locked": 1}
+    assert out.bbo["flags"][1] & BookFlag.LOCKED and out.bbo["flags"][2] & BookFlag.CROSSED
+
+
+def test_conflation_emits_the_last_state_of_each_window_with_the_complete_top_n():
+    ms = 1_000_000
+    rows = [ev(1, Action.ADD, order_id=1, side=Side.BID, price=10_000_000_000, size=100),
+            ev(2, Action.ADD, order_id=2, side=Side.BID, price=9_990_000_000, size=100),
+            ev(3, Action.ADD, order_id=3, side=Side.ASK, price=10_020_000_000, size=100),
+            ev(4, Action.CANCEL, order_id=1, size=40),
+            ev(5, Action.ADD, order_id=5, side=Side.ASK, price=10_030_000_000, size=10)]
+    for i, r in enumerate(rows):
+        r["ts_event"] = 5 * ms + i  # all in one 1 ms window
+    late = ev(6, Action.ADD, order_id=6, side=Side.BID, price=9_980_000_000, size=7)
+    late["ts_event"] = 9 * ms  # a later window: closes the first
+    engine = BookEngine(depth=10, conflate_ns=ms)
+    out = engine.apply(events(*rows, late))
+    assert bbo_rows(out.bbo) == [(5, 1, (10_000_000_000, 60, 1, 10_020_000_000, 100, 1))]
+    snap = [(chr(r["side"]), int(r["level"]), int(r["price"]), int(r["size"])) for r in out.l2]
+    assert snap == [("B", 0, 10_000_000_000, 60), ("B", 1, 9_990_000_000, 100),
+                    ("A", 0, 10_020_000_000, 100), ("A", 1, 10_030_000_000, 10)]
+    assert np.all(out.l2["flags"] & BookFlag.SNAPSHOT) and np.all(out.l2["sequence"] == 5)
+    end = engine.finish()  # the last window is always emitted
+    assert len(end.bbo) == 0  # BBO unchanged by the late bid below the best
+    assert [(chr(r["side"]), int(r["level"]), int(r["size"])) for r in end.l2] == [
+        ("B", 0, 60), ("B", 1, 100), ("B", 2, 7), ("A", 0, 100), ("A", 1, 10)]
+
+
+def test_clear_empties_one_instrument():
+    engine = BookEngine(depth=2)
+    a = ev(1, Action.ADD, order_id=1, side=Side.BID, price=10, size=1)
+    b = ev(2, Action.ADD, order_id=2, side=Side.BID, price=10, size=1, instrument_id=2)
+    c = ev(3, Action.CLEAR)
+    out = engine.apply(events(a, b, c))
+    assert engine.l2(1) == ([], []) and engine.l2(2) == ([(10, 1, 1)], [])
+    assert engine.orders == 1
+    assert [(int(r["sequence"]), int(r["size"])) for r in out.l2] == [(1, 1), (2, 1), (3, 0)]
+
+
+def test_itch_messages_through_normalizer_and_engine():
+    msgs = [itch50.encode(b"R", stock_locate=3, stock=b"ZVZZT"),
+            itch50.encode(b"A", stock_locate=3, order_ref=1, side=b"B", shares=100, stock=b"ZVZZT", price=100_0000),
+            itch50.encode(b"A", stock_locate=3, order_ref=2, side=b"S", shares=100, stock=b"ZVZZT", price=100_0100),
+            itch50.encode(b"C", stock_locate=3, order_ref=1, executed_shares=30, match_number=1, printable=b"Y",
+                          execution_price=100_0050),
+            itch50.encode(b"U", stock_locate=3, original_ref=2, new_ref=3, shares=70, price=100_0200)]
+    buf = np.frombuffer(b"".join(msgs), dtype=np.uint8)
+    frames = empty_frames(len(msgs))
+    frames["offset"] = np.cumsum([0] + [len(m) for m in msgs])[:-1]
+    frames["length"] = [len(m) for m in msgs]
+    frames["sequence"] = np.arange(1, len(msgs) + 1)
+    frames["ts_recv"] = frames["session"] = frames["flags"] = 0
+    events_ = ItchNormalizer(VenueClock(dt.date(2024, 3, 15))).normalize(buf, frames).events
+    engine = BookEngine()
+    engine.apply(events_)
+    assert engine.l2(3) == ([(100_000_000_000, 70, 1)], [(100_020_000_000, 70, 1)])
