@@ -1,0 +1,54 @@
+"""``MarketBatch``: what the pipeline hands every sink, once per decoded batch (never per message).
+
+All arrays are numpy record arrays in the project's records (``parsers.schema``, ``orderbook.records``),
+in sequence order; ``symbols`` maps instrument ids to venue symbols (the stock directory so far).
+A batch is immutable once queued: sinks read it, never change it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from orderbook.records import BBO, L2
+from parsers.schema import STATUS, TRADE
+
+
+@dataclass(frozen=True)
+class MarketBatch:
+    venue: str  # the venue's short name (``nasdaq``), as channel names use it
+    symbols: dict[int, str]
+    bbo: np.ndarray = field(default_factory=lambda: BBO.empty(0))
+    l2: np.ndarray = field(default_factory=lambda: L2.empty(0))
+    trades: np.ndarray = field(default_factory=lambda: TRADE.empty(0))
+    status: np.ndarray = field(default_factory=lambda: STATUS.empty(0))
+    ohlcv: dict[str, np.ndarray] = field(default_factory=dict)  # interval -> bars (end of a replay)
+    final: bool = False  # the last batch of a replay
+
+    @property
+    def rows(self) -> int:
+        return len(self.bbo) + len(self.l2) + len(self.trades) + len(self.status) + sum(
+            len(v) for v in self.ohlcv.values())
+
+
+def conflate(older: MarketBatch, newer: MarketBatch) -> MarketBatch:
+    """One batch standing for two consecutive ones, latest state winning.
+
+    BBO: the last row per instrument. L2: per instrument, the rows of its last update if that update was
+    a complete snapshot, else every row (deltas must all arrive). Trades and status are kept whole:
+    they are events, not state.
+    """
+    bbo = np.concatenate([older.bbo, newer.bbo])
+    if len(bbo):
+        _, last = np.unique(bbo["instrument_id"][::-1], return_index=True)
+        bbo = bbo[np.sort(len(bbo) - 1 - last)]
+    return MarketBatch(
+        venue=newer.venue,
+        symbols=newer.symbols,
+        bbo=bbo,
+        l2=np.concatenate([older.l2, newer.l2]),
+        trades=np.concatenate([older.trades, newer.trades]),
+        status=np.concatenate([older.status, newer.status]),
+        ohlcv={**older.ohlcv, **newer.ohlcv},
+        final=older.final or newer.final,
+    )
