@@ -98,4 +98,6 @@ def real_data():
     root = os.environ.get("FEEDHANDLER_REAL_DATA")
     if not root:
         pytest.skip("FEEDHANDLER_REAL_DATA is unset: set it to the real-captures directory (CI: ../shared/data/real)")
+    if not Path(root).is_dir():
+        pytest.fail(f"FEEDHANDLER_REAL_DATA={root} is not a directory of real captures", pytrace=False)
     return Path(root)
