@@ -9,7 +9,9 @@ import argparse
 import datetime as dt
 import json
 import os
+import signal
 import sys
+import threading
 
 from feedhandler.replay import DecodedCapture, ReplayError, ReplaySummary, replay, wants_progress
 from feedhandler.times import parse_at, parse_duration
@@ -73,9 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out", help="output directory (default ./out)")
     p.add_argument("--sink", choices=["parquet", "null"], default="parquet",
                    help="parquet (default) or null: decode and build every book, write nothing")
-    p.add_argument("--conflate", type=_duration, default=0, metavar="DURATION",
+    p.add_argument("--conflate", type=_duration, metavar="DURATION",
                    help="BBO/L2 conflation window per instrument: 0 (every update, default), 500us, 1ms, 100ms ...")
-    p.add_argument("--depth", type=_depth, default=10, help="levels per side in l2.parquet (default 10)")
+    p.add_argument("--depth", type=_depth, help="levels per side in l2.parquet and published depth (default 10)")
+    p.add_argument("--redis", metavar="URL", help="publish to Redis, e.g. redis://127.0.0.1:6379/0")
+    p.add_argument("--timescale", metavar="DSN", help="write to TimescaleDB/PostgreSQL, e.g. postgresql://user@host/db")
+    p.add_argument("--ws", metavar="HOST:PORT", help="serve a WebSocket feed, e.g. 127.0.0.1:8765")
+    p.add_argument("--speed", metavar="1|N|max", help="1: the capture's own pace; N: N times faster; max (default)")
+    p.add_argument("--linger", type=float, metavar="SECONDS",
+                   help="with --ws: keep serving this long after the replay (default: until interrupted)")
+    p.add_argument("--drain", type=float, default=5.0, metavar="SECONDS",
+                   help="at the end or on SIGINT/SIGTERM, wait this long for sinks to drain (default 5)")
+    p.add_argument("--config", metavar="PATH", help="feedhandler.toml with [replay] and [sinks.*] (default ./feedhandler.toml if present)")
     p.set_defaults(run=_run_replay)
 
     p = verbs.add_parser(
@@ -118,12 +129,67 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_replay(args) -> int:
+    from feedhandler.pacing import parse_speed
+    from feedhandler.sinks import ConfigError, build_runners, load_config
+
+    try:
+        config = load_config(args.config)
+        settings = config.get("replay", {})
+        conflate = args.conflate if args.conflate is not None else parse_duration(str(settings.get("conflate", "0")))
+        depth = args.depth if args.depth is not None else int(settings.get("depth", 10))
+        speed = parse_speed(args.speed if args.speed is not None else str(settings.get("speed", "max")))
+        sinks = {name: dict(conf) for name, conf in config.get("sinks", {}).items()}
+    except (ConfigError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    for name, key, value in (("redis", "url", args.redis), ("timescale", "dsn", args.timescale),
+                             ("websocket", "listen", args.ws)):
+        if value:
+            sinks.setdefault(name, {})[key] = value
     out = None if args.sink == "null" else args.out
-    summary = replay(args.capture, out, date=args.date, venue=args.venue, udp_port=args.udp_port,
-                     progress=not args.json and wants_progress(sys.stderr), depth=args.depth,
-                     conflate_ns=args.conflate)
+    stop = threading.Event()
+    with _stop_on_signals(stop):
+        try:
+            runners = build_runners(sinks, venue_depth=depth)
+        except (ConfigError, KeyError, ValueError, TypeError) as exc:
+            raise UserError(f"sink settings: {exc}") from None
+        try:
+            summary = replay(args.capture, out, date=args.date, venue=args.venue, udp_port=args.udp_port,
+                             progress=not args.json and wants_progress(sys.stderr), depth=depth,
+                             conflate_ns=conflate, runners=runners, speed=speed, stop=stop)
+            if "websocket" in sinks and not stop.is_set():
+                ws = next(r for r in runners if r.sink.name == "websocket")
+                print(f"serving ws://{ws.sink.host}:{ws.sink.port} "
+                      + (f"for {args.linger:g} s" if args.linger is not None else "until interrupted"),
+                      file=sys.stderr)
+                stop.wait(args.linger)
+        finally:
+            reports = {r.sink.name: r.stop(args.drain) for r in runners}
+    summary.sinks = reports
     _print_summary(summary, args.json)
-    return 0
+    return 130 if summary.interrupted else 0
+
+
+class _stop_on_signals:
+    """SIGINT/SIGTERM set ``stop`` (the replay ends and sinks drain); a second one interrupts at once."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.stop.is_set():
+            raise KeyboardInterrupt
+        self.stop.set()
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
 
 
 def _run_stats(args) -> int:
@@ -192,6 +258,10 @@ def _print_summary(s: ReplaySummary, as_json: bool) -> None:
     if s.integrity or s.resting_orders:
         integrity = ", ".join(f"{k} {v:,}" for k, v in s.integrity.items()) or "none"
         print(f"  books        {s.resting_orders:,} orders resting at the end; integrity: {integrity}")
+    for name, counts in s.sinks.items():
+        print(f"  sink {name:<8}" + (", ".join(f"{k} {v:,}" for k, v in counts.items()) or "nothing sent"))
+    if s.interrupted:
+        print("  interrupted: everything decoded before the signal was written")
     if s.out:
         print("  wrote        " + ", ".join(f"{k} {v:,}" for k, v in s.rows.items() if v) + f" rows under {s.out}/")
     print(f"  time         {s.seconds:.3f} s   {s.msgs_per_s:,.0f} messages/s")

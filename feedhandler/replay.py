@@ -13,7 +13,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
+import threading
 
 import numpy as np
 
@@ -25,6 +26,9 @@ from parsers.venues import VENUES_BY_NAME, Venue
 from orderbook.bars import INTERVALS, BarBuilder
 from orderbook.engine import BookEngine
 from orderbook.records import BBO, L2, ohlcv_record
+from feedhandler.pacing import Pacer, time_slices
+from publish.batch import MarketBatch
+from publish.runner import SinkRunner
 
 BATCH_MESSAGES = 1 << 20  # messages normalized per batch: bounds memory, keeps numpy calls large
 OUTPUT_RECORDS = (*schema.RECORDS, BBO, L2, *(ohlcv_record(i) for i in INTERVALS))
@@ -50,6 +54,8 @@ class ReplaySummary:
     rows: dict[str, int] = field(default_factory=dict)
     integrity: dict[str, int] = field(default_factory=dict)
     resting_orders: int = 0
+    interrupted: bool = False
+    sinks: dict[str, dict[str, int]] = field(default_factory=dict)
     out: str | None = None
     seconds: float = 0.0
     msgs_per_s: float = 0.0
@@ -127,42 +133,63 @@ def replay(
     books: bool = True,
     depth: int = 10,
     conflate_ns: int = 0,
+    runners: Sequence[SinkRunner] = (),
+    speed: float | None = None,
+    stop: threading.Event | None = None,
 ) -> ReplaySummary:
     """Decode a whole capture, build every book and bar; write Parquet under ``out_dir`` unless None.
 
     ``books=False`` decodes only (``stats``); ``out_dir=None`` with books is ``--sink null``.
+    ``runners`` get a ``MarketBatch`` per piece (they queue it and never block); ``speed`` paces the
+    pieces by the capture's clock (None: as fast as possible); setting ``stop`` ends the replay early,
+    with everything decoded so far written (``summary.interrupted``).
     """
     started = time.perf_counter()
     source = DecodedCapture(path, date, venue, udp_port)
     engine = BookEngine(depth=depth, conflate_ns=conflate_ns, venue=source.venue.id) if books else None
     bars = BarBuilder(venue=source.venue.id, tz=source.venue.tz) if books else None
     outputs = _Outputs(out_dir)
+    pacer = Pacer(speed) if speed else None
+    publisher = _Publisher(source, runners)
+    interrupted = False
     try:
         for batch in source.batches():
             outputs.open_once(source)
-            for name, rows in batch.records().items():
-                outputs.write(name, rows)
-            if engine is not None:
-                book = engine.apply(batch.events)
-                outputs.write("bbo", book.bbo)
-                outputs.write("l2", book.l2)
-                bars.add_trades(batch.trades)
-                bars.add_broken(batch.broken_trades)
+            for capture_ns, piece in (time_slices(batch) if pacer else [(0, batch)]):
+                if stop is not None and stop.is_set():
+                    interrupted = True
+                    break
+                if pacer:
+                    pacer.wait_until(capture_ns)
+                for name, rows in piece.records().items():
+                    outputs.write(name, rows)
+                if engine is not None:
+                    book = engine.apply(piece.events)
+                    outputs.write("bbo", book.bbo)
+                    outputs.write("l2", book.l2)
+                    bars.add_trades(piece.trades)
+                    bars.add_broken(piece.broken_trades)
+                    publisher.publish(bbo=book.bbo, l2=book.l2, trades=piece.trades, status=piece.status)
             if progress:
                 _show_progress(source.messages_done, started)
+            if interrupted:
+                break
         outputs.open_once(source)
         if engine is not None:
             book = engine.finish()
             outputs.write("bbo", book.bbo)
             outputs.write("l2", book.l2)
-            for interval, rows in bars.finish().items():
+            ohlcv = bars.finish()
+            for interval, rows in ohlcv.items():
                 outputs.write(f"ohlcv_{interval}", rows)
+            publisher.publish(bbo=book.bbo, l2=book.l2, ohlcv=ohlcv, final=True)
     finally:
         outputs.close()
     if progress:
         sys.stderr.write("\r\033[K")
     summary = source.summary()
     summary.rows = outputs.rows
+    summary.interrupted = interrupted
     if engine is not None:
         summary.integrity = engine.integrity()
         summary.resting_orders = engine.orders
@@ -170,6 +197,26 @@ def replay(
     summary.seconds = round(time.perf_counter() - started, 6)
     summary.msgs_per_s = round(summary.messages / summary.seconds, 1) if summary.seconds > 0 else 0.0
     return summary
+
+
+class _Publisher:
+    """Hands each piece's book outputs to every sink runner as one ``MarketBatch``."""
+
+    def __init__(self, source: DecodedCapture, runners: Sequence[SinkRunner]) -> None:
+        self.source = source
+        self.runners = list(runners)
+        self._symbols: dict[int, str] = {}
+
+    def publish(self, **arrays) -> None:
+        if not self.runners:
+            return
+        known = self.source.normalizer.symbols
+        if len(known) != len(self._symbols):  # sinks read it on their threads: hand out a copy
+            self._symbols = dict(known)
+        batch = MarketBatch(venue=self.source.venue.name, symbols=self._symbols, **arrays)
+        if batch.rows or batch.final:
+            for runner in self.runners:
+                runner.offer(batch)
 
 
 class _Outputs:
