@@ -112,22 +112,20 @@ def decode_book_events(buf, frames, selected, offset, width, action_lut, known_l
         ev.tracking = np.uint16(_be(buf, pos + _TRACKING_OFFSET, 2))
         ev.venue = venue
         ev.action = action_lut[t]
-        o = offset[t]
-        w = width[t]
-        ev.order_id = _be(buf, pos + o[COL_ORDER_ID], 8) if o[COL_ORDER_ID] >= 0 else np.uint64(0)
-        ev.prev_order_id = _be(buf, pos + o[COL_PREV], 8) if o[COL_PREV] >= 0 else np.uint64(0)
-        ev.match_id = _be(buf, pos + o[COL_MATCH], 8) if o[COL_MATCH] >= 0 else np.uint64(0)
-        size = _be(buf, pos + o[COL_SIZE], w[COL_SIZE]) if o[COL_SIZE] >= 0 else np.uint64(0)
+        ev.order_id = _be(buf, pos + offset[t, COL_ORDER_ID], 8) if offset[t, COL_ORDER_ID] >= 0 else np.uint64(0)
+        ev.prev_order_id = _be(buf, pos + offset[t, COL_PREV], 8) if offset[t, COL_PREV] >= 0 else np.uint64(0)
+        ev.match_id = _be(buf, pos + offset[t, COL_MATCH], 8) if offset[t, COL_MATCH] >= 0 else np.uint64(0)
+        size = _be(buf, pos + offset[t, COL_SIZE], width[t, COL_SIZE]) if offset[t, COL_SIZE] >= 0 else np.uint64(0)
         wide_size[j] = size
         ev.size = np.uint32(min(size, np.uint64(0xFFFFFFFF)))
-        ev.price = np.int64(_be(buf, pos + o[COL_PRICE], w[COL_PRICE])) * 100_000 if o[COL_PRICE] >= 0 else _UNDEF
-        if o[COL_SIDE] >= 0:
-            ev.side = _BID if buf[pos + o[COL_SIDE]] == 66 else _ASK  # 'B'
+        ev.price = np.int64(_be(buf, pos + offset[t, COL_PRICE], width[t, COL_PRICE])) * 100_000 if offset[t, COL_PRICE] >= 0 else _UNDEF
+        if offset[t, COL_SIDE] >= 0:
+            ev.side = _BID if buf[pos + offset[t, COL_SIDE]] == 66 else _ASK  # 'B'
         else:
             ev.side = _SIDE_NONE
-        if o[COL_PRINTABLE] >= 0 and buf[pos + o[COL_PRINTABLE]] == 78:  # 'N'
+        if offset[t, COL_PRINTABLE] >= 0 and buf[pos + offset[t, COL_PRINTABLE]] == 78:  # 'N'
             flags |= _NON_PRINTABLE
-        if o[COL_ATTRIBUTION] >= 0:
+        if offset[t, COL_ATTRIBUTION] >= 0:
             flags |= _ATTRIBUTED
-        cross_type[j] = buf[pos + o[COL_CROSS]] if o[COL_CROSS] >= 0 else np.uint8(0)
+        cross_type[j] = buf[pos + offset[t, COL_CROSS]] if offset[t, COL_CROSS] >= 0 else np.uint8(0)
         ev.flags = flags
