@@ -74,7 +74,7 @@ def _home(key, mask):
     return np.int64((key * _HASH_MUL) >> np.uint64(20)) & mask
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, inline="always")
 def order_find(keys, key):
     mask = keys.shape[0] - 1
     i = _home(key, mask)
@@ -87,7 +87,7 @@ def order_find(keys, key):
         i = (i + 1) & mask
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, inline="always")
 def _order_slot(keys, key):
     mask = keys.shape[0] - 1
     i = _home(key, mask)
@@ -136,7 +136,7 @@ def _level_key(side, price):
     return price if side == _BID else -price
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, inline="always")
 def _level_pos(lv_key, start, n, key):
     """Lower bound of ``key`` in the sorted run ``lv_key[start:start+n]`` (absolute index)."""
     lo = start
@@ -177,7 +177,7 @@ def _give_room(lv_key, lv_price, lv_size, lv_count, b_start, b_len, b_cap, scala
     return True
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, inline="always")
 def _level_add(lv_key, lv_price, lv_size, lv_count, b_start, b_len, book, side, price, size):
     """Add one order of ``size`` at ``price``; return the level's depth from the best (room checked)."""
     key = _level_key(side, price)
@@ -201,7 +201,7 @@ def _level_add(lv_key, lv_price, lv_size, lv_count, b_start, b_len, book, side, 
     return start + n - pos
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, inline="always")
 def _level_sub(lv_key, lv_price, lv_size, lv_count, b_start, b_len, book, side, price, size, orders_gone):
     """Take ``size`` shares and ``orders_gone`` orders off a level; return (depth, removed) or (-1, False)."""
     key = _level_key(side, price)
@@ -227,7 +227,7 @@ def _level_sub(lv_key, lv_price, lv_size, lv_count, b_start, b_len, book, side, 
 # -- outputs ------------------------------------------------------------------------------------
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, inline="always")
 def _emit_level(l2, row, ev_ts, ev_recv, ev_seq, inst, venue, flags, side, depth, price, size, count):
     r = l2[row]
     r.ts_event = ev_ts
@@ -243,7 +243,7 @@ def _emit_level(l2, row, ev_ts, ev_recv, ev_seq, inst, venue, flags, side, depth
     r.level = depth
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, inline="always")
 def _emit_depth(lv_price, lv_size, lv_count, b_start, b_len, l2, row, ev_ts, ev_recv, ev_seq, inst, venue,
                 flags, side, book, depth):
     """Write the level now at ``depth`` of a book side (size 0 if the side is shallower); next row."""
@@ -256,7 +256,7 @@ def _emit_depth(lv_price, lv_size, lv_count, b_start, b_len, l2, row, ev_ts, ev_
     return row
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, inline="always")
 def _best(lv_price, lv_size, lv_count, b_start, b_len, book):
     n = b_len[book]
     if n == 0:
@@ -285,7 +285,7 @@ def _emit_snapshot(lv_price, lv_size, lv_count, b_start, b_len, l2, row, ev_ts, 
 # -- the event loop -----------------------------------------------------------------------------
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, inline="always")
 def _book_of(inst, side):
     return 2 * np.int64(inst) + (0 if side == _BID else 1)
 
@@ -506,7 +506,7 @@ def apply_events(start, events, venue, depth, conflate_ns,
     return DONE, events.shape[0]
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, inline="always")
 def _settle(inst, flags, top_changed, ts, recv, seq, venue, conflate_ns, lv_price, lv_size, lv_count, b_start, b_len,
             last_bbo, last_ev, integrity, dirty, is_dirty, bbo_out, scalars):
     """After an event touched ``inst``: count a crossed or locked book, emit (or mark) a BBO change.
@@ -522,16 +522,17 @@ def _settle(inst, flags, top_changed, ts, recv, seq, venue, conflate_ns, lv_pric
         elif bid_px == ask_px:
             integrity[inst, I_LOCKED] += 1
             flags |= _F_LOCKED
-    lb = last_bbo[inst]
-    bbo_changed = (lb[0] != bid_px or lb[1] != np.int64(bid_sz) or lb[2] != np.int64(bid_ct)
-                   or lb[3] != ask_px or lb[4] != np.int64(ask_sz) or lb[5] != np.int64(ask_ct))
+    # Scalar indexing throughout: a row view (last_bbo[inst]) would cost reference counting per event.
+    bbo_changed = (last_bbo[inst, 0] != bid_px or last_bbo[inst, 1] != np.int64(bid_sz)
+                   or last_bbo[inst, 2] != np.int64(bid_ct) or last_bbo[inst, 3] != ask_px
+                   or last_bbo[inst, 4] != np.int64(ask_sz) or last_bbo[inst, 5] != np.int64(ask_ct))
     if bbo_changed:
-        lb[0] = bid_px
-        lb[1] = np.int64(bid_sz)
-        lb[2] = np.int64(bid_ct)
-        lb[3] = ask_px
-        lb[4] = np.int64(ask_sz)
-        lb[5] = np.int64(ask_ct)
+        last_bbo[inst, 0] = bid_px
+        last_bbo[inst, 1] = np.int64(bid_sz)
+        last_bbo[inst, 2] = np.int64(bid_ct)
+        last_bbo[inst, 3] = ask_px
+        last_bbo[inst, 4] = np.int64(ask_sz)
+        last_bbo[inst, 5] = np.int64(ask_ct)
     if conflate_ns == 0:
         if bbo_changed:
             r = bbo_out[scalars[S_BBO_ROWS]]
@@ -549,11 +550,10 @@ def _settle(inst, flags, top_changed, ts, recv, seq, venue, conflate_ns, lv_pric
             r.flags = flags
             scalars[S_BBO_ROWS] += 1
     elif bbo_changed or top_changed:
-        le = last_ev[inst]
-        le[0] = ts
-        le[1] = recv
-        le[2] = np.int64(seq)
-        le[3] = np.int64(flags)
+        last_ev[inst, 0] = ts
+        last_ev[inst, 1] = recv
+        last_ev[inst, 2] = np.int64(seq)
+        last_ev[inst, 3] = np.int64(flags)
         if is_dirty[inst] == 0:
             dirty[scalars[S_DIRTY]] = inst
             scalars[S_DIRTY] += 1
@@ -561,7 +561,7 @@ def _settle(inst, flags, top_changed, ts, recv, seq, venue, conflate_ns, lv_pric
     return flags
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, inline="always")
 def _emit_change(lv_price, lv_size, lv_count, b_start, b_len, l2, row, ts, recv, seq, inst, venue, flags, side,
                  book, d, removed, price, depth):
     """L2 rows for a level at depth ``d`` that shrank or left; a level that left lets one more in view."""
