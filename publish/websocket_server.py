@@ -1,0 +1,258 @@
+"""WebSocket sink: serves the ``publish.ws_protocol`` hub with the ``websockets`` library.
+
+Rules this module keeps:
+- The hub (all protocol logic) lives on one asyncio loop in the server's own thread; nothing else
+  touches it. ``write(batch)`` only appends to a small bounded hand-off list and, when the loop is not
+  already due to read it, schedules one ``call_soon_threadsafe``: it never waits for the loop, the
+  clients or a lock held by them. When the loop falls more than ``max_batches`` behind, the two oldest
+  batches conflate (``publish.batch.conflate``: latest BBO per instrument, every L2 delta, every trade),
+  counted in ``batches_conflated``.
+- Per connection: a reader task feeds the hub; a writer task takes messages from the hub only when the
+  previous send has drained (websockets' ``write_limit``), so a client that stops reading stops taking,
+  and its hub queue conflates behind it. A stuck client is closed with 1013 and, since it is not
+  reading, its TCP connection is aborted after ``close_timeout``.
+- ``close()`` closes every connection (1001 going away) and stops the loop; ``open()`` may follow again.
+
+Counters: clients (connected now), messages_sent, gaps, disconnects_slow, plus batches, batches_conflated,
+dropped (messages conflated or dropped for slow clients), refused_auth, refused_limit, unknown_instrument.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+import urllib.parse
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from publish.batch import MarketBatch, conflate
+from publish.ws_protocol import Hub
+
+
+class WebSocketServer:
+    """A sink serving market data to WebSocket clients (protocol: docs/websocket.md).
+
+    Args:
+        host, port: where to listen; ``port=0`` picks a free port (read ``.port`` after ``open()``).
+        token: when set, clients must authenticate with it (``?token=`` or an ``auth`` op first).
+        max_clients: connections served at once; more are refused (error, then close 1013).
+        max_queue: outgoing messages queued per client before its bbo/l2 conflate and trades drop.
+        depth: N of the top-N depth served (at most the book engine's depth).
+        max_subscriptions: (channel, symbol) pairs per client.
+        stuck_s: a client whose queue is full and that takes nothing this long is disconnected (1013).
+        auth_timeout_s: a client that does not authenticate in time is disconnected (1008).
+        max_batches: batches handed to the loop and not yet applied before they conflate.
+        send_chunk: messages taken from the hub per writer round.
+        close_timeout: seconds to wait for a closing handshake before aborting the connection.
+    """
+
+    name = "websocket"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8765, token: str | None = None, max_clients: int = 256,
+                 max_queue: int = 4096, *, depth: int = 10, max_subscriptions: int = 10_000, stuck_s: float = 5.0,
+                 auth_timeout_s: float = 10.0, max_batches: int = 64, send_chunk: int = 256,
+                 close_timeout: float = 2.0, max_message_bytes: int = 65_536) -> None:
+        if max_batches < 2:
+            raise ValueError("max_batches must be >= 2")
+        self.host = host
+        self.port = int(port)
+        self._requested_port = int(port)
+        self.token = token
+        self._hub_args = dict(depth=depth, token=token, max_clients=max_clients, max_subscriptions=max_subscriptions,
+                              max_queue=max_queue, stuck_s=stuck_s, auth_timeout_s=auth_timeout_s)
+        self.max_batches = max_batches
+        self.send_chunk = send_chunk
+        self.close_timeout = close_timeout
+        self.max_message_bytes = max_message_bytes
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("clients", "messages_sent", "gaps", "disconnects_slow", "batches", "batches_conflated", "dropped",
+             "refused_auth", "refused_limit", "unknown_instrument"), 0)
+        self.hub: Hub | None = None
+        self._lock = threading.Lock()
+        self._handoff: list[MarketBatch] = []
+        self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self._conns: dict[int, tuple[ServerConnection, asyncio.Event, asyncio.Task | None]] = {}
+
+    # -- sink protocol (any thread) -----------------------------------------------------------------
+
+    def open(self) -> None:
+        """Start serving (returns once listening). Raises OSError when the address cannot be bound."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._ready.clear()
+        self._startup_error = None
+        self._handoff = []
+        self._scheduled = False
+        self._thread = threading.Thread(target=self._run, name=f"ws-{self.host}:{self._requested_port}", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            self._thread.join()
+            self._thread = None
+            raise self._startup_error
+
+    def write(self, batch: MarketBatch) -> None:
+        """Hand a batch to the server's loop; returns at once (never waits for clients)."""
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("WebSocketServer.write before open()")
+        with self._lock:
+            if len(self._handoff) >= self.max_batches:
+                self._handoff[0:2] = [conflate(self._handoff[0], self._handoff[1])]
+                self.counters["batches_conflated"] += 1
+            self._handoff.append(batch)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        try:
+            loop.call_soon_threadsafe(self._apply_handoff)
+        except RuntimeError:  # the loop closed under us: the batch is moot
+            pass
+
+    def close(self) -> None:
+        """Close every connection and stop the loop (waits up to ``close_timeout`` + 5 s)."""
+        thread, loop, stop = self._thread, self._loop, self._stop
+        if thread is None:
+            return
+        if loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(stop.set)
+        thread.join(self.close_timeout + 5.0)
+        self._thread = None
+
+    # -- the loop thread ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # a bind error before ready, or a bug: never silent
+            if not self._ready.is_set():
+                self._startup_error = exc
+                self._ready.set()
+            else:
+                raise
+        finally:
+            self._loop = None
+
+    async def _main(self) -> None:
+        self.hub = Hub(**self._hub_args)
+        self._conns = {}
+        self._stop = asyncio.Event()
+        async with serve(self._handle, self.host, self._requested_port, max_size=self.max_message_bytes,
+                         close_timeout=self.close_timeout, compression=None) as server:
+            self.port = server.sockets[0].getsockname()[1]
+            self._loop = asyncio.get_running_loop()
+            self._ready.set()
+            ticker = asyncio.create_task(self._tick())
+            await self._stop.wait()
+            ticker.cancel()
+            self._apply_handoff()
+        self._sync_counters()
+
+    def _apply_handoff(self) -> None:
+        with self._lock:
+            batches, self._handoff = self._handoff, []
+            self._scheduled = False
+        hub = self.hub
+        now = time.monotonic()
+        woken: set[int] = set()
+        for batch in batches:
+            woken |= hub.apply(batch, now)
+        self.counters["batches"] += len(batches)
+        for cid in woken:
+            conn = self._conns.get(cid)
+            if conn is not None:
+                conn[1].set()
+        self._sync_counters()
+
+    async def _tick(self) -> None:
+        interval = max(0.01, min(0.25, self._hub_args["stuck_s"] / 5))
+        while True:
+            await asyncio.sleep(interval)
+            for cid in self.hub.tick(time.monotonic()):
+                self._closing(cid)
+            self._sync_counters()
+
+    def _sync_counters(self) -> None:
+        hub = self.hub
+        counters = self.counters
+        counters["clients"] = hub.live_clients()
+        for name in ("gaps", "disconnects_slow", "dropped", "refused_auth", "refused_limit", "unknown_instrument"):
+            counters[name] = hub.counters[name]
+
+    def _closing(self, cid: int) -> None:
+        """The hub wants ``cid`` closed: wake its writer (flush then close) or close it now (no flush)."""
+        conn = self._conns.get(cid)
+        close = self.hub.closing(cid)
+        if conn is None or close is None:
+            return
+        ws, wake, writer = conn
+        if close[2]:
+            wake.set()
+            return
+        if writer is not None:
+            writer.cancel()
+        asyncio.create_task(self._close(ws, close[0], close[1]))
+
+    async def _close(self, ws: ServerConnection, code: int, reason: str) -> None:
+        try:
+            await asyncio.wait_for(ws.close(code, reason), self.close_timeout)
+        except (asyncio.TimeoutError, ConnectionClosed, OSError):
+            pass
+        finally:
+            ws.transport.abort()  # no-op once closed; ends a stuck TCP connection
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        hub = self.hub
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(ws.request.path).query)
+        url_token = query.get("token", [None])[0]
+        cid = hub.connect(time.monotonic(), url_token)
+        wake = asyncio.Event()
+        wake.set()
+        self._conns[cid] = (ws, wake, None)
+        writer = asyncio.create_task(self._writer(ws, cid, wake))
+        self._conns[cid] = (ws, wake, writer)
+        self._sync_counters()
+        try:
+            if hub.closing(cid) is None:
+                async for message in ws:
+                    hub.receive(cid, message, time.monotonic())
+                    wake.set()
+                    if hub.closing(cid) is not None:
+                        break
+            if hub.closing(cid) is not None:
+                self._closing(cid)
+                with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                    await writer
+                await ws.wait_closed()
+        except ConnectionClosed:
+            pass
+        finally:
+            writer.cancel()
+            self._conns.pop(cid, None)
+            hub.disconnect(cid)
+            self._sync_counters()
+
+    async def _writer(self, ws: ServerConnection, cid: int, wake: asyncio.Event) -> None:
+        hub = self.hub
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                while messages := hub.data_to_send(cid, self.send_chunk):
+                    for text in messages:
+                        await ws.send(text)
+                    self.counters["messages_sent"] += len(messages)
+                close = hub.closing(cid)
+                if close is not None and close[2]:
+                    await self._close(ws, close[0], close[1])
+                    return
+        except ConnectionClosed:
+            pass

@@ -1,0 +1,647 @@
+"""The WebSocket market-data protocol without I/O: latest state, subscriptions, per-client queues.
+
+Shaped like websockets' own ``protocol.py``: the driver (``publish.websocket_server``) feeds it what
+happened, with the time as an argument, and asks what to send. No socket, no clock, no threads.
+
+    hub = Hub(depth=10)
+    cid = hub.connect(now, url_token=None)   # a new connection (may already be refused: see closing())
+    hub.receive(cid, text, now)              # a text frame from the client
+    woken = hub.apply(batch, now)            # a MarketBatch: the clients that have something new
+    hub.data_to_send(cid, limit)             # JSON texts to send, oldest first; this is the client's "read"
+    hub.closing(cid)                         # (code, reason, flush) once the client is to be closed
+    hub.tick(now)                            # clients newly closed by a timer (stuck, auth timeout)
+    hub.disconnect(cid)                      # the connection is gone
+
+Rules this module keeps (docs/websocket.md is the user-facing version):
+- State per symbol: the last BBO, and the complete top ``depth`` of both sides rebuilt from L2 rows
+  (unconflated rows are deltas upserted by price, the N best kept after each update; a SNAPSHOT-flagged
+  update replaces the symbol's levels). An ``l2`` message always carries the complete top N.
+- ``seq`` counts the updates of one symbol on one channel: 1, 2, 3, ... A snapshot carries the seq of
+  the last update it includes; a client that received every update sees seq go up by exactly 1.
+- One message per BBO row, trade row and status row; one ``l2`` message per symbol per batch (the
+  state after the batch's last update of that symbol).
+- Each client has a bounded queue (``max_queue`` messages, control replies aside). When it is full,
+  bbo/l2 conflate (latest state wins per channel and symbol, parked outside the queue until there is
+  room) and trades/status drop oldest; either way the client then gets ``{"type": "gap", "channel",
+  "symbol", "dropped": n}`` before the next message of that channel and symbol, n counting the updates
+  it will never see (so seq jumps by n + 1).
+- A client whose queue overflowed and that has taken nothing for ``stuck_s`` seconds is closed with
+  1013 (try again later), without flushing. Refused auth and protocol misuse close with 1008, too many
+  connections with 1013, both after the error message is sent.
+"""
+from __future__ import annotations
+
+import collections
+import hmac
+import itertools
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from orderbook.records import BookFlag
+from parsers.schema import PRICE_SCALE, UNDEF_PRICE, Side, StatusKind, TradingState
+
+CHANNELS = ("bbo", "l2", "trades", "status")
+STATE_CHANNELS = frozenset({"bbo", "l2"})  # latest state wins; the others are events
+MESSAGE_TYPE = {"bbo": "bbo", "l2": "l2", "trades": "trade", "status": "status"}
+WILDCARD = "*"
+
+CLOSE_POLICY_VIOLATION = 1008  # auth refused or missing, malformed use of the protocol
+CLOSE_TRY_AGAIN_LATER = 1013  # too many connections; a client too slow to keep up
+
+_SNAPSHOT = int(BookFlag.SNAPSHOT)
+_BID, _ASK = int(Side.BID), int(Side.ASK)
+_UNDEF = int(UNDEF_PRICE)
+
+Key = tuple[str, str]  # (channel, symbol)
+
+
+# -- JSON shapes (the ones Redis carries too) ----------------------------------------------------
+
+
+def price_text(price: int) -> str | None:
+    """Exact decimal text of a 1e-9 fixed-point price ("187.25"); None for UNDEF_PRICE."""
+    if price == _UNDEF:
+        return None
+    whole, frac = divmod(abs(price), PRICE_SCALE)
+    sign = "-" if price < 0 else ""
+    return f"{sign}{whole}" if frac == 0 else f"{sign}{whole}.{frac:09d}".rstrip("0")
+
+
+def _enum_name(enum_type, value: int) -> str:
+    try:
+        return enum_type(value).name
+    except ValueError:
+        return str(value)
+
+
+def _text(value: bytes) -> str:
+    return value.decode("ascii", "replace").strip("\x00 ")
+
+
+# -- the book of one symbol -----------------------------------------------------------------------
+
+
+@dataclass
+class _Book:
+    """Price levels of one symbol: price -> (size, orders), kept to the N best per side."""
+
+    bids: dict[int, tuple[int, int]] = field(default_factory=dict)
+    asks: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    def trim(self, depth: int) -> None:
+        if len(self.bids) > depth:
+            for price in sorted(self.bids, reverse=True)[depth:]:
+                del self.bids[price]
+        if len(self.asks) > depth:
+            for price in sorted(self.asks)[depth:]:
+                del self.asks[price]
+
+    def levels(self) -> tuple[list[list], list[list]]:
+        """(bids, asks) as ``[price text, size, orders]``, best first."""
+        bids = [[price_text(p), *self.bids[p]] for p in sorted(self.bids, reverse=True)]
+        asks = [[price_text(p), *self.asks[p]] for p in sorted(self.asks)]
+        return bids, asks
+
+
+# -- one client -----------------------------------------------------------------------------------
+
+_CONTROL, _STATE, _EVENT = 0, 1, 2
+
+
+@dataclass
+class _Parked:
+    """Overflow of one (channel, symbol): updates not delivered, and the latest state to deliver."""
+
+    dropped: int = 0
+    latest: str | None = None  # state channels: the newest message, sent once there is room
+
+
+@dataclass
+class _Client:
+    id: int
+    connected_at: float
+    authed: bool
+    subs: set[Key] = field(default_factory=set)
+    wild: set[str] = field(default_factory=set)  # channels subscribed for every symbol
+    queue: collections.deque = field(default_factory=collections.deque)  # [kind, key, text, gap dropped]
+    parked: dict[Key, _Parked] = field(default_factory=dict)  # insertion order = flush order
+    data_len: int = 0  # queued messages that count against max_queue (control replies do not)
+    stuck_since: float | None = None
+    close: tuple[int, str, bool] | None = None  # code, reason, flush queued messages first
+
+
+class Hub:
+    """Latest market state and every client's subscriptions and outgoing queue (see the module rules).
+
+    Args:
+        depth: N of the top-N depth kept per symbol (at most the book engine's depth).
+        token: when set, a client must present it (``?token=`` in the URL or an ``auth`` op first).
+        max_clients: connections beyond this are refused with an error and close 1013.
+        max_subscriptions: (channel, symbol) pairs per client, ``*`` counting one per channel.
+        max_queue: outgoing data messages queued per client before conflation starts.
+        stuck_s: a client whose queue overflowed and that took nothing this long is closed (1013).
+        auth_timeout_s: a client that has not authenticated this long after connecting is closed (1008).
+    """
+
+    def __init__(self, depth: int = 10, token: str | None = None, max_clients: int = 256,
+                 max_subscriptions: int = 10_000, max_queue: int = 4096, stuck_s: float = 5.0,
+                 auth_timeout_s: float = 10.0) -> None:
+        if depth < 1 or max_clients < 1 or max_subscriptions < 1 or max_queue < 2:
+            raise ValueError("depth, max_clients, max_subscriptions must be >= 1 and max_queue >= 2")
+        self.depth = depth
+        self.token = token
+        self.max_clients = max_clients
+        self.max_subscriptions = max_subscriptions
+        self.max_queue = max_queue
+        self.stuck_s = stuck_s
+        self.auth_timeout_s = auth_timeout_s
+        # queued, gaps, dropped, disconnects_slow, refused_auth, refused_limit, unknown_instrument
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._clients: dict[int, _Client] = {}
+        self._next_id = 1
+        self._seq: dict[Key, int] = {}
+        self._bbo: dict[str, dict] = {}  # symbol -> last bbo message (without "snapshot")
+        self._books: dict[str, _Book] = {}
+        self._l2_last: dict[str, dict] = {}  # symbol -> last l2 message header (seq, ts_event, ts_recv)
+        self._subscribers: dict[Key, set[int]] = {}
+        self._wild: dict[str, set[int]] = {ch: set() for ch in CHANNELS}
+
+    # -- connections ------------------------------------------------------------------------------
+
+    def connect(self, now: float, url_token: str | None = None) -> int:
+        """Register a connection; returns its id. It may be refused at once: check ``closing(cid)``."""
+        cid = self._next_id
+        self._next_id += 1
+        client = _Client(cid, now, authed=self.token is None)
+        self._clients[cid] = client
+        if self.live_clients() > self.max_clients:
+            self.counters["refused_limit"] += 1
+            self._refuse(client, CLOSE_TRY_AGAIN_LATER, f"too many connections (max {self.max_clients})")
+        elif url_token is not None and self.token is not None:
+            if hmac.compare_digest(url_token.encode(), self.token.encode()):
+                client.authed = True
+            else:
+                self.counters["refused_auth"] += 1
+                self._refuse(client, CLOSE_POLICY_VIOLATION, "invalid token")
+        return cid
+
+    def live_clients(self) -> int:
+        """Connections not refused or being closed."""
+        return sum(1 for c in self._clients.values() if c.close is None)
+
+    def disconnect(self, cid: int) -> None:
+        """Forget a connection that is gone."""
+        client = self._clients.pop(cid, None)
+        if client is None:
+            return
+        for key in client.subs:
+            self._subscribers[key].discard(cid)
+            if not self._subscribers[key]:
+                del self._subscribers[key]
+        for channel in client.wild:
+            self._wild[channel].discard(cid)
+
+    def closing(self, cid: int) -> tuple[int, str, bool] | None:
+        """``(code, reason, flush)`` once the connection is to be closed (flush: send what is queued first)."""
+        client = self._clients.get(cid)
+        return None if client is None else client.close
+
+    def tick(self, now: float) -> list[int]:
+        """Apply the timers; returns the clients newly to be closed."""
+        closed = []
+        for client in self._clients.values():
+            if client.close is not None:
+                continue
+            if client.stuck_since is not None and now - client.stuck_since > self.stuck_s:
+                self.counters["disconnects_slow"] += 1
+                client.close = (CLOSE_TRY_AGAIN_LATER, f"too slow: queue full for over {self.stuck_s:g} s", False)
+                closed.append(client.id)
+            elif not client.authed and now - client.connected_at > self.auth_timeout_s:
+                self.counters["refused_auth"] += 1
+                self._refuse(client, CLOSE_POLICY_VIOLATION, "auth timeout")
+                closed.append(client.id)
+        return closed
+
+    # -- from the client --------------------------------------------------------------------------
+
+    def receive(self, cid: int, text: str | bytes, now: float) -> None:
+        """Handle one message from the client; replies are queued (``data_to_send``)."""
+        client = self._clients.get(cid)
+        if client is None or client.close is not None:
+            return
+        try:
+            request = json.loads(text)
+        except (ValueError, UnicodeDecodeError):
+            return self._error(client, "not JSON")
+        if not isinstance(request, dict):
+            return self._error(client, "a request is a JSON object with an 'op'")
+        op = request.get("op")
+        handler = _OPS.get(op) if isinstance(op, str) else None
+        if handler is None:
+            return self._error(client, f"unknown op {op!r} (auth, subscribe, unsubscribe, ping)")
+        if not client.authed and op != "auth":
+            self.counters["refused_auth"] += 1
+            return self._refuse(client, CLOSE_POLICY_VIOLATION, "auth required: send {\"op\": \"auth\", \"token\": ...} first")
+        handler(self, client, request, now)
+
+    def _op_auth(self, client: _Client, request: dict, now: float) -> None:
+        token = request.get("token")
+        if self.token is None or client.authed:
+            self._control(client, {"type": "authenticated"})
+        elif isinstance(token, str) and hmac.compare_digest(token.encode(), self.token.encode()):
+            client.authed = True
+            self._control(client, {"type": "authenticated"})
+        else:
+            self.counters["refused_auth"] += 1
+            self._refuse(client, CLOSE_POLICY_VIOLATION, "invalid token")
+
+    def _op_ping(self, client: _Client, request: dict, now: float) -> None:
+        self._control(client, {"type": "pong"})
+
+    def _op_subscribe(self, client: _Client, request: dict, now: float) -> None:
+        parsed = self._parse_selection(client, request)
+        if parsed is None:
+            return
+        channels, symbols = parsed
+        if symbols == WILDCARD:
+            new_wild = set(channels) - client.wild
+            new_subs: set[Key] = set()
+        else:
+            new_wild = set()
+            new_subs = {(ch, s) for ch in channels for s in symbols if ch not in client.wild} - client.subs
+        if len(client.subs) + len(client.wild) + len(new_subs) + len(new_wild) > self.max_subscriptions:
+            return self._error(client, f"subscription limit: at most {self.max_subscriptions} (channel, symbol) pairs")
+        for channel in new_wild:
+            client.wild.add(channel)
+            self._wild[channel].add(client.id)
+            for key in [k for k in client.subs if k[0] == channel]:  # the wildcard covers them now
+                self._drop_sub(client, key)
+        for key in new_subs:
+            client.subs.add(key)
+            self._subscribers.setdefault(key, set()).add(client.id)
+        self._control(client, {"type": "subscribed", "channels": list(channels),
+                               "symbols": symbols if symbols == WILDCARD else list(symbols)})
+        # A snapshot of every requested (channel, symbol) with state, already-subscribed ones too.
+        for channel in channels:
+            if channel not in STATE_CHANNELS:
+                continue
+            names = (self._bbo if channel == "bbo" else self._l2_last) if symbols == WILDCARD else symbols
+            for symbol in list(names):
+                message = self._snapshot(channel, symbol)
+                if message is not None:
+                    self._push(client, _STATE, (channel, symbol), json.dumps(message, separators=(",", ":")), now)
+
+    def _op_unsubscribe(self, client: _Client, request: dict, now: float) -> None:
+        parsed = self._parse_selection(client, request)
+        if parsed is None:
+            return
+        channels, symbols = parsed
+        gone: set[Key] = set()
+        for channel in channels:
+            if symbols == WILDCARD:
+                if channel in client.wild:
+                    client.wild.discard(channel)
+                    self._wild[channel].discard(client.id)
+                    gone.add((channel, WILDCARD))
+                keys = [k for k in client.subs if k[0] == channel]
+            else:
+                keys = [(channel, s) for s in symbols if (channel, s) in client.subs]
+            for key in keys:
+                self._drop_sub(client, key)
+                gone.add(key)
+        self._purge(client, gone)
+        self._control(client, {"type": "unsubscribed", "channels": list(channels),
+                               "symbols": symbols if symbols == WILDCARD else list(symbols)})
+
+    def _parse_selection(self, client: _Client, request: dict) -> tuple[tuple[str, ...], str | tuple[str, ...]] | None:
+        channels = request.get("channels", ["bbo"])
+        symbols = request.get("symbols")
+        if (not isinstance(channels, list) or not channels
+                or any(not isinstance(c, str) or c not in CHANNELS for c in channels)):
+            self._error(client, f"channels: a non-empty list of {', '.join(CHANNELS)}")
+            return None
+        if symbols == WILDCARD or symbols == [WILDCARD]:
+            return tuple(dict.fromkeys(channels)), WILDCARD
+        if (not isinstance(symbols, list) or not symbols
+                or any(not isinstance(s, str) or not s or s == WILDCARD for s in symbols)):
+            self._error(client, "symbols: a non-empty list of symbols, or \"*\"")
+            return None
+        return tuple(dict.fromkeys(channels)), tuple(dict.fromkeys(symbols))
+
+    def _drop_sub(self, client: _Client, key: Key) -> None:
+        client.subs.discard(key)
+        subscribers = self._subscribers.get(key)
+        if subscribers is not None:
+            subscribers.discard(client.id)
+            if not subscribers:
+                del self._subscribers[key]
+
+    def _purge(self, client: _Client, gone: set[Key]) -> None:
+        """Remove queued and parked messages of keys no longer subscribed (``(channel, "*")``: all of it)."""
+        wild_gone = {ch for ch, s in gone if s == WILDCARD}
+
+        def is_gone(key: Key) -> bool:
+            return key in gone or (key[0] in wild_gone and not self._subscribed(client, key))
+
+        kept = collections.deque(entry for entry in client.queue if entry[0] == _CONTROL or not is_gone(entry[1]))
+        client.data_len -= len(client.queue) - len(kept)
+        client.queue = kept
+        for key in [k for k in client.parked if is_gone(k)]:
+            del client.parked[key]
+
+    @staticmethod
+    def _subscribed(client: _Client, key: Key) -> bool:
+        return key[0] in client.wild or key in client.subs
+
+    # -- from the feed ----------------------------------------------------------------------------
+
+    def apply(self, batch, now: float) -> set[int]:
+        """Apply a ``MarketBatch``: update the state, queue updates to subscribers; returns the clients woken."""
+        woken: set[int] = set()
+        symbols: Mapping[int, str] = batch.symbols
+        if len(batch.bbo):
+            self._apply_bbo(batch.bbo, symbols, now, woken)
+        if len(batch.l2):
+            self._apply_l2(batch.l2, symbols, now, woken)
+        if len(batch.trades):
+            self._apply_trades(batch.trades, symbols, now, woken)
+        if len(batch.status):
+            self._apply_status(batch.status, symbols, now, woken)
+        return woken
+
+    def _next_seq(self, key: Key) -> int:
+        seq = self._seq.get(key, 0) + 1
+        self._seq[key] = seq
+        return seq
+
+    def _apply_bbo(self, rows: np.ndarray, symbols: Mapping[int, str], now: float, woken: set[int]) -> None:
+        cols = [rows[c].tolist() for c in ("instrument_id", "bid_px", "bid_sz", "ask_px", "ask_sz", "ts_event", "ts_recv")]
+        for iid, bid_px, bid_sz, ask_px, ask_sz, ts_event, ts_recv in zip(*cols):
+            symbol = symbols.get(iid)
+            if symbol is None:
+                self.counters["unknown_instrument"] += 1
+                continue
+            key = ("bbo", symbol)
+            message = {"type": "bbo", "symbol": symbol, "seq": self._next_seq(key),
+                       "bid_px": price_text(bid_px), "bid_sz": bid_sz, "ask_px": price_text(ask_px),
+                       "ask_sz": ask_sz, "ts_event": ts_event, "ts_recv": ts_recv}
+            self._bbo[symbol] = message
+            self._fan_out(key, message, now, woken)
+
+    def _apply_l2(self, rows: np.ndarray, symbols: Mapping[int, str], now: float, woken: set[int]) -> None:
+        cols = [rows[c].tolist() for c in ("instrument_id", "sequence", "flags", "side", "price", "size", "count",
+                                           "ts_event", "ts_recv")]
+        changed: dict[str, tuple[int, int]] = {}  # symbol -> (ts_event, ts_recv) of its last row
+        update = None  # (instrument, sequence) of the update being applied
+        book = None
+        for iid, sequence, flags, side, price, size, count, ts_event, ts_recv in zip(*cols):
+            if (iid, sequence) != update:
+                if book is not None:
+                    book.trim(self.depth)  # the N best after each update (docs/books.md)
+                update = (iid, sequence)
+                symbol = symbols.get(iid)
+                if symbol is None:
+                    self.counters["unknown_instrument"] += 1
+                    book = None
+                    continue
+                book = self._books.get(symbol)
+                if book is None:
+                    book = self._books[symbol] = _Book()
+                if flags & _SNAPSHOT:
+                    book.bids.clear()
+                    book.asks.clear()
+            if book is None:
+                continue
+            changed[symbol] = (ts_event, ts_recv)
+            levels = book.bids if side == _BID else book.asks if side == _ASK else None
+            if levels is None:  # NONE: an empty book in a snapshot
+                continue
+            if size == 0:
+                levels.pop(price, None)
+            else:
+                levels[price] = (size, count)
+        if book is not None:
+            book.trim(self.depth)
+        for symbol, (ts_event, ts_recv) in changed.items():
+            key = ("l2", symbol)
+            self._l2_last[symbol] = {"seq": self._next_seq(key), "ts_event": ts_event, "ts_recv": ts_recv}
+            if self._has_subscribers(key):
+                self._fan_out(key, self._l2_message(symbol, snapshot=False), now, woken)
+
+    def _apply_trades(self, rows: np.ndarray, symbols: Mapping[int, str], now: float, woken: set[int]) -> None:
+        cols = [rows[c].tolist() for c in ("instrument_id", "price", "size", "side", "match_id", "printable",
+                                           "ts_event", "ts_recv")]
+        for iid, price, size, side, match_id, printable, ts_event, ts_recv in zip(*cols):
+            symbol = symbols.get(iid)
+            if symbol is None:
+                self.counters["unknown_instrument"] += 1
+                continue
+            key = ("trades", symbol)
+            seq = self._next_seq(key)
+            if self._has_subscribers(key):
+                message = {"type": "trade", "symbol": symbol, "seq": seq, "price": price_text(price), "size": size,
+                           "side": chr(side) if side else "N", "match_id": match_id, "printable": bool(printable),
+                           "ts_event": ts_event, "ts_recv": ts_recv}
+                self._fan_out(key, message, now, woken)
+
+    def _apply_status(self, rows: np.ndarray, symbols: Mapping[int, str], now: float, woken: set[int]) -> None:
+        cols = [rows[c].tolist() for c in ("instrument_id", "kind", "state", "code", "reason", "ts_event", "ts_recv")]
+        for iid, kind, state, code, reason, ts_event, ts_recv in zip(*cols):
+            symbol = symbols.get(iid) if iid else WILDCARD  # instrument 0: market-wide
+            if symbol is None:
+                self.counters["unknown_instrument"] += 1
+                continue
+            key = ("status", symbol)
+            message = {"type": "status", "symbol": symbol, "seq": self._next_seq(key),
+                       "kind": _enum_name(StatusKind, kind), "state": _enum_name(TradingState, state),
+                       "code": _text(code), "reason": _text(reason), "ts_event": ts_event, "ts_recv": ts_recv}
+            if symbol == WILDCARD:  # to every client with any status subscription
+                text = json.dumps(message, separators=(",", ":"))
+                for client in self._clients.values():
+                    if client.close is None and ("status" in client.wild or any(k[0] == "status" for k in client.subs)):
+                        self._push(client, _EVENT, key, text, now)
+                        woken.add(client.id)
+            else:
+                self._fan_out(key, message, now, woken)
+
+    def _has_subscribers(self, key: Key) -> bool:
+        return bool(self._wild[key[0]]) or key in self._subscribers
+
+    def _fan_out(self, key: Key, message: dict, now: float, woken: set[int]) -> None:
+        wild = self._wild[key[0]]
+        explicit = self._subscribers.get(key, ())
+        if not wild and not explicit:
+            return
+        if key[0] in STATE_CHANNELS:
+            message = {**message, "snapshot": False}
+        text = json.dumps(message, separators=(",", ":"))
+        kind = _STATE if key[0] in STATE_CHANNELS else _EVENT
+        for cid in (*wild, *(c for c in explicit if c not in wild)):
+            client = self._clients[cid]
+            if client.close is None:
+                self._push(client, kind, key, text, now)
+                woken.add(cid)
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def _l2_message(self, symbol: str, snapshot: bool) -> dict:
+        head = self._l2_last[symbol]
+        bids, asks = self._books[symbol].levels()
+        return {"type": "l2", "symbol": symbol, "seq": head["seq"], "bids": bids, "asks": asks,
+                "ts_event": head["ts_event"], "ts_recv": head["ts_recv"], "snapshot": snapshot}
+
+    def _snapshot(self, channel: str, symbol: str) -> dict | None:
+        if channel == "bbo":
+            last = self._bbo.get(symbol)
+            return None if last is None else {**last, "snapshot": True}
+        if channel == "l2" and symbol in self._l2_last:
+            return self._l2_message(symbol, snapshot=True)
+        return None
+
+    def bbo(self, symbol: str) -> dict | None:
+        """The last bbo message of ``symbol`` (a snapshot), or None."""
+        return self._snapshot("bbo", symbol)
+
+    def l2(self, symbol: str) -> dict | None:
+        """The current complete top-N l2 message of ``symbol`` (a snapshot), or None."""
+        return self._snapshot("l2", symbol)
+
+    def symbols(self) -> list[str]:
+        """Symbols with any state (bbo or l2)."""
+        return sorted(set(self._bbo) | set(self._l2_last))
+
+    # -- to the client ----------------------------------------------------------------------------
+
+    def data_to_send(self, cid: int, limit: int = 256) -> list[str]:
+        """Up to ``limit`` queued messages for ``cid`` (plus their gap notices), oldest first, as JSON texts.
+
+        Taking them is the client's progress: call it only when the connection can take more (a send
+        that blocks means a slow reader, and the queue will fill and conflate behind it).
+        """
+        client = self._clients.get(cid)
+        if client is None:
+            return []
+        out: list[str] = []
+        queue = client.queue
+        while len(out) < limit:
+            if not queue:
+                self._flush_parked(client)
+                if not queue:
+                    break
+            kind, key, text, dropped = queue.popleft()
+            if kind != _CONTROL:
+                client.data_len -= 1
+            if dropped:
+                out.append(self._gap_text(key, dropped))
+            out.append(text)
+        if out:
+            client.stuck_since = None
+        self._flush_parked(client)
+        return out
+
+    def pending(self, cid: int) -> tuple[int, int]:
+        """(messages queued, (channel, symbol) pairs parked by overflow) of a client."""
+        client = self._clients[cid]
+        return len(client.queue), len(client.parked)
+
+    def _gap_text(self, key: Key, dropped: int) -> str:
+        self.counters["gaps"] += 1
+        return json.dumps({"type": "gap", "channel": key[0], "symbol": key[1], "dropped": dropped},
+                          separators=(",", ":"))
+
+    def _control(self, client: _Client, message: dict) -> None:
+        # Replies to the client's own requests: never dropped, not counted against max_queue, but a
+        # client that keeps asking without reading is closed.
+        client.queue.append([_CONTROL, None, json.dumps(message, separators=(",", ":")), 0])
+        if client.close is None and len(client.queue) - client.data_len > self.max_queue:
+            client.close = (CLOSE_POLICY_VIOLATION, "too many requests without reading the replies", False)
+
+    def _error(self, client: _Client, text: str) -> None:
+        self._control(client, {"type": "error", "message": text})
+
+    def _refuse(self, client: _Client, code: int, reason: str) -> None:
+        self._error(client, reason)
+        client.close = (code, reason, True)
+
+    def _push(self, client: _Client, kind: int, key: Key, text: str, now: float) -> None:
+        """Queue a data message, or conflate / drop it when the queue is full (module rules)."""
+        self.counters["queued"] += 1
+        if client.parked:
+            self._flush_parked(client)
+        parked = client.parked.get(key)
+        if kind == _STATE and parked is not None:  # still waiting for room: the newer state wins
+            if parked.latest is not None:
+                parked.dropped += 1
+                self.counters["dropped"] += 1
+            parked.latest = text
+            return
+        if client.data_len >= self.max_queue:
+            if client.stuck_since is None:
+                client.stuck_since = now
+            if kind == _STATE:
+                client.parked[key] = _Parked(latest=text)
+                return
+            if not self._evict_oldest_event(client):  # only state and replies queued: this one goes
+                self._park_drop(client, key, 1)
+                return
+            parked = client.parked.get(key)
+        dropped = 0
+        if parked is not None:  # an event key with drops not yet told: the notice rides on this message
+            dropped = parked.dropped
+            del client.parked[key]
+        client.queue.append([kind, key, text, dropped])
+        client.data_len += 1
+
+    def _park_drop(self, client: _Client, key: Key, n: int) -> None:
+        parked = client.parked.get(key)
+        if parked is None:
+            parked = client.parked[key] = _Parked()
+        parked.dropped += n
+        self.counters["dropped"] += 1
+
+    def _evict_oldest_event(self, client: _Client) -> bool:
+        """Drop the oldest queued trade/status message; its gap notice moves to the next one of its key."""
+        queue = client.queue
+        for i, entry in enumerate(queue):
+            if entry[0] == _EVENT:
+                key, dropped = entry[1], entry[3] + 1
+                del queue[i]
+                client.data_len -= 1
+                for later in itertools.islice(queue, i, None):
+                    if later[1] == key and later[0] == _EVENT:
+                        later[3] += dropped
+                        self.counters["dropped"] += 1
+                        break
+                else:
+                    self._park_drop(client, key, dropped)
+                return True
+        return False
+
+    def _flush_parked(self, client: _Client) -> None:
+        """Move parked overflow into the queue, oldest first, while there is room: the latest state
+        (with its gap notice), or a gap notice alone for trades/status."""
+        while client.parked and client.data_len < self.max_queue:
+            key, parked = next(iter(client.parked.items()))
+            del client.parked[key]
+            if parked.latest is not None:
+                client.queue.append([_STATE, key, parked.latest, parked.dropped])
+            else:
+                client.queue.append([_STATE, key, self._gap_text(key, parked.dropped), 0])
+            client.data_len += 1
+
+
+_OPS = {
+    "auth": Hub._op_auth,
+    "ping": Hub._op_ping,
+    "subscribe": Hub._op_subscribe,
+    "unsubscribe": Hub._op_unsubscribe,
+}
+
+
+def selection(channels: Iterable[str], symbols: Iterable[str] | str) -> dict:
+    """A subscribe request (``{"op": "subscribe", ...}``) for ``channels`` and ``symbols`` (or ``"*"``)."""
+    return {"op": "subscribe", "channels": list(channels),
+            "symbols": WILDCARD if symbols == WILDCARD else list(symbols)}
