@@ -1,7 +1,6 @@
-"""RedisSink against the real Redis: entries read back with their values; exact price text."""
+"""The trades stream part against the real Redis (entries, order, cap, resuming); exact price text."""
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 
 import numpy as np
@@ -10,52 +9,11 @@ import redis
 from hypothesis import given
 from hypothesis import strategies as st
 
-from parsers.schema import UNDEF_PRICE
-from publish.redis_sink import TRADE_STREAM_FIELD, RedisSink, price_to_str, prices_to_str
+from publish import encoding, redis_sink
+from publish.redis_sink import (TRADE_STREAM_FIELD, price_to_str, prices_to_str, read_trades, trades_key,
+                                 xadd_commands)
 
-TRADES = np.dtype(
-    [
-        ("ts_event", "<i8"),
-        ("ts_recv", "<i8"),
-        ("price", "<i8"),
-        ("size", "<u8"),
-        ("order_id", "<u8"),
-        ("match_id", "<u8"),
-        ("sequence", "<u8"),
-        ("instrument_id", "<u4"),
-        ("venue", "<u2"),
-        ("action", "u1"),
-        ("side", "u1"),
-    ]
-)
-SYMBOLS = {1: "AAPL", 2: "MSFT", 3: 'Q"X'}
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
-
-
-def make_trades(n: int) -> np.ndarray:
-    t = np.zeros(n, dtype=TRADES)
-    i = np.arange(n, dtype=np.int64)
-    t["ts_event"] = 1_700_000_000_123_456_789 + i
-    t["price"] = 187_250_000_000 + i * 10_000_000  # 187.25, 187.26, ...
-    t["size"] = 100 + i
-    t["match_id"] = np.uint64(2**63) + i.astype(np.uint64)  # above int64: JSON carries it as a string, exactly
-    t["sequence"] = 1 + i
-    t["instrument_id"] = 1 + i % 2
-    return t
-
-
-@pytest.fixture
-def venue(redis_client: redis.Redis, unique_name: str):
-    """A venue name of this test alone; its stream is deleted afterwards."""
-    yield unique_name
-    redis_client.delete(RedisSink.trades_key(unique_name))
-
-
-def read_stream(client: redis.Redis, venue: str) -> list[dict]:
-    entries = client.xrange(RedisSink.trades_key(venue))
-    for _id, fields in entries:
-        assert list(fields) == [TRADE_STREAM_FIELD.encode()]
-    return [json.loads(fields[TRADE_STREAM_FIELD.encode()]) for _id, fields in entries]
 
 
 # --- price text ----------------------------------------------------------------------------------
@@ -91,77 +49,69 @@ def test_price_text_is_exact(prices: list[int]):
         assert "e" not in text.lower() and not (("." in text) and text.endswith("0"))
 
 
+def test_price_text_is_shared_with_encoding():
+    # publish.postgres_sink (and older callers) import these from here.
+    assert redis_sink.price_to_str is encoding.price_to_str
+    assert redis_sink.prices_to_str is encoding.prices_to_str
+    assert redis_sink.symbols_for is encoding.symbols_for
+
+
 # --- the stream ----------------------------------------------------------------------------------
 
 
-def test_trades_read_back_with_their_values(redis_url: str, redis_client: redis.Redis, venue: str):
-    trades = make_trades(4)
-    trades["price"][3] = UNDEF_PRICE
-    trades["instrument_id"][2] = 3
-    with RedisSink(redis_url) as sink:
-        assert sink.write_trades(venue, SYMBOLS, trades) == 4
-
-    got = read_stream(redis_client, venue)
-    assert got[0] == {
-        "symbol": "AAPL",
-        "instrument_id": 1,
-        "price": "187.25",
-        "size": 100,
-        "ts_event": "1700000000123456789",
-        "match_id": "9223372036854775808",
-    }
-    assert got[1]["symbol"] == "MSFT"
-    assert got[1]["price"] == "187.26"
-    assert got[2]["symbol"] == 'Q"X'  # JSON-escaped on the way in
-    assert got[3]["price"] is None
-    assert [g["size"] for g in got] == [100, 101, 102, 103]
+@pytest.fixture
+def venue(redis_client: redis.Redis, unique_name: str):
+    """A venue name of this test alone; its stream is deleted afterwards."""
+    yield unique_name
+    redis_client.delete(trades_key(unique_name))
 
 
-def test_payload_is_compact_json(redis_url: str, redis_client: redis.Redis, venue: str):
-    with RedisSink(redis_url) as sink:
-        sink.write_trades(venue, SYMBOLS, make_trades(1))
-    (_id, fields), = redis_client.xrange(RedisSink.trades_key(venue))
-    raw = fields[TRADE_STREAM_FIELD.encode()]
-    assert raw == (
-        b'{"symbol":"AAPL","instrument_id":1,"price":"187.25","size":100,'
-        b'"ts_event":"1700000000123456789","match_id":"9223372036854775808"}'
-    )
+def add(client: redis.Redis, venue: str, payloads: list, maxlen: int = 1_000) -> None:
+    pipe = client.pipeline(transaction=False)
+    for args in xadd_commands(trades_key(venue), payloads, maxlen):
+        pipe.execute_command(*args)
+    pipe.execute()
 
 
-def test_chunks_keep_order(redis_url: str, redis_client: redis.Redis, venue: str):
-    trades = make_trades(50)
-    with RedisSink(redis_url, chunk=7) as sink:
-        assert sink.write_trades(venue, SYMBOLS, trades) == 50
-    got = read_stream(redis_client, venue)
-    assert [int(g["match_id"]) for g in got] == trades["match_id"].tolist()
+def test_xadd_command_shape():
+    assert trades_key("nasdaq") == "md:nasdaq:trades"
+    assert xadd_commands("md:v:trades", ['{"a":1}', b"\x81"], 500) == [
+        ("XADD", "md:v:trades", "MAXLEN", "~", 500, "*", "data", '{"a":1}'),
+        ("XADD", "md:v:trades", "MAXLEN", "~", 500, "*", "data", b"\x81"),
+    ]
+    with pytest.raises(ValueError):
+        xadd_commands("k", [], 0)
 
 
-def test_unknown_instrument_gets_empty_symbol(redis_url: str, redis_client: redis.Redis, venue: str):
-    trades = make_trades(1)
-    trades["instrument_id"] = 77
-    with RedisSink(redis_url) as sink:
-        sink.write_trades(venue, SYMBOLS, trades)
-    assert read_stream(redis_client, venue)[0]["symbol"] == ""
-    assert read_stream(redis_client, venue)[0]["instrument_id"] == 77
+def test_entries_read_back_in_order_with_one_field(redis_client: redis.Redis, venue: str):
+    payloads = [f'{{"seq":{i}}}' for i in range(50)]
+    add(redis_client, venue, payloads)
+    entries = redis_client.xrange(trades_key(venue))
+    assert all(list(fields) == [TRADE_STREAM_FIELD.encode()] for _, fields in entries)
+    got = read_trades(redis_client, venue)
+    assert [d.decode() for _, d in got] == payloads
+    assert [i for i, _ in got] == [i for i, _ in entries]
 
 
-def test_stream_is_capped_near_maxlen(redis_url: str, redis_client: redis.Redis, venue: str):
+def test_a_consumer_resumes_after_the_last_id_it_handled(redis_client: redis.Redis, venue: str):
+    add(redis_client, venue, [b"a", b"b", b"c"])
+    (id_a, _), (id_b, _), _ = read_trades(redis_client, venue)
+    assert [d for _, d in read_trades(redis_client, venue, id_a)] == [b"b", b"c"]
+    assert [d for _, d in read_trades(redis_client, venue, id_b.decode(), count=5)] == [b"c"]
+    assert [d for _, d in read_trades(redis_client, venue, id_a, count=1)] == [b"b"]
+    add(redis_client, venue, [b"d"])
+    assert [d for _, d in read_trades(redis_client, venue, id_b)] == [b"c", b"d"]
+
+
+def test_stream_is_capped_near_maxlen(redis_client: redis.Redis, venue: str):
     node_entries = int(redis_client.config_get("stream-node-max-entries")["stream-node-max-entries"])
-    with RedisSink(redis_url, maxlen=100) as sink:
-        sink.write_trades(venue, SYMBOLS, make_trades(3_000))
-    length = redis_client.xlen(RedisSink.trades_key(venue))
+    add(redis_client, venue, [str(i) for i in range(3_000)], maxlen=100)
+    length = redis_client.xlen(trades_key(venue))
     assert 100 <= length <= 100 + node_entries
-    # The newest entries are the ones kept.
-    last = read_stream(redis_client, venue)[-1]
-    assert int(last["match_id"]) == 2**63 + 2_999
+    assert [int(d) for _, d in read_trades(redis_client, venue)] == list(range(3_000 - length, 3_000))
 
 
-def test_empty_batch_adds_nothing(redis_url: str, redis_client: redis.Redis, venue: str):
-    with RedisSink(redis_url) as sink:
-        assert sink.write_trades(venue, SYMBOLS, make_trades(0)) == 0
-    assert redis_client.exists(RedisSink.trades_key(venue)) == 0
-
-
-def test_trades_without_required_fields_are_refused(redis_url: str, venue: str):
-    with RedisSink(redis_url) as sink, pytest.raises(TypeError, match="instrument_id"):
-        sink.write_trades(venue, SYMBOLS, np.zeros(1, dtype=[("ts_event", "<i8"), ("price", "<i8"), ("size", "<u8")]))
+def test_no_entries_no_stream(redis_client: redis.Redis, venue: str):
+    add(redis_client, venue, [])
+    assert redis_client.exists(trades_key(venue)) == 0
+    assert read_trades(redis_client, venue) == []
