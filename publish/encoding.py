@@ -45,8 +45,19 @@ def price_to_str(price: int) -> str:
 
 
 def prices_to_str(prices: np.ndarray) -> np.ndarray:
-    """Vectorised ``price_to_str`` over an int64 array; returns a numpy unicode array."""
+    """Vectorised ``price_to_str`` over an int64 array; returns a numpy unicode array.
+
+    Each distinct price is formatted once (a batch repeats the same few levels many times).
+    """
     p = np.asarray(prices, dtype=np.int64)
+    if p.size > 64:
+        unique, inverse = np.unique(p, return_inverse=True)
+        if len(unique) < p.size:
+            return _prices_to_str(unique)[inverse.reshape(p.shape)]
+    return _prices_to_str(p)
+
+
+def _prices_to_str(p: np.ndarray) -> np.ndarray:
     if p.size == 0:
         return np.zeros(p.shape, dtype="U1")
     neg = p < 0
@@ -224,6 +235,10 @@ def status_json(status: np.ndarray, symbols: Mapping[int, str] | np.ndarray) -> 
 # -- l2: the complete top N per instrument --------------------------------------------------------
 
 
+L2_TEMPLATE = '{{"type":"l2","symbol":{},"seq":{},"bids":[{}],"asks":[{}],"ts_event":{},"ts_recv":{}}}'
+LEVEL_TEMPLATE = '["{}",{},{}]'
+
+
 class TopBooks:
     """Each instrument's top ``depth`` levels per side, rebuilt from L2 rows; ``l2`` messages out.
 
@@ -231,19 +246,21 @@ class TopBooks:
     the N best after each update (the rows of one update share instrument and ``sequence``). Rows flagged
     ``BookFlag.SNAPSHOT`` replace the instrument's levels (one side-NONE row: an empty book).
     ``depth`` must be the book engine's N: a shallower copy would miss levels moving up into view.
+    ``apply`` gives message dicts, ``apply_json`` their compact JSON (levels kept as JSON fragments, so
+    no per-message ``json.dumps``); feed one instance through one of them only.
     """
 
     def __init__(self, depth: int = 10) -> None:
         if depth < 1:
             raise ValueError("depth must be at least 1")
         self.depth = depth
-        # instrument -> (bids, asks), each {price: [price_text, size, count]}, at most ``depth`` levels
-        self._books: dict[int, tuple[dict[int, list], dict[int, list]]] = {}
+        # instrument -> (bids, asks), each {price: (price_text, size, count, level_json)}, at most depth levels
+        self._books: dict[int, tuple[dict[int, tuple], dict[int, tuple]]] = {}
 
     def levels(self, instrument_id: int) -> tuple[list[list], list[list]]:
         """(bids, asks) as ``[price_text, size, count]`` lists, best first."""
         bids, asks = self._books.get(int(instrument_id), ({}, {}))
-        return ([bids[p] for p in sorted(bids, reverse=True)], [asks[p] for p in sorted(asks)])
+        return ([list(bids[p][:3]) for p in sorted(bids, reverse=True)], [list(asks[p][:3]) for p in sorted(asks)])
 
     def apply(self, l2: np.ndarray, symbols: Mapping[int, str] | np.ndarray) -> tuple[list[dict], np.ndarray]:
         """Apply L2 rows in order; return one ``l2`` message per update and the row index each ends at.
@@ -256,6 +273,13 @@ class TopBooks:
             (messages, last_rows): ``messages[k]`` is the complete top N of its instrument after update
             ``k``; ``last_rows[k]`` the index of that update's last row (to line messages up with rows).
         """
+        return self._apply(l2, symbols, as_json=False)
+
+    def apply_json(self, l2: np.ndarray, symbols: Mapping[int, str] | np.ndarray) -> tuple[list[str], np.ndarray]:
+        """``apply``, with each message as compact JSON (the bytes ``dumps`` gives for the dict)."""
+        return self._apply(l2, symbols, as_json=True)
+
+    def _apply(self, l2: np.ndarray, symbols: Mapping[int, str] | np.ndarray, as_json: bool) -> tuple[list, np.ndarray]:
         n = len(l2)
         if n == 0:
             return [], np.zeros(0, dtype=np.int64)
@@ -266,11 +290,13 @@ class TopBooks:
         new[1:] = (inst[1:] != inst[:-1]) | (seq[1:] != seq[:-1]) | (snap[1:] != snap[:-1])
         starts = np.flatnonzero(new)
         ends = np.append(starts[1:], n)
-        syms = _row_symbols(l2, symbols).tolist()
+        syms = _row_symbols(l2, symbols)
+        sym_l = _json_strings(syms) if as_json else syms.tolist()
         inst_l, seq_l, snap_l = inst.tolist(), seq.tolist(), snap.tolist()
         price_l, size_l, count_l, side_l = (l2["price"].tolist(), l2["size"].tolist(), l2["count"].tolist(),
                                             l2["side"].tolist())
         text_l = prices_to_str(l2["price"]).tolist()
+        frag_l = list(map(LEVEL_TEMPLATE.format, text_l, size_l, count_l))
         ts_l, recv_l = l2["ts_event"].tolist(), l2["ts_recv"].tolist()
         depth, books, bid, ask = self.depth, self._books, int(Side.BID), int(Side.ASK)
         messages = []
@@ -290,17 +316,26 @@ class TopBooks:
                 if size_l[r] == 0:
                     levels.pop(price_l[r], None)
                 else:
-                    levels[price_l[r]] = [text_l[r], size_l[r], count_l[r]]
+                    levels[price_l[r]] = (text_l[r], size_l[r], count_l[r], frag_l[r])
             bid_keys = sorted(bids, reverse=True)
             ask_keys = sorted(asks)
-            for keys, levels in ((bid_keys, bids), (ask_keys, asks)):
-                for p in keys[depth:]:
-                    del levels[p]
+            if len(bid_keys) > depth:
+                for p in bid_keys[depth:]:
+                    del bids[p]
+                del bid_keys[depth:]
+            if len(ask_keys) > depth:
+                for p in ask_keys[depth:]:
+                    del asks[p]
+                del ask_keys[depth:]
             r = hi - 1
-            messages.append({"type": "l2", "symbol": syms[lo], "seq": seq_l[r],
-                             "bids": [list(bids[p]) for p in bid_keys[:depth]],
-                             "asks": [list(asks[p]) for p in ask_keys[:depth]],
-                             "ts_event": ts_l[r], "ts_recv": recv_l[r]})
+            if as_json:
+                messages.append(L2_TEMPLATE.format(sym_l[lo], seq_l[r], ",".join([bids[p][3] for p in bid_keys]),
+                                                   ",".join([asks[p][3] for p in ask_keys]), ts_l[r], recv_l[r]))
+            else:
+                messages.append({"type": "l2", "symbol": sym_l[lo], "seq": seq_l[r],
+                                 "bids": [list(bids[p][:3]) for p in bid_keys],
+                                 "asks": [list(asks[p][:3]) for p in ask_keys],
+                                 "ts_event": ts_l[r], "ts_recv": recv_l[r]})
         return messages, ends - 1
 
 
@@ -344,6 +379,14 @@ class Encoder:
         if self._packb is None:
             return trade_json(rows, symbols)
         return list(map(self._packb, trade_dicts(rows, symbols)))
+
+    def l2(self, books: TopBooks, rows: np.ndarray,
+           symbols: Mapping[int, str] | np.ndarray) -> tuple[list[str | bytes], np.ndarray]:
+        """``l2`` messages of ``books.apply(rows, symbols)``, encoded, and the row each update ends at."""
+        if self._packb is None:
+            return books.apply_json(rows, symbols)
+        messages, last_rows = books.apply(rows, symbols)
+        return list(map(self._packb, messages)), last_rows
 
     def status(self, rows: np.ndarray, symbols: Mapping[int, str] | np.ndarray) -> list[str | bytes]:
         if self._packb is None:

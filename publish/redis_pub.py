@@ -147,8 +147,7 @@ class RedisPublisher:
             if books is None:
                 books = self.books[venue] = TopBooks(self.venue_depth)
             syms = symbols_for(batch.l2["instrument_id"], symbols)
-            messages, last_rows = books.apply(batch.l2, syms)
-            payloads = [enc.pack(m) for m in messages]
+            payloads, last_rows = enc.l2(books, batch.l2, syms)
             update_syms = syms[last_rows]
             published += self._publish_by_symbol(out, prefix, ":l2", update_syms, payloads)
             for k in _last_per_instrument(batch.l2["instrument_id"][last_rows]).tolist():
