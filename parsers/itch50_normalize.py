@@ -21,6 +21,7 @@ import numpy as np
 from parsers import itch50, itch50_book, schema
 from parsers.clock import NANOS_PER_DAY, VenueClock
 from parsers.order_refs import ANOMALY_NAMES, OrderRefTable, enrich_all
+from parsers.trades import trades_from_events
 from parsers.schema import UNDEF_PRICE, Action, Flag, Side, StatusKind, TradingState
 
 _STATUS_CODES = (b"H", b"Y", b"V", b"W", b"K", b"J", b"h")
@@ -187,17 +188,7 @@ class ItchNormalizer:
 
     def _trades(self, events: np.ndarray, wide_size: np.ndarray, cross_type: np.ndarray) -> np.ndarray:
         """Executions, non-book trades and crosses with shares, in sequence order."""
-        action = events["action"]
-        is_trade = ((action == Action.EXECUTE) | (action == Action.TRADE) | (action == Action.CROSS)) & (wide_size > 0)
-        ev = events[is_trade]
-        rows = schema.TRADE.empty(len(ev))
-        for name in ("ts_event", "ts_recv", "price", "order_id", "match_id", "sequence",
-                     "instrument_id", "venue", "flags", "action", "side"):
-            rows[name] = ev[name]
-        rows["size"] = wide_size[is_trade]  # crosses keep their 8-byte size here
-        rows["cross_type"] = cross_type[is_trade].view("S1")
-        rows["printable"] = (ev["flags"] & np.uint16(Flag.NON_PRINTABLE)) == 0
-        return rows
+        return trades_from_events(events, wide_size, cross_type)
 
     # -- everything else --------------------------------------------------------------------------
 
