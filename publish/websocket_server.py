@@ -4,9 +4,10 @@ Rules this module keeps:
 - The hub (all protocol logic) lives on one asyncio loop in the server's own thread; nothing else
   touches it. ``write(batch)`` only appends to a small bounded hand-off list and, when the loop is not
   already due to read it, schedules one ``call_soon_threadsafe``: it never waits for the loop, the
-  clients or a lock held by them. When the loop falls more than ``max_batches`` behind, the two oldest
-  batches conflate (``publish.batch.conflate``: latest BBO per instrument, every L2 delta, every trade),
-  counted in ``batches_conflated``.
+  clients or a lock held by them (the lock guards a list append). When the loop falls more than
+  ``max_batches`` behind, each new batch merges into the newest waiting one (``publish.batch.conflate``:
+  latest BBO per instrument, every L2 delta, every trade), counted in ``batches_conflated``; the loop
+  takes the whole list at once, so a merged batch holds at most what arrived during one loop round.
 - Per connection: a reader task feeds the hub; a writer task takes messages from the hub only when the
   previous send has drained (websockets' ``write_limit``), so a client that stops reading stops taking,
   and its hub queue conflates behind it. A stuck client is closed with 1013 and, since it is not
@@ -104,10 +105,11 @@ class WebSocketServer:
         if loop is None:
             raise RuntimeError("WebSocketServer.write before open()")
         with self._lock:
-            if len(self._handoff) >= self.max_batches:
-                self._handoff[0:2] = [conflate(self._handoff[0], self._handoff[1])]
+            if len(self._handoff) >= self.max_batches:  # the loop is behind: merge into the newest
+                self._handoff[-1] = conflate(self._handoff[-1], batch)
                 self.counters["batches_conflated"] += 1
-            self._handoff.append(batch)
+            else:
+                self._handoff.append(batch)
             if self._scheduled:
                 return
             self._scheduled = True
@@ -126,6 +128,20 @@ class WebSocketServer:
                 loop.call_soon_threadsafe(stop.set)
         thread.join(self.close_timeout + 5.0)
         self._thread = None
+
+    def client_queues(self, timeout: float = 5.0) -> dict[int, tuple[int, int]]:
+        """Per connected client: (messages queued, (channel, symbol) pairs parked by overflow).
+
+        For diagnostics and tests: asks the loop thread and waits for its answer.
+        """
+        loop = self._loop
+        if loop is None:
+            return {}
+
+        async def ask() -> dict[int, tuple[int, int]]:
+            return {cid: self.hub.pending(cid) for cid in self._conns}
+
+        return asyncio.run_coroutine_threadsafe(ask(), loop).result(timeout)
 
     # -- the loop thread ----------------------------------------------------------------------------
 

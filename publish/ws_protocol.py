@@ -13,6 +13,8 @@ happened, with the time as an argument, and asks what to send. No socket, no clo
     hub.disconnect(cid)                      # the connection is gone
 
 Rules this module keeps (docs/websocket.md is the user-facing version):
+- Messages have ``publish.encoding``'s shapes (the ones Redis carries), with two changes: ``seq`` is
+  this hub's counter (below), not the venue's sequence number, and bbo/l2 carry ``snapshot``.
 - State per symbol: the last BBO, and the complete top ``depth`` of both sides rebuilt from L2 rows
   (unconflated rows are deltas upserted by price, the N best kept after each update; a SNAPSHOT-flagged
   update replaces the symbol's levels). An ``l2`` message always carries the complete top N.
@@ -38,10 +40,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from orderbook.records import BookFlag
-from parsers.schema import PRICE_SCALE, UNDEF_PRICE, Side, StatusKind, TradingState
+from publish.encoding import TopBooks, bbo_dicts, dumps, status_dicts, trade_dicts
 
 CHANNELS = ("bbo", "l2", "trades", "status")
 STATE_CHANNELS = frozenset({"bbo", "l2"})  # latest state wins; the others are events
@@ -51,59 +50,7 @@ WILDCARD = "*"
 CLOSE_POLICY_VIOLATION = 1008  # auth refused or missing, malformed use of the protocol
 CLOSE_TRY_AGAIN_LATER = 1013  # too many connections; a client too slow to keep up
 
-_SNAPSHOT = int(BookFlag.SNAPSHOT)
-_BID, _ASK = int(Side.BID), int(Side.ASK)
-_UNDEF = int(UNDEF_PRICE)
-
 Key = tuple[str, str]  # (channel, symbol)
-
-
-# -- JSON shapes (the ones Redis carries too) ----------------------------------------------------
-
-
-def price_text(price: int) -> str | None:
-    """Exact decimal text of a 1e-9 fixed-point price ("187.25"); None for UNDEF_PRICE."""
-    if price == _UNDEF:
-        return None
-    whole, frac = divmod(abs(price), PRICE_SCALE)
-    sign = "-" if price < 0 else ""
-    return f"{sign}{whole}" if frac == 0 else f"{sign}{whole}.{frac:09d}".rstrip("0")
-
-
-def _enum_name(enum_type, value: int) -> str:
-    try:
-        return enum_type(value).name
-    except ValueError:
-        return str(value)
-
-
-def _text(value: bytes) -> str:
-    return value.decode("ascii", "replace").strip("\x00 ")
-
-
-# -- the book of one symbol -----------------------------------------------------------------------
-
-
-@dataclass
-class _Book:
-    """Price levels of one symbol: price -> (size, orders), kept to the N best per side."""
-
-    bids: dict[int, tuple[int, int]] = field(default_factory=dict)
-    asks: dict[int, tuple[int, int]] = field(default_factory=dict)
-
-    def trim(self, depth: int) -> None:
-        if len(self.bids) > depth:
-            for price in sorted(self.bids, reverse=True)[depth:]:
-                del self.bids[price]
-        if len(self.asks) > depth:
-            for price in sorted(self.asks)[depth:]:
-                del self.asks[price]
-
-    def levels(self) -> tuple[list[list], list[list]]:
-        """(bids, asks) as ``[price text, size, orders]``, best first."""
-        bids = [[price_text(p), *self.bids[p]] for p in sorted(self.bids, reverse=True)]
-        asks = [[price_text(p), *self.asks[p]] for p in sorted(self.asks)]
-        return bids, asks
 
 
 # -- one client -----------------------------------------------------------------------------------
@@ -164,8 +111,8 @@ class Hub:
         self._next_id = 1
         self._seq: dict[Key, int] = {}
         self._bbo: dict[str, dict] = {}  # symbol -> last bbo message (without "snapshot")
-        self._books: dict[str, _Book] = {}
-        self._l2_last: dict[str, dict] = {}  # symbol -> last l2 message header (seq, ts_event, ts_recv)
+        self._l2: dict[str, dict] = {}  # symbol -> last l2 message: the complete top N
+        self._top_books: dict[str, TopBooks] = {}  # per venue: L2 rows -> top N
         self._subscribers: dict[Key, set[int]] = {}
         self._wild: dict[str, set[int]] = {ch: set() for ch in CHANNELS}
 
@@ -288,11 +235,11 @@ class Hub:
         for channel in channels:
             if channel not in STATE_CHANNELS:
                 continue
-            names = (self._bbo if channel == "bbo" else self._l2_last) if symbols == WILDCARD else symbols
+            names = (self._bbo if channel == "bbo" else self._l2) if symbols == WILDCARD else symbols
             for symbol in list(names):
                 message = self._snapshot(channel, symbol)
                 if message is not None:
-                    self._push(client, _STATE, (channel, symbol), json.dumps(message, separators=(",", ":")), now)
+                    self._push(client, _STATE, (channel, symbol), dumps(message), now)
 
     def _op_unsubscribe(self, client: _Client, request: dict, now: float) -> None:
         parsed = self._parse_selection(client, request)
@@ -359,116 +306,62 @@ class Hub:
     # -- from the feed ----------------------------------------------------------------------------
 
     def apply(self, batch, now: float) -> set[int]:
-        """Apply a ``MarketBatch``: update the state, queue updates to subscribers; returns the clients woken."""
+        """Apply a ``MarketBatch``: update the state, queue updates to subscribers; returns the clients woken.
+
+        Within a batch, messages go out channel by channel (bbo, l2, trades, status), rows in order.
+        """
         woken: set[int] = set()
         symbols: Mapping[int, str] = batch.symbols
         if len(batch.bbo):
-            self._apply_bbo(batch.bbo, symbols, now, woken)
+            for message in bbo_dicts(batch.bbo, symbols):
+                if self._stamp("bbo", message):
+                    self._bbo[message["symbol"]] = message
+                    self._fan_out(("bbo", message["symbol"]), message, now, woken)
         if len(batch.l2):
-            self._apply_l2(batch.l2, symbols, now, woken)
+            books = self._top_books.get(batch.venue)
+            if books is None:
+                books = self._top_books[batch.venue] = TopBooks(self.depth)
+            messages, _ = books.apply(batch.l2, symbols)
+            last = {m["symbol"]: m for m in messages}  # the state after the batch's last update per symbol
+            for message in last.values():
+                if self._stamp("l2", message):
+                    self._l2[message["symbol"]] = message
+                    self._fan_out(("l2", message["symbol"]), message, now, woken)
         if len(batch.trades):
-            self._apply_trades(batch.trades, symbols, now, woken)
+            for message in trade_dicts(batch.trades, symbols):
+                if self._stamp("trades", message):
+                    self._fan_out(("trades", message["symbol"]), message, now, woken)
         if len(batch.status):
-            self._apply_status(batch.status, symbols, now, woken)
+            instruments = batch.status["instrument_id"].tolist()
+            for iid, message in zip(instruments, status_dicts(batch.status, symbols)):
+                if iid == 0:  # market-wide: to every client with any status subscription
+                    self._market_status(message, now, woken)
+                elif self._stamp("status", message):
+                    self._fan_out(("status", message["symbol"]), message, now, woken)
         return woken
 
-    def _next_seq(self, key: Key) -> int:
+    def _stamp(self, channel: str, message: dict) -> bool:
+        """Give ``message`` its per-(channel, symbol) ``seq``; False (counted) if its instrument has no symbol."""
+        symbol = message["symbol"]
+        if not symbol:
+            self.counters["unknown_instrument"] += 1
+            return False
+        key = (channel, symbol)
         seq = self._seq.get(key, 0) + 1
         self._seq[key] = seq
-        return seq
+        message["seq"] = seq
+        return True
 
-    def _apply_bbo(self, rows: np.ndarray, symbols: Mapping[int, str], now: float, woken: set[int]) -> None:
-        cols = [rows[c].tolist() for c in ("instrument_id", "bid_px", "bid_sz", "ask_px", "ask_sz", "ts_event", "ts_recv")]
-        for iid, bid_px, bid_sz, ask_px, ask_sz, ts_event, ts_recv in zip(*cols):
-            symbol = symbols.get(iid)
-            if symbol is None:
-                self.counters["unknown_instrument"] += 1
-                continue
-            key = ("bbo", symbol)
-            message = {"type": "bbo", "symbol": symbol, "seq": self._next_seq(key),
-                       "bid_px": price_text(bid_px), "bid_sz": bid_sz, "ask_px": price_text(ask_px),
-                       "ask_sz": ask_sz, "ts_event": ts_event, "ts_recv": ts_recv}
-            self._bbo[symbol] = message
-            self._fan_out(key, message, now, woken)
-
-    def _apply_l2(self, rows: np.ndarray, symbols: Mapping[int, str], now: float, woken: set[int]) -> None:
-        cols = [rows[c].tolist() for c in ("instrument_id", "sequence", "flags", "side", "price", "size", "count",
-                                           "ts_event", "ts_recv")]
-        changed: dict[str, tuple[int, int]] = {}  # symbol -> (ts_event, ts_recv) of its last row
-        update = None  # (instrument, sequence) of the update being applied
-        book = None
-        for iid, sequence, flags, side, price, size, count, ts_event, ts_recv in zip(*cols):
-            if (iid, sequence) != update:
-                if book is not None:
-                    book.trim(self.depth)  # the N best after each update (docs/books.md)
-                update = (iid, sequence)
-                symbol = symbols.get(iid)
-                if symbol is None:
-                    self.counters["unknown_instrument"] += 1
-                    book = None
-                    continue
-                book = self._books.get(symbol)
-                if book is None:
-                    book = self._books[symbol] = _Book()
-                if flags & _SNAPSHOT:
-                    book.bids.clear()
-                    book.asks.clear()
-            if book is None:
-                continue
-            changed[symbol] = (ts_event, ts_recv)
-            levels = book.bids if side == _BID else book.asks if side == _ASK else None
-            if levels is None:  # NONE: an empty book in a snapshot
-                continue
-            if size == 0:
-                levels.pop(price, None)
-            else:
-                levels[price] = (size, count)
-        if book is not None:
-            book.trim(self.depth)
-        for symbol, (ts_event, ts_recv) in changed.items():
-            key = ("l2", symbol)
-            self._l2_last[symbol] = {"seq": self._next_seq(key), "ts_event": ts_event, "ts_recv": ts_recv}
-            if self._has_subscribers(key):
-                self._fan_out(key, self._l2_message(symbol, snapshot=False), now, woken)
-
-    def _apply_trades(self, rows: np.ndarray, symbols: Mapping[int, str], now: float, woken: set[int]) -> None:
-        cols = [rows[c].tolist() for c in ("instrument_id", "price", "size", "side", "match_id", "printable",
-                                           "ts_event", "ts_recv")]
-        for iid, price, size, side, match_id, printable, ts_event, ts_recv in zip(*cols):
-            symbol = symbols.get(iid)
-            if symbol is None:
-                self.counters["unknown_instrument"] += 1
-                continue
-            key = ("trades", symbol)
-            seq = self._next_seq(key)
-            if self._has_subscribers(key):
-                message = {"type": "trade", "symbol": symbol, "seq": seq, "price": price_text(price), "size": size,
-                           "side": chr(side) if side else "N", "match_id": match_id, "printable": bool(printable),
-                           "ts_event": ts_event, "ts_recv": ts_recv}
-                self._fan_out(key, message, now, woken)
-
-    def _apply_status(self, rows: np.ndarray, symbols: Mapping[int, str], now: float, woken: set[int]) -> None:
-        cols = [rows[c].tolist() for c in ("instrument_id", "kind", "state", "code", "reason", "ts_event", "ts_recv")]
-        for iid, kind, state, code, reason, ts_event, ts_recv in zip(*cols):
-            symbol = symbols.get(iid) if iid else WILDCARD  # instrument 0: market-wide
-            if symbol is None:
-                self.counters["unknown_instrument"] += 1
-                continue
-            key = ("status", symbol)
-            message = {"type": "status", "symbol": symbol, "seq": self._next_seq(key),
-                       "kind": _enum_name(StatusKind, kind), "state": _enum_name(TradingState, state),
-                       "code": _text(code), "reason": _text(reason), "ts_event": ts_event, "ts_recv": ts_recv}
-            if symbol == WILDCARD:  # to every client with any status subscription
-                text = json.dumps(message, separators=(",", ":"))
-                for client in self._clients.values():
-                    if client.close is None and ("status" in client.wild or any(k[0] == "status" for k in client.subs)):
-                        self._push(client, _EVENT, key, text, now)
-                        woken.add(client.id)
-            else:
-                self._fan_out(key, message, now, woken)
-
-    def _has_subscribers(self, key: Key) -> bool:
-        return bool(self._wild[key[0]]) or key in self._subscribers
+    def _market_status(self, message: dict, now: float, woken: set[int]) -> None:
+        key = ("status", "")
+        seq = self._seq.get(key, 0) + 1
+        self._seq[key] = seq
+        message["seq"] = seq
+        text = dumps(message)
+        for client in self._clients.values():
+            if client.close is None and ("status" in client.wild or any(k[0] == "status" for k in client.subs)):
+                self._push(client, _EVENT, key, text, now)
+                woken.add(client.id)
 
     def _fan_out(self, key: Key, message: dict, now: float, woken: set[int]) -> None:
         wild = self._wild[key[0]]
@@ -477,7 +370,7 @@ class Hub:
             return
         if key[0] in STATE_CHANNELS:
             message = {**message, "snapshot": False}
-        text = json.dumps(message, separators=(",", ":"))
+        text = dumps(message)
         kind = _STATE if key[0] in STATE_CHANNELS else _EVENT
         for cid in (*wild, *(c for c in explicit if c not in wild)):
             client = self._clients[cid]
@@ -487,31 +380,21 @@ class Hub:
 
     # -- state ------------------------------------------------------------------------------------
 
-    def _l2_message(self, symbol: str, snapshot: bool) -> dict:
-        head = self._l2_last[symbol]
-        bids, asks = self._books[symbol].levels()
-        return {"type": "l2", "symbol": symbol, "seq": head["seq"], "bids": bids, "asks": asks,
-                "ts_event": head["ts_event"], "ts_recv": head["ts_recv"], "snapshot": snapshot}
-
     def _snapshot(self, channel: str, symbol: str) -> dict | None:
-        if channel == "bbo":
-            last = self._bbo.get(symbol)
-            return None if last is None else {**last, "snapshot": True}
-        if channel == "l2" and symbol in self._l2_last:
-            return self._l2_message(symbol, snapshot=True)
-        return None
+        last = (self._bbo if channel == "bbo" else self._l2 if channel == "l2" else {}).get(symbol)
+        return None if last is None else {**last, "snapshot": True}
 
     def bbo(self, symbol: str) -> dict | None:
-        """The last bbo message of ``symbol`` (a snapshot), or None."""
+        """The last bbo message of ``symbol`` as a snapshot, or None."""
         return self._snapshot("bbo", symbol)
 
     def l2(self, symbol: str) -> dict | None:
-        """The current complete top-N l2 message of ``symbol`` (a snapshot), or None."""
+        """The current complete top-N l2 message of ``symbol`` as a snapshot, or None."""
         return self._snapshot("l2", symbol)
 
     def symbols(self) -> list[str]:
         """Symbols with any state (bbo or l2)."""
-        return sorted(set(self._bbo) | set(self._l2_last))
+        return sorted(set(self._bbo) | set(self._l2))
 
     # -- to the client ----------------------------------------------------------------------------
 
@@ -549,13 +432,12 @@ class Hub:
 
     def _gap_text(self, key: Key, dropped: int) -> str:
         self.counters["gaps"] += 1
-        return json.dumps({"type": "gap", "channel": key[0], "symbol": key[1], "dropped": dropped},
-                          separators=(",", ":"))
+        return dumps({"type": "gap", "channel": key[0], "symbol": key[1], "dropped": dropped})
 
     def _control(self, client: _Client, message: dict) -> None:
         # Replies to the client's own requests: never dropped, not counted against max_queue, but a
         # client that keeps asking without reading is closed.
-        client.queue.append([_CONTROL, None, json.dumps(message, separators=(",", ":")), 0])
+        client.queue.append([_CONTROL, None, dumps(message), 0])
         if client.close is None and len(client.queue) - client.data_len > self.max_queue:
             client.close = (CLOSE_POLICY_VIOLATION, "too many requests without reading the replies", False)
 
