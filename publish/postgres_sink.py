@@ -188,6 +188,8 @@ def copy_binary(columns: Sequence[PgColumn], values: Sequence[np.ndarray | Text]
     for g in range(len(layouts)):
         rows = order[bounds[g] : bounds[g + 1]]
         first = rows[0]
+        if len(layouts) == 1:
+            rows = slice(None)  # the usual case: every row alike, no gather needed
         fields: list[tuple] = [("n", ">i2")]
         fills: list[tuple[str, np.ndarray]] = []
         lens: list[tuple[str, int]] = []
@@ -210,7 +212,7 @@ def copy_binary(columns: Sequence[PgColumn], values: Sequence[np.ndarray | Text]
                 fields.append((f"v{i}", dt))
                 fills.append((f"v{i}", payload[rows]))
                 lens.append((f"l{i}", dt.itemsize))
-        out = np.empty(len(rows), dtype=np.dtype(fields))
+        out = np.empty(bounds[g + 1] - bounds[g], dtype=np.dtype(fields))
         out["n"] = len(columns)
         for name, size in lens:
             out[name] = size
