@@ -61,7 +61,7 @@ def _sink(name: str, conf: dict, depth: int):
     if name == "redis":
         from publish.redis_pub import RedisPublisher
 
-        return RedisPublisher(conf["url"], **{k: v for k, v in conf.items() if k != "url"})
+        return RedisPublisher(conf["url"], venue_depth=depth, **{k: v for k, v in conf.items() if k != "url"})
     if name == "timescale":
         from publish.timescale import TimescaleSink
 
@@ -70,5 +70,6 @@ def _sink(name: str, conf: dict, depth: int):
         from publish.websocket_server import WebSocketServer
 
         host, _, port = str(conf.get("listen", "127.0.0.1:8765")).rpartition(":")
-        return WebSocketServer(host or "127.0.0.1", int(port), **{k: v for k, v in conf.items() if k != "listen"})
+        return WebSocketServer(host or "127.0.0.1", int(port), depth=depth,
+                               **{k: v for k, v in conf.items() if k != "listen"})
     raise ConfigError(f"unknown sink {name!r} (redis, timescale, websocket)")

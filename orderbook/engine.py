@@ -31,7 +31,7 @@ class BookEngine:
     Args:
         depth: the N of the L2 top-N output (1..255).
         conflate_ns: 0 emits every BBO and L2 change; a window in ns emits, per instrument changed
-            in the window, its BBO and complete top N as they stood at the window's end.
+            in the window, its BBO and how its top N changed, as they stood at the window's end.
         venue: venue id written on output rows.
     """
 
@@ -93,12 +93,17 @@ class BookEngine:
         self.integrity_counts = np.zeros((instruments, len(k.INTEGRITY_NAMES)), dtype=np.int64)
         self.dirty = np.zeros(instruments, dtype=np.int64)
         self.is_dirty = np.zeros(instruments, dtype=np.uint8)
+        # The top N as last sent per book side: only conflation reads it.
+        books = 2 * instruments if self.conflate_ns else 1
+        self.emitted = np.zeros((books, self.depth, 3), dtype=np.int64)
+        self.emitted_n = np.zeros(books, dtype=np.int64)
 
     def _grow_books(self, need: int) -> None:
         old_n = len(self.last_bbo)
         n = _pow2(need + 1)
         old = {name: getattr(self, name) for name in ("b_start", "b_len", "b_cap", "last_bbo", "last_ev",
-                                                       "integrity_counts", "dirty", "is_dirty")}
+                                                       "integrity_counts", "dirty", "is_dirty", "emitted",
+                                                       "emitted_n")}
         self._books_alloc(n)
         for name, arr in old.items():
             getattr(self, name)[: len(arr)] = arr
@@ -106,7 +111,7 @@ class BookEngine:
 
     def _new_outputs(self) -> None:
         self._bbo = BBO.empty(max(self.out_rows, 2))
-        self._l2 = L2.empty(max(self.out_rows, 2 * (2 * self.depth + 4)))
+        self._l2 = L2.empty(max(self.out_rows, 4 * self.depth + 8))
         self._bbo_parts: list[np.ndarray] = []
         self._l2_parts: list[np.ndarray] = []
         self.scalars[k.S_BBO_ROWS] = 0
@@ -117,6 +122,14 @@ class BookEngine:
         self._l2_parts.append(self._l2[: self.scalars[k.S_L2_ROWS]].copy())
         self.scalars[k.S_BBO_ROWS] = 0
         self.scalars[k.S_L2_ROWS] = 0
+
+    def _make_room(self) -> None:
+        """Take the rows written so far; if there were none, a window's flush needs bigger buffers."""
+        if self.scalars[k.S_BBO_ROWS] == 0 and self.scalars[k.S_L2_ROWS] == 0:
+            self._bbo = BBO.empty(2 * len(self._bbo))
+            self._l2 = L2.empty(2 * len(self._l2))
+        else:
+            self._take_outputs()
 
     def _collect(self) -> BookOutput:
         self._take_outputs()
@@ -139,7 +152,7 @@ class BookEngine:
             code, i = k.apply_events(
                 i, events, self.venue, self.depth, self.conflate_ns, *self._order_arrays(), *self._level_arrays(),
                 self.last_bbo, self.last_ev, self.integrity_counts, self.dirty, self.is_dirty,
-                self._bbo, self._l2, self.scalars,
+                self.emitted, self.emitted_n, self._bbo, self._l2, self.scalars,
             )
             if code == k.DONE:
                 return self._collect()
@@ -150,14 +163,14 @@ class BookEngine:
             elif code == k.NEED_BOOKS:
                 self._grow_books(int(events["instrument_id"][i]))
             elif code == k.NEED_OUTPUT:
-                self._take_outputs()
+                self._make_room()
 
     def finish(self) -> BookOutput:
         """Emit what the open conflation window holds (call once at the end of a replay)."""
         while not k.flush(self.venue, self.depth, self.lv_price, self.lv_size, self.lv_count, self.b_start,
-                          self.b_len, self.last_bbo, self.last_ev, self.dirty, self.is_dirty, self._bbo, self._l2,
-                          self.scalars):
-            self._take_outputs()
+                          self.b_len, self.last_bbo, self.last_ev, self.dirty, self.is_dirty, self.emitted,
+                          self.emitted_n, self._bbo, self._l2, self.scalars):
+            self._make_room()
         return self._collect()
 
     @property

@@ -58,7 +58,6 @@ _NONE = np.uint8(Side.NONE)
 _UNDEF = np.int64(UNDEF_PRICE)
 _F_CROSSED = np.uint16(BookFlag.CROSSED)
 _F_LOCKED = np.uint16(BookFlag.LOCKED)
-_F_SNAPSHOT = np.uint16(BookFlag.SNAPSHOT)
 _F_INTEGRITY = np.uint16(BookFlag.INTEGRITY)
 _F_CARRY = np.uint16(Flag.LAST | Flag.RECOVERED)
 _DIRTY_BBO = np.uint8(1)  # conflation: the BBO changed in the window
@@ -266,19 +265,45 @@ def _best(lv_price, lv_size, lv_count, b_start, b_len, book):
 
 
 @nb.njit(cache=True)
-def _emit_snapshot(lv_price, lv_size, lv_count, b_start, b_len, l2, row, ev_ts, ev_recv, ev_seq, inst, venue,
-                   flags, depth):
-    """The complete top ``depth`` of both sides, flagged SNAPSHOT (an empty book: one NONE row)."""
-    first = row
+def _emit_top_changes(lv_price, lv_size, lv_count, b_start, b_len, emitted, emitted_n, l2, row, ts, recv, seq,
+                      inst, venue, flags, depth):
+    """Rows for how an instrument's top N differs from the top N sent at its last window; remember it.
+
+    A level in view whose size or count differs from what was sent (or that was not sent) gets a row;
+    a level sent before that is out of view now gets a size-0 row. Returns the next output row.
+    """
     for s in range(2):
         side = _BID if s == 0 else _ASK
         book = 2 * np.int64(inst) + s
-        for d in range(min(depth, b_len[book])):
-            row = _emit_depth(lv_price, lv_size, lv_count, b_start, b_len, l2, row, ev_ts, ev_recv, ev_seq, inst,
-                              venue, flags | _F_SNAPSHOT, side, book, d)
-    if row == first:
-        _emit_level(l2, row, ev_ts, ev_recv, ev_seq, inst, venue, flags | _F_SNAPSHOT, _NONE, 0, _UNDEF, 0, 0)
-        row += 1
+        n = min(depth, b_len[book])
+        top = b_start[book] + b_len[book] - 1
+        m = emitted_n[book]
+        for d in range(n):
+            pos = top - d
+            same = False
+            for e in range(m):
+                if emitted[book, e, 0] == lv_price[pos]:
+                    same = emitted[book, e, 1] == np.int64(lv_size[pos]) and emitted[book, e, 2] == np.int64(lv_count[pos])
+                    break
+            if not same:
+                _emit_level(l2, row, ts, recv, seq, inst, venue, flags, side, d, lv_price[pos], lv_size[pos],
+                            lv_count[pos])
+                row += 1
+        for e in range(m):
+            price = emitted[book, e, 0]
+            in_view = False
+            for d in range(n):
+                if lv_price[top - d] == price:
+                    in_view = True
+                    break
+            if not in_view:
+                _emit_level(l2, row, ts, recv, seq, inst, venue, flags, side, e, price, 0, 0)
+                row += 1
+        for d in range(n):
+            emitted[book, d, 0] = lv_price[top - d]
+            emitted[book, d, 1] = np.int64(lv_size[top - d])
+            emitted[book, d, 2] = np.int64(lv_count[top - d])
+        emitted_n[book] = n
     return row
 
 
@@ -291,18 +316,18 @@ def _book_of(inst, side):
 
 
 @nb.njit(cache=True)
-def _flush_dirty(lv_price, lv_size, lv_count, b_start, b_len, last_bbo, last_ev, dirty, is_dirty,
-                 bbo_out, l2_out, scalars, venue, depth):
-    """Emit the BBO and complete top-N of every instrument changed in the closing window."""
+def _flush_dirty(lv_price, lv_size, lv_count, b_start, b_len, last_bbo, last_ev, dirty, is_dirty, emitted,
+                 emitted_n, bbo_out, l2_out, scalars, venue, depth):
+    """Emit the BBO and the top-N changes of every instrument changed in the closing window."""
     for k in range(scalars[S_DIRTY]):
         inst = dirty[k]
         what = is_dirty[inst]
         is_dirty[inst] = 0
         flags = np.uint16(last_ev[inst, 3])
         if what & _DIRTY_L2:
-            scalars[S_L2_ROWS] = _emit_snapshot(lv_price, lv_size, lv_count, b_start, b_len, l2_out,
-                                                scalars[S_L2_ROWS], last_ev[inst, 0], last_ev[inst, 1],
-                                                np.uint64(last_ev[inst, 2]), inst, venue, flags, depth)
+            scalars[S_L2_ROWS] = _emit_top_changes(lv_price, lv_size, lv_count, b_start, b_len, emitted, emitted_n,
+                                                   l2_out, scalars[S_L2_ROWS], last_ev[inst, 0], last_ev[inst, 1],
+                                                   np.uint64(last_ev[inst, 2]), inst, venue, flags, depth)
         if not what & _DIRTY_BBO:
             continue
         r = bbo_out[scalars[S_BBO_ROWS]]
@@ -326,7 +351,7 @@ def _flush_dirty(lv_price, lv_size, lv_count, b_start, b_len, last_bbo, last_ev,
 def apply_events(start, events, venue, depth, conflate_ns,
                  keys, o_price, o_size, o_side, o_inst, o_prio,
                  lv_key, lv_price, lv_size, lv_count, b_start, b_len, b_cap,
-                 last_bbo, last_ev, integrity, dirty, is_dirty, bbo_out, l2_out, scalars):
+                 last_bbo, last_ev, integrity, dirty, is_dirty, emitted, emitted_n, bbo_out, l2_out, scalars):
     """Apply ``events[start:]`` to the books; return (code, index of the next event to apply).
 
     Args:
@@ -339,6 +364,8 @@ def apply_events(start, events, venue, depth, conflate_ns,
         integrity: int64 [instrument, len(INTEGRITY_NAMES)] counters.
         dirty, is_dirty: conflation: instruments changed in the current window, and what changed
             (``_DIRTY_BBO`` | ``_DIRTY_L2`` bits).
+        emitted, emitted_n: conflation: int64 [book, depth, (price, size, count)] and level counts of
+            the top N as last sent per book side.
         bbo_out, l2_out: output rows (``records.BBO`` / ``records.L2``); counts in ``scalars``.
         scalars: int64 state, see ``S_*``.
 
@@ -355,10 +382,10 @@ def apply_events(start, events, venue, depth, conflate_ns,
         if conflate_ns > 0 and ts >= scalars[S_WINDOW_END]:
             if scalars[S_DIRTY] > 0:
                 if (scalars[S_BBO_ROWS] + scalars[S_DIRTY] > bbo_out.shape[0]
-                        or scalars[S_L2_ROWS] + scalars[S_DIRTY] * (2 * depth + 1) > l2_out.shape[0]):
+                        or scalars[S_L2_ROWS] + scalars[S_DIRTY] * 4 * depth > l2_out.shape[0]):
                     return NEED_OUTPUT, i
                 _flush_dirty(lv_price, lv_size, lv_count, b_start, b_len, last_bbo, last_ev, dirty, is_dirty,
-                             bbo_out, l2_out, scalars, venue, depth)
+                             emitted, emitted_n, bbo_out, l2_out, scalars, venue, depth)
             scalars[S_WINDOW_END] = (ts // conflate_ns + 1) * conflate_ns
         if a != _ADD and a != _EXECUTE and a != _CANCEL and a != _DELETE and a != _REPLACE and a != _CLEAR:
             continue  # non-book trades and crosses leave the book alone
@@ -578,11 +605,11 @@ def _emit_change(lv_price, lv_size, lv_count, b_start, b_len, l2, row, ts, recv,
 
 @nb.njit(cache=True)
 def flush(venue, depth, lv_price, lv_size, lv_count, b_start, b_len, last_bbo, last_ev, dirty, is_dirty,
-          bbo_out, l2_out, scalars):
+          emitted, emitted_n, bbo_out, l2_out, scalars):
     """Emit what the open conflation window holds (end of a replay); False if the outputs lack room."""
     if (scalars[S_BBO_ROWS] + scalars[S_DIRTY] > bbo_out.shape[0]
-            or scalars[S_L2_ROWS] + scalars[S_DIRTY] * (2 * depth + 1) > l2_out.shape[0]):
+            or scalars[S_L2_ROWS] + scalars[S_DIRTY] * 4 * depth > l2_out.shape[0]):
         return False
     _flush_dirty(lv_price, lv_size, lv_count, b_start, b_len, last_bbo, last_ev, dirty, is_dirty,
-                 bbo_out, l2_out, scalars, venue, depth)
+                 emitted, emitted_n, bbo_out, l2_out, scalars, venue, depth)
     return True

@@ -42,10 +42,10 @@ BBO = Record(
 
 L2 = Record(
     "l2",
-    "A price level of the top N after an update. Unconflated: rows for the levels an update changed (size 0: "
-    "the level left the book; a level that comes into view from below is sent too); a consumer upserts levels "
-    "by price and keeps the N best after each update. Conflated: per instrument and window, the complete top N "
-    "of both sides flagged SNAPSHOT (replace the instrument's levels with them; one NONE row for an empty book).",
+    "A price level of the top N. Unconflated: a row for each level an update changed (size 0: the level left "
+    "the book; a level that comes into view from below is sent too). Conflated: per instrument and window, a "
+    "row for each level whose state differs from what the previous window sent (size 0: out of view). Either "
+    "way a consumer upserts levels by price, drops size-0 levels and keeps the N best.",
     (
         TS_EVENT,
         TS_RECV,

@@ -193,7 +193,7 @@ def test_crossed_and_locked_books_are_counted_and_flagged():
     assert out.bbo["flags"][1] & BookFlag.LOCKED and out.bbo["flags"][2] & BookFlag.CROSSED
 
 
-def test_conflation_emits_the_last_state_of_each_window_with_the_complete_top_n():
+def test_conflation_emits_the_last_state_of_each_window():
     ms = 1_000_000
     rows = [ev(1, Action.ADD, order_id=1, side=Side.BID, price=10_000_000_000, size=100),
             ev(2, Action.ADD, order_id=2, side=Side.BID, price=9_990_000_000, size=100),
@@ -202,19 +202,41 @@ def test_conflation_emits_the_last_state_of_each_window_with_the_complete_top_n(
             ev(5, Action.ADD, order_id=5, side=Side.ASK, price=10_030_000_000, size=10)]
     for i, r in enumerate(rows):
         r["ts_event"] = 5 * ms + i  # all in one 1 ms window
-    late = ev(6, Action.ADD, order_id=6, side=Side.BID, price=9_980_000_000, size=7)
-    late["ts_event"] = 9 * ms  # a later window: closes the first
+    late = [ev(6, Action.ADD, order_id=6, side=Side.BID, price=9_980_000_000, size=7),
+            ev(7, Action.DELETE, order_id=3)]
+    late[0]["ts_event"] = 9 * ms  # a later window: closes the first
+    late[1]["ts_event"] = 9 * ms + 1
     engine = BookEngine(depth=10, conflate_ns=ms)
-    out = engine.apply(events(*rows, late))
+    out = engine.apply(events(*rows, *late))
     assert bbo_rows(out.bbo) == [(5, 1, (10_000_000_000, 60, 1, 10_020_000_000, 100, 1))]
-    snap = [(chr(r["side"]), int(r["level"]), int(r["price"]), int(r["size"])) for r in out.l2]
-    assert snap == [("B", 0, 10_000_000_000, 60), ("B", 1, 9_990_000_000, 100),
-                    ("A", 0, 10_020_000_000, 100), ("A", 1, 10_030_000_000, 10)]
-    assert np.all(out.l2["flags"] & BookFlag.SNAPSHOT) and np.all(out.l2["sequence"] == 5)
-    end = engine.finish()  # the last window is always emitted
-    assert len(end.bbo) == 0  # BBO unchanged by the late bid below the best
-    assert [(chr(r["side"]), int(r["level"]), int(r["size"])) for r in end.l2] == [
-        ("B", 0, 60), ("B", 1, 100), ("B", 2, 7), ("A", 0, 100), ("A", 1, 10)]
+    first = [(chr(r["side"]), int(r["level"]), int(r["price"]), int(r["size"])) for r in out.l2]
+    assert first == [("B", 0, 10_000_000_000, 60), ("B", 1, 9_990_000_000, 100),
+                     ("A", 0, 10_020_000_000, 100), ("A", 1, 10_030_000_000, 10)]
+    assert np.all(out.l2["sequence"] == 5)  # stamped with the window's last change
+    end = engine.finish()  # the last window is always emitted: only what changed since the first
+    assert bbo_rows(end.bbo) == [(7, 1, (10_000_000_000, 60, 1, 10_030_000_000, 10, 1))]
+    # Levels are keyed by price: 10.03 moving up to the best is not a change a consumer needs.
+    assert [(chr(r["side"]), int(r["level"]), int(r["price"]), int(r["size"])) for r in end.l2] == [
+        ("B", 2, 9_980_000_000, 7), ("A", 0, 10_020_000_000, 0)]
+
+
+def test_conflated_rows_rebuild_the_same_top_n():
+    events_ = random_events(4, 20_000, instruments=5, invalid=False)
+    for window in (1_000, 1_000_000, 50_000_000):
+        engine = BookEngine(depth=4, conflate_ns=window, instruments=1, out_rows=16)
+        out = engine.apply(events_)
+        end = engine.finish()
+        rebuilt = replay_l2_deltas(np.concatenate([out.l2, end.l2]), 4)
+        for inst in range(1, 6):
+            bids, asks = engine.l2(inst, 4)
+            assert rebuilt.get((inst, Side.BID), []) == bids, (window, inst)
+            assert rebuilt.get((inst, Side.ASK), []) == asks, (window, inst)
+        last = {}
+        for r in np.concatenate([out.bbo, end.bbo]):
+            last[int(r["instrument_id"])] = (int(r["bid_px"]), int(r["bid_sz"]), int(r["ask_px"]), int(r["ask_sz"]))
+        for inst in range(1, 6):
+            b = engine.bbo(inst)
+            assert last.get(inst, (int(UNDEF_PRICE), 0, int(UNDEF_PRICE), 0)) == (b[0], b[1], b[3], b[4])
 
 
 def test_clear_empties_one_instrument():
