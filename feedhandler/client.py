@@ -19,7 +19,9 @@ What a subscriber gets (docs/websocket.md has the wire protocol):
   snapshot's) are skipped. There ``seq`` is the venue's sequence number: increasing, not contiguous.
   Redis pub/sub does not say when it loses messages; a connection lost and re-established yields
   ``Gap(dropped=None)``.
-- Errors the server reports (bad token, limits) raise ``ServerError``; they are not retried.
+- Errors the server reports (bad token, limits) raise ``ServerError``; they are not retried. A
+  connection that cannot be made or is lost raises ``Disconnected`` (a ``ConnectionError``) unless
+  ``reconnect=True``.
 """
 from __future__ import annotations
 
@@ -42,6 +44,10 @@ WILDCARD = "*"
 
 class ServerError(Exception):
     """The server answered with an ``error`` message (and usually closed the connection)."""
+
+
+class Disconnected(ConnectionError):
+    """The connection could not be made or was lost (``reconnect=False``); ``__cause__`` says how."""
 
 
 def _px(value) -> Decimal | None:
@@ -176,7 +182,7 @@ async def subscribe(symbols: Iterable[str] | str, channels: Iterable[str] = ("bb
         token: the WebSocket server's token, when it requires one (sent as an ``auth`` op).
         venue: the venue name in Redis key names (``md:{venue}:...``); unused over WebSocket.
         reconnect: on a lost connection, yield ``Gap(None, None, None)``, reconnect with backoff, and
-            resubscribe (fresh snapshots follow). Off: the connection error propagates.
+            resubscribe (fresh snapshots follow). Off: ``Disconnected`` is raised.
         max_backoff_s: the longest wait between reconnect attempts.
     """
     symbols = WILDCARD if symbols == WILDCARD or list(symbols) == [WILDCARD] else list(dict.fromkeys(symbols))
@@ -202,9 +208,9 @@ async def subscribe(symbols: Iterable[str] | str, channels: Iterable[str] = ("bb
                 backoff = 0.1
                 yield update
             return
-        except (OSError, asyncio.TimeoutError, ConnectionClosed, InvalidHandshake, RedisConnectionError):
+        except (OSError, asyncio.TimeoutError, ConnectionClosed, InvalidHandshake, RedisConnectionError) as exc:
             if not reconnect:
-                raise
+                raise Disconnected(f"{url}: {type(exc).__name__}: {exc}") from exc
         finally:
             await session.close()
         yield Gap(None, None, None)
