@@ -31,7 +31,7 @@ class BinaryFileCounter(enum.IntEnum):
     EMPTY_MESSAGE = 1
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _count_messages(buf: np.ndarray) -> int:
     """Count non-empty whole messages of a BinaryFILE buffer.
 
@@ -54,7 +54,7 @@ def _count_messages(buf: np.ndarray) -> int:
     return count
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _frame_kernel(buf: np.ndarray, frames: np.ndarray, counters: np.ndarray) -> int:
     """Write one frame per message of a BinaryFILE buffer.
 

@@ -475,7 +475,7 @@ def _schedule(rng, day: _Day, messages: int, noii_rounds: int, dlcr: bool, mwcb_
 
 
 # ------------------------------------------------------------------------------------------ encoding
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _scatter_rows(buf, offsets, rows):
     """Copy row ``i`` of ``rows`` (n, size) to ``buf[offsets[i]:offsets[i] + size]``."""
     size = rows.shape[1]

@@ -340,7 +340,7 @@ def _pick_symbol(rng, symf, guide, sym):
             return k
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def simulate(out, start, last_ts, seed, sys_ts, phase_window, phase_target, warp, guide, sym, symf, sched,
              sched_phase_end, max_orders, action_weights, fparams):
     """Simulate the day from the start of system hours to the end of messages.
@@ -427,7 +427,7 @@ def simulate(out, start, last_ts, seed, sys_ts, phase_window, phase_target, warp
     return i, si, ctr[CT_REF], ctr[CT_MATCH]
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _crosses(out, i, last_ts, limit, phase, rng, book, sym, ctr, fparams):
     """The opening (phase 1) or closing (phase 2) cross of every trading symbol, in locate order.
 
@@ -472,7 +472,7 @@ def _crosses(out, i, last_ts, limit, phase, rng, book, sym, ctr, fparams):
     return i, last_ts
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _flow(out, i, ts, s, rng, book, sym, symf, ctr, max_orders, target_size, cum_act, fparams):
     """One order-flow message for symbol ``s`` at ``ts``."""
     loc = s + 1
@@ -578,7 +578,7 @@ def _flow(out, i, ts, s, rng, book, sym, symf, ctr, max_orders, target_size, cum
             _put(out, i, MSG_DELETE, loc, 0, 0, ts, ref, 0, 0, 0, 0, 0)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _scheduled(out, i, ts, sched, si, start, rng, book, sym, ctr):
     """Write scheduled row ``si`` as row ``i`` at ``ts``, filling in what depends on the book.
 
@@ -640,7 +640,7 @@ def _scheduled(out, i, ts, sched, si, start, rng, book, sym, ctr):
     return True
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _break_a_trade(out, i, ts, start, rng, ctr):
     """A broken trade (B) of an earlier trade not yet broken, found from a random earlier row on."""
     if i <= start or ctr[CT_BROKEN] >= MAX_BROKEN:

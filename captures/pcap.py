@@ -134,7 +134,7 @@ def _u32(buf: np.ndarray, i: int, swapped: bool) -> int:
     )
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _count_pcap_records(buf: np.ndarray, swapped: bool) -> tuple:
     """Count whole records of a classic pcap buffer.
 
@@ -159,7 +159,7 @@ def _count_pcap_records(buf: np.ndarray, swapped: bool) -> tuple:
     return count, False
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _index_pcap_records(buf: np.ndarray, swapped: bool, ts_scale: int, data_off: np.ndarray, caplen: np.ndarray, ts: np.ndarray) -> None:
     """Fill where each record's data starts, its captured length and its time in ns.
 
@@ -183,7 +183,7 @@ def _index_pcap_records(buf: np.ndarray, swapped: bool, ts_scale: int, data_off:
         pos += _PCAP_RECORD_HEADER_LEN + incl
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _decode_udp_records(
     buf: np.ndarray,
     data_off: np.ndarray,

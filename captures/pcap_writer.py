@@ -50,7 +50,7 @@ class WriteSummary:
     bytes: int  # file size
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _write_frame_headers(
     out: np.ndarray,
     rec_pos: np.ndarray,
@@ -151,7 +151,7 @@ def _write_frame_headers(
             out[u + 7] = np.uint8(c & 0xFF)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _lay_out_binaryfile(out: np.ndarray, msg_buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> None:
     """Write each message as a 2-byte big-endian length and its bytes, back to back.
 

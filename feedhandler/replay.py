@@ -230,7 +230,7 @@ class _Outputs:
     def open_once(self, source: DecodedCapture) -> None:
         if self._writers is not None or self.out_dir is None:
             return
-        from publish.parquet import ParquetWriter  # the pipeline's sink; parsers never import publish
+        from publish.parquet import BackgroundWriters, ParquetWriter  # the pipeline's embedded sink
 
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -238,17 +238,18 @@ class _Outputs:
             raise ReplayError(f"cannot create output directory {self.out_dir}: {exc.strerror}") from None
         meta = {"venue": source.venue.name, "date": source.normalizer.clock.date.isoformat(),
                 "capture": source.path, "schema": "feedhandler/1"}
-        self._writers = {r.name: ParquetWriter(self.out_dir / f"{r.name}.parquet", r.dtype, {**meta, "record": r.name})
-                         for r in OUTPUT_RECORDS}
+        self._writers = BackgroundWriters(
+            {r.name: ParquetWriter(self.out_dir / f"{r.name}.parquet", r.dtype, {**meta, "record": r.name})
+             for r in OUTPUT_RECORDS})
 
     def write(self, name: str, rows: np.ndarray) -> None:
         self.rows[name] = self.rows.get(name, 0) + len(rows)
         if self._writers is not None:
-            self._writers[name].write(rows)
+            self._writers.write(name, rows)
 
     def close(self) -> None:
-        for w in (self._writers or {}).values():
-            w.close()
+        if self._writers is not None:
+            self._writers.close()
 
 
 class _InstrumentSet:

@@ -222,7 +222,7 @@ def _dense_ids(instrument: np.ndarray) -> tuple[np.ndarray, int]:
     return inverse.astype(np.int64), len(uniq)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def assign_bars(dense, bar_no, n_instruments):
     """Give each trade the index of its bar (instrument, bar number), bars indexed as first seen.
 
@@ -273,7 +273,7 @@ def assign_bars(dense, bar_no, n_instruments):
     return slot_of_trade, slot_bar[:n_slots].copy(), slot_trade[:n_slots].copy()
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def reduce_bars(slot_of_trade, price, size, rank, bar_ts, bar_instrument, venue, rows):
     """Fill one OHLCV row per bar, trades taken in arrival order.
 
@@ -371,7 +371,7 @@ def _sub_128(ah, al, bh, bl):
     return ah - bh - borrow, al - bl
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _div_round(high, low, d):
     """(high * 2**64 + low) / d rounded to nearest, halves up; needs high < d (the quotient fits 64 bits)."""
     if high == _U0:  # the usual case: one word

@@ -95,7 +95,7 @@ def _order_slot(keys, key):
     return i
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _order_remove(keys, o_price, o_size, o_side, o_inst, o_prio, slot):
     mask = keys.shape[0] - 1
     hole = slot
@@ -114,7 +114,7 @@ def _order_remove(keys, o_price, o_size, o_side, o_inst, o_prio, slot):
     keys[hole] = EMPTY_KEY
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def rehash_orders(okeys, oprice, osize, oside, oinst, oprio, keys, o_price, o_size, o_side, o_inst, o_prio):
     for j in range(okeys.shape[0]):
         if okeys[j] != EMPTY_KEY:
@@ -152,12 +152,12 @@ def _level_pos(lv_key, start, n, key):
     return lo
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _needs_slot(b_len, b_cap, book):
     return b_len[book] >= b_cap[book]
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _give_room(lv_key, lv_price, lv_size, lv_count, b_start, b_len, b_cap, scalars, book):
     """Move a full run to a region twice its size at the pool's end; False if the pool is full."""
     new_cap = FIRST_RUN if b_cap[book] == 0 else 2 * b_cap[book]
@@ -264,7 +264,7 @@ def _best(lv_price, lv_size, lv_count, b_start, b_len, book):
     return lv_price[pos], lv_size[pos], lv_count[pos]
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _emit_top_changes(lv_price, lv_size, lv_count, b_start, b_len, emitted, emitted_n, l2, row, ts, recv, seq,
                       inst, venue, flags, depth):
     """Rows for how an instrument's top N differs from the top N sent at its last window; remember it.
@@ -315,7 +315,7 @@ def _book_of(inst, side):
     return 2 * np.int64(inst) + (0 if side == _BID else 1)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _flush_dirty(lv_price, lv_size, lv_count, b_start, b_len, last_bbo, last_ev, dirty, is_dirty, emitted,
                  emitted_n, bbo_out, l2_out, scalars, venue, depth):
     """Emit the BBO and the top-N changes of every instrument changed in the closing window."""
@@ -347,7 +347,7 @@ def _flush_dirty(lv_price, lv_size, lv_count, b_start, b_len, last_bbo, last_ev,
     scalars[S_DIRTY] = 0
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def apply_events(start, events, venue, depth, conflate_ns,
                  keys, o_price, o_size, o_side, o_inst, o_prio,
                  lv_key, lv_price, lv_size, lv_count, b_start, b_len, b_cap,
@@ -603,7 +603,7 @@ def _emit_change(lv_price, lv_size, lv_count, b_start, b_len, l2, row, ts, recv,
                        side, book, d)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def flush(venue, depth, lv_price, lv_size, lv_count, b_start, b_len, last_bbo, last_ev, dirty, is_dirty,
           emitted, emitted_n, bbo_out, l2_out, scalars):
     """Emit what the open conflation window holds (end of a replay); False if the outputs lack room."""

@@ -216,7 +216,7 @@ PRICE4_TO_NANO = 100_000  # 1e-4 -> 1e-9
 PRICE8_TO_NANO = 10  # 1e-8 -> 1e-9
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def gather_messages(buf, offsets, size, out):
     """Copy ``size`` bytes at each offset of ``buf`` into consecutive rows of ``out``.
 

@@ -74,7 +74,7 @@ def _be(buf, pos, width):
     return v
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def decode_book_events(buf, frames, selected, offset, width, action_lut, known_locate,
                        midnight, change_local, offset_before, offset_after, venue,
                        events, wide_size, cross_type, counts):

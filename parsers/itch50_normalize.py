@@ -320,7 +320,7 @@ class ItchNormalizer:
         return rows
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def classify_frames(buf, frames, size_by_code, book_lut):
     """Sort frames into decodable book messages, other decodable messages, and anomalies.
 

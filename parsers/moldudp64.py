@@ -68,7 +68,7 @@ def _u64be(buf: np.ndarray, i: int) -> np.uint64:
     return v
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _mold_capacity(buf: np.ndarray, pkt_offset: np.ndarray, pkt_length: np.ndarray) -> int:
     """Upper bound on the messages a batch of packets can yield.
 
@@ -94,7 +94,7 @@ def _mold_capacity(buf: np.ndarray, pkt_offset: np.ndarray, pkt_length: np.ndarr
     return total
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _mold_frame_kernel(
     buf: np.ndarray,
     pkt_offset: np.ndarray,
@@ -198,7 +198,7 @@ def _mold_frame_kernel(
     return nf, ng
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def plan_packets(
     lengths: np.ndarray, ts_recv: np.ndarray, max_payload: int, window_ns: int
 ) -> tuple:
@@ -248,7 +248,7 @@ def plan_packets(
     return first[:npk], count[:npk], size[:npk], pts[:npk]
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def pack_messages(
     out: np.ndarray,
     payload_pos: np.ndarray,

@@ -17,7 +17,7 @@ _CROSS = np.uint8(Action.CROSS)
 _NON_PRINTABLE = np.uint16(Flag.NON_PRINTABLE)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _trade_index(action, wide_size):
     """Indexes of the events that are trades (an execute, trade or cross with shares)."""
     idx = np.empty(action.shape[0], dtype=np.int64)
@@ -30,7 +30,7 @@ def _trade_index(action, wide_size):
     return idx[:n]
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _fill_trades(events, wide_size, idx, out):
     for j in range(idx.shape[0]):
         e = events[idx[j]]

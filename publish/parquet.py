@@ -145,7 +145,10 @@ class ParquetWriter:
         self.rows_written = 0
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
-        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self.path, self.schema, compression=compression)
+        # Dictionary encoding only for text: on ids, prices and times it costs time and saves nothing.
+        text = [f.name for f in self.schema if pa.types.is_string(f.type)]
+        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self.path, self.schema, compression=compression,
+                                                                 use_dictionary=text or False)
 
     def write(self, records: np.ndarray) -> None:
         """Append ``records`` (a 1-d array of this writer's dtype)."""
@@ -190,3 +193,51 @@ class ParquetWriter:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class BackgroundWriters:
+    """Parquet writers fed from a bounded queue by a thread of their own.
+
+    Arrow encodes and compresses without the GIL, so the files get written on another core while the
+    caller decodes and builds books. The queue is bounded: when the disk falls behind, ``write``
+    waits (files are the record of a replay: nothing is dropped). Arrays handed over must not change.
+    """
+
+    def __init__(self, writers: Mapping[str, ParquetWriter], max_batches: int = 16) -> None:
+        import queue
+        import threading
+
+        self.writers = dict(writers)
+        self._queue: queue.Queue = queue.Queue(max_batches)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="parquet-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, name: str, records: np.ndarray) -> None:
+        if self._error is not None:
+            raise self._error
+        if len(records):
+            self._queue.put((name, records))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:
+                try:
+                    self.writers[item[0]].write(item[1])
+                except BaseException as exc:  # reported to the caller at its next write or close
+                    self._error = exc
+
+    def close(self) -> None:
+        """Write everything queued, finish every file; raise what the writer thread hit, if anything."""
+        self._queue.put(None)
+        self._thread.join()
+        for w in self.writers.values():
+            try:
+                w.close()
+            except BaseException as exc:
+                self._error = self._error or exc
+        if self._error is not None:
+            raise self._error
