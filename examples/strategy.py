@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         server = start_demo_server(["AAPL", "MSFT"] if symbols == "*" else symbols, stop)
         args.url = f"ws://127.0.0.1:{server.port}"
     try:
-        asyncio.run(run(symbols, args.url, args.venue, args.token, args.count, ImbalanceSignal(threshold=args.threshold)))
+        signal = ImbalanceSignal(threshold=args.threshold)
+        asyncio.run(run(symbols, args.url, args.venue, args.token, args.count, signal))
     except KeyboardInterrupt:
         pass
     finally:

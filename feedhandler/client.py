@@ -145,7 +145,8 @@ def decode(message: dict) -> Update | None:
     """A typed object from one decoded JSON message; None for control replies (subscribed, pong, ...)."""
     kind = message.get("type")
     if kind == "bbo":
-        return Quote(message["symbol"], int(message["seq"]), _px(message.get("bid_px")), int(message.get("bid_sz") or 0),
+        return Quote(message["symbol"], int(message["seq"]), _px(message.get("bid_px")),
+                     int(message.get("bid_sz") or 0),
                      _px(message.get("ask_px")), int(message.get("ask_sz") or 0), int(message.get("ts_event") or 0),
                      int(message.get("ts_recv") or 0), bool(message.get("snapshot", False)))
     if kind == "l2":

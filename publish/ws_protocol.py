@@ -37,14 +37,13 @@ import collections
 import hmac
 import itertools
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from publish.encoding import TopBooks, bbo_dicts, dumps, status_dicts, trade_dicts
 
 CHANNELS = ("bbo", "l2", "trades", "status")
 STATE_CHANNELS = frozenset({"bbo", "l2"})  # latest state wins; the others are events
-MESSAGE_TYPE = {"bbo": "bbo", "l2": "l2", "trades": "trade", "status": "status"}
 WILDCARD = "*"
 
 CLOSE_POLICY_VIOLATION = 1008  # auth refused or missing, malformed use of the protocol
@@ -191,7 +190,8 @@ class Hub:
             return self._error(client, f"unknown op {op!r} (auth, subscribe, unsubscribe, ping)")
         if not client.authed and op != "auth":
             self.counters["refused_auth"] += 1
-            return self._refuse(client, CLOSE_POLICY_VIOLATION, "auth required: send {\"op\": \"auth\", \"token\": ...} first")
+            return self._refuse(client, CLOSE_POLICY_VIOLATION,
+                                'auth required: send {"op": "auth", "token": ...} first')
         handler(self, client, request, now)
 
     def _op_auth(self, client: _Client, request: dict, now: float) -> None:
@@ -521,9 +521,3 @@ _OPS = {
     "subscribe": Hub._op_subscribe,
     "unsubscribe": Hub._op_unsubscribe,
 }
-
-
-def selection(channels: Iterable[str], symbols: Iterable[str] | str) -> dict:
-    """A subscribe request (``{"op": "subscribe", ...}``) for ``channels`` and ``symbols`` (or ``"*"``)."""
-    return {"op": "subscribe", "channels": list(channels),
-            "symbols": WILDCARD if symbols == WILDCARD else list(symbols)}

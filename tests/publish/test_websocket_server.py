@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from orderbook.records import BBO, L2, BookFlag
-from parsers.schema import PRICE_SCALE, STATUS, TRADE, UNDEF_PRICE, Side, StatusKind, TradingState
+from parsers.schema import PRICE_SCALE, STATUS, TRADE, UNDEF_PRICE, StatusKind, TradingState
 from publish.batch import MarketBatch
 from publish.runner import SinkRunner
 from publish.websocket_server import WebSocketServer
