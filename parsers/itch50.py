@@ -216,21 +216,48 @@ PRICE4_TO_NANO = 100_000  # 1e-4 -> 1e-9
 PRICE8_TO_NANO = 10  # 1e-8 -> 1e-9
 
 
+# How one wire field becomes bytes of the native row: copied as is (text) or byte-reversed into a
+# little-endian integer (the native width may be wider: a 6-byte timestamp lands in 8 bytes).
+PLAN_COPY = 0
+PLAN_SWAP = 1
+
+
+def decode_plan(msg: Message) -> np.ndarray:
+    """int64 rows (wire offset, wire width, native offset, PLAN_*) for every field of ``msg``."""
+    native = msg.dtype
+    rows = []
+    wire = 0
+    for f in msg.fields:
+        kind = PLAN_COPY if f.kind.startswith("alpha") else PLAN_SWAP
+        rows.append((wire, f.size, native.fields[f.name][1], kind))
+        wire += f.size
+    return np.array(rows, dtype=np.int64)
+
+
 @nb.njit(cache=True, nogil=True)
-def gather_messages(buf, offsets, size, out):
-    """Copy ``size`` bytes at each offset of ``buf`` into consecutive rows of ``out``.
+def decode_rows(buf, offsets, plan, out):
+    """Decode messages at ``offsets`` into native rows, byte by byte as ``plan`` says.
 
     Args:
-        buf: uint8 buffer holding the messages.
-        offsets: int64 byte offsets of the messages to copy.
-        size: bytes to copy per message (the specified wire size).
-        out: uint8 array of at least ``len(offsets) * size`` bytes.
+        buf: uint8 buffer; offsets: int64 message offsets (``size`` bytes available at each).
+        plan: ``decode_plan(msg)``; out: the native rows viewed as uint8 [n, itemsize], zeroed where an
+            integer is wider than its wire field.
     """
     for i in range(offsets.shape[0]):
-        start = offsets[i]
-        base = i * size
-        for j in range(size):
-            out[base + j] = buf[start + j]
+        pos = offsets[i]
+        for f in range(plan.shape[0]):
+            wire = pos + plan[f, 0]
+            width = plan[f, 1]
+            at = plan[f, 2]
+            if plan[f, 3] == PLAN_COPY:
+                for k in range(width):
+                    out[i, at + k] = buf[wire + k]
+            else:
+                for k in range(width):
+                    out[i, at + k] = buf[wire + width - 1 - k]
+
+
+_PLANS = {m.code: decode_plan(m) for m in MESSAGE_TABLE}
 
 
 def decode_type(buf: np.ndarray, offsets: np.ndarray, code: bytes) -> np.ndarray:
@@ -240,15 +267,9 @@ def decode_type(buf: np.ndarray, offsets: np.ndarray, code: bytes) -> np.ndarray
     into ns since midnight; prices stay in the venue's implied-decimal integers.
     """
     msg = MESSAGES[code]
-    raw = np.empty(len(offsets) * msg.size, dtype=np.uint8)
-    gather_messages(buf, offsets.astype(np.int64, copy=False), msg.size, raw)
-    wire = raw.view(msg.wire_dtype)
-    out = np.empty(len(offsets), dtype=msg.dtype)
-    for f in msg.fields:
-        if f.kind == "ts6":
-            out[f.name] = (wire[f.name + "_hi"].astype(np.uint64) << np.uint64(32)) | wire[f.name + "_lo"]
-        else:
-            out[f.name] = wire[f.name]
+    out = np.zeros(len(offsets), dtype=msg.dtype)
+    decode_rows(buf, offsets.astype(np.int64, copy=False), _PLANS[code],
+                out.view(np.uint8).reshape(len(offsets), msg.dtype.itemsize))
     return out
 
 
