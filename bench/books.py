@@ -52,7 +52,7 @@ PREFIX_PEERS = ("meatpy",)  # pure Python: measured on the prefix
 TARGETS = {"itchcpp": 1.0}  # the project's goal: ours/peer messages/s at least this
 SESSION_DATE = dt.date(*_decode.SESSION_DATE)
 PRICE_SCALE = 100_000  # a 4-decimal ITCH price in the schema's 1e-9 units
-ORDER_SLOT_BYTES = 33  # keys u64 + price i64 + size u32 + side u8 + instrument u32 + priority u64
+ORDER_SLOT_BYTES = 32  # one order table slot: id, price, size|instrument, priority|side (4 x int64)
 
 
 # ===================================================================== ours
@@ -108,8 +108,8 @@ def time_ours(path, depth: int, repeat: int) -> dict:
 def memory(engine) -> dict:
     """Bytes per resting order at the end: everything the engine holds, and the order table alone."""
     orders = engine.orders
-    slots = len(engine.keys)
-    table = sum(a.nbytes for a in engine._order_arrays())
+    slots = len(engine.od)
+    table = engine.od.nbytes
     assert table == ORDER_SLOT_BYTES * slots, (table, slots)
     return {"resting_orders": orders, "order_slots": slots, "load": orders / slots if slots else 0.0,
             "engine_bytes": engine.memory_bytes(), "order_table_bytes": table,
