@@ -64,9 +64,9 @@ def run_ours(path, stage: str = "decode") -> tuple[int, float]:
 
     Timed from reading the file to the last decoded column, file read included.
 
-    ``decode``: ``captures.binaryfile.read_binaryfile`` (read + framing kernel), then
-    ``parsers.itch50.decode_type`` once per message type: every field of every message into typed
-    numpy columns, the same work the peers do into Python objects.
+    ``decode``: ``captures.reader.open_capture(path).iter_batches()`` (read, then frame 64k messages at
+    a time), and ``parsers.itch50.decode_batch`` on each batch: every field of every message into
+    typed numpy columns per message type, the same work the peers do into Python objects.
     ``normalize``: ``feedhandler.replay.replay(path, None, books=False)``, i.e. ``feedhandler stats FILE``
     in process: open and frame the capture, then normalize it into the common schema batch by batch
     (epoch timestamps, 1e-9 prices, order-reference enrichment), writing nothing, building no books.
@@ -78,24 +78,16 @@ def run_ours(path, stage: str = "decode") -> tuple[int, float]:
 
 
 def _ours_decode(path) -> tuple[int, dict]:
-    from captures.binaryfile import read_binaryfile
+    from captures.reader import open_capture
     from parsers import itch50
 
-    buf, frames, _anomalies = read_binaryfile(path)
-    offsets = frames["offset"]
-    types = buf[offsets]
-    order = np.argsort(types, kind="stable")  # radix sort of uint8: message order kept within a type
-    counts = np.bincount(types, minlength=256)
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    decoded = {}
+    decoded: dict[str, list] = {}
     n = 0
-    for code in np.flatnonzero(counts):
-        key = bytes([code])
-        if key not in itch50.MESSAGES:
-            continue
-        cols = itch50.decode_type(buf, offsets[order[starts[code]:starts[code] + counts[code]]], key)
-        decoded[key.decode()] = cols
-        n += len(cols)
+    for buf, frames in open_capture(path).iter_batches():  # 64k-message batches, file order
+        batch, _skipped = itch50.decode_batch(buf, frames)
+        for code, rows in batch.items():
+            decoded.setdefault(code.decode(), []).append(rows)
+            n += len(rows)
     return n, decoded
 
 
@@ -115,8 +107,8 @@ def census_ours(path, stage: str) -> dict:
     """What our decoder produced, in the form ``reference_census`` gives (untimed)."""
     n, result = _STAGE_FUNCTIONS[stage](path)
     if stage == "decode":
-        by_type = {t: len(a) for t, a in result.items()}
-        adds = [result[t] for t in ("A", "F") if t in result]
+        by_type = {t: sum(len(a) for a in parts) for t, parts in result.items()}
+        adds = [a for t in ("A", "F") for a in result.get(t, [])]
         shares = sum(int(a["shares"].sum(dtype=np.int64)) for a in adds)
         price = sum(int(a["price"].sum(dtype=np.int64)) for a in adds)
         return {"messages": n, "by_type": dict(sorted(by_type.items())), "add_shares": shares,

@@ -93,6 +93,63 @@ def _frame_kernel(buf: np.ndarray, frames: np.ndarray, counters: np.ndarray) -> 
     return k
 
 
+@nb.njit(cache=True, nogil=True)
+def _frame_batch(buf: np.ndarray, pos: int, first_sequence: int, frames: np.ndarray, counters: np.ndarray):
+    """Frame up to ``len(frames)`` messages from byte ``pos``; return (next pos, frames written).
+
+    Same rules as ``_frame_kernel``; the file's last message gets LAST_IN_PACKET. ``next pos`` is
+    ``len(buf)`` once the file is done (a truncated tail counts once and ends it).
+    """
+    n = buf.shape[0]
+    k = 0
+    while pos < n and k < frames.shape[0]:
+        if pos + 2 > n:
+            counters[BinaryFileCounter.TRUNCATED_MESSAGE] += 1
+            pos = n
+            break
+        mlen = (np.int64(buf[pos]) << 8) | np.int64(buf[pos + 1])
+        if pos + 2 + mlen > n:
+            counters[BinaryFileCounter.TRUNCATED_MESSAGE] += 1
+            pos = n
+            break
+        if mlen == 0:
+            counters[BinaryFileCounter.EMPTY_MESSAGE] += 1
+        else:
+            frames[k].offset = pos + 2
+            frames[k].ts_recv = 0
+            frames[k].sequence = first_sequence + k
+            frames[k].length = mlen
+            frames[k].session = 0
+            frames[k].flags = 0
+            k += 1
+        pos += 2 + mlen
+    if pos >= n and k > 0:
+        frames[k - 1].flags = _LAST_IN_PACKET
+    return pos, k
+
+
+def iter_binaryfile_batches(buf: np.ndarray, batch: int = 1 << 16, counters: np.ndarray | None = None):
+    """Yield frame arrays of at most ``batch`` messages over a BinaryFILE buffer, in file order.
+
+    Small batches keep memory flat and warm (no whole-file frame table). ``counters`` (int64 per
+    ``BinaryFileCounter``) collects the anomalies.
+    """
+    counters = np.zeros(len(BinaryFileCounter), np.int64) if counters is None else counters
+    batch = max(1, min(batch, len(buf) // 3 + 1))  # a message takes at least 3 bytes with its prefix
+    pos = 0
+    sequence = 1
+    while pos < len(buf):
+        frames = np.empty(batch, FRAME_DTYPE)
+        pos, k = _frame_batch(buf, pos, sequence, frames, counters)
+        sequence += k
+        if k:
+            yield frames[:k]
+
+
+def anomaly_counts(counters: np.ndarray) -> dict[str, int]:
+    return {c.name.lower(): int(counters[c]) for c in BinaryFileCounter if counters[c]}
+
+
 def load_bytes(path) -> np.ndarray:
     """Return a file's bytes as uint8, gunzipped whole when it starts with the gzip magic."""
     with open(path, "rb") as f:

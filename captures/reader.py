@@ -26,7 +26,9 @@ import numpy as np
 from captures.binaryfile import (
     BINARYFILE_SESSION,
     GZIP_MAGIC,
-    frame_binaryfile_buffer,
+    BinaryFileCounter,
+    anomaly_counts,
+    iter_binaryfile_batches,
     looks_like_binaryfile,
 )
 from captures.pcap import PacketTable, PcapFormatError, is_pcapng, parse_pcap_buffer, parse_pcapng_bytes, pcap_magic
@@ -112,19 +114,20 @@ class Capture:
         """Yield (buf, frames) batch by batch; frames of all batches point into the same ``buf``.
 
         Sequence tracking carries over between batches; ``stats`` is complete once the iterator ends.
-        A BinaryFILE comes as one batch.
+        A BinaryFILE comes in batches of ``max_packets`` messages.
         """
         if max_packets < 1:
             raise ValueError("max_packets must be >= 1")
         stats = CaptureStats()
         if self.kind == CAPTURE_BINARYFILE:
             buf = self._buffer()
-            frames, anomalies = frame_binaryfile_buffer(buf)
-            stats.messages = int(frames.shape[0])
+            counters = np.zeros(len(BinaryFileCounter), np.int64)
             stats.sessions = [BINARYFILE_SESSION]
-            stats.anomalies = anomalies
+            for frames in iter_binaryfile_batches(buf, max_packets, counters):  # a message is its own "packet"
+                stats.messages += len(frames)
+                yield buf, frames
+            stats.anomalies = anomaly_counts(counters)
             self._stats = stats
-            yield buf, frames
             return
         table = self.packet_table()
         packets = table.packets

@@ -278,6 +278,27 @@ def decode_type(buf: np.ndarray, offsets: np.ndarray, code: bytes) -> np.ndarray
     return out
 
 
+def decode_batch(buf: np.ndarray, frames: np.ndarray) -> tuple[dict[bytes, np.ndarray], int]:
+    """Decode every message of a batch, type by type: ({type letter: native rows in sequence order}, skipped).
+
+    ``frames`` is a ``parsers.frames.FRAME_DTYPE`` batch; messages of an unknown type or shorter than
+    their specified size are skipped and counted (``ItchNormalizer`` says which, as anomalies).
+    """
+    offsets = frames["offset"]
+    types = buf[offsets]
+    spec = SIZE_BY_CODE[types]
+    ok = (spec > 0) & (frames["length"] >= spec)
+    key = np.where(ok, types, np.uint8(0))
+    order = np.argsort(key, kind="stable")  # radix sort on uint8: sequence order kept within a type
+    counts = np.bincount(key, minlength=256)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    out = {}
+    for code in np.flatnonzero(counts[1:]) + 1:
+        idx = order[starts[code] : starts[code] + counts[code]]
+        out[bytes([code])] = decode_type(buf, offsets[idx], bytes([code]))
+    return out, int(counts[0])
+
+
 def encode_columns(code: bytes, columns: dict[str, np.ndarray | int | bytes], n: int | None = None) -> np.ndarray:
     """Encode ``n`` messages of one type from column values into a ``(n, size)`` uint8 array.
 
