@@ -77,7 +77,7 @@ class Message:
     def fields(self) -> tuple[Field, ...]:
         return HEADER + self.body
 
-    @property
+    @functools.cached_property
     def size(self) -> int:
         return sum(f.size for f in self.fields)
 
@@ -93,11 +93,11 @@ class Message:
     def field(self, name: str) -> Field:
         return next(f for f in self.fields if f.name == name)
 
-    @property
+    @functools.cached_property
     def wire_dtype(self) -> np.dtype:
         return np.dtype([row for f in self.fields for row in f.wire()])
 
-    @property
+    @functools.cached_property
     def dtype(self) -> np.dtype:
         return np.dtype([f.native() for f in self.fields])
 
