@@ -84,12 +84,12 @@ FIRST_RUN = 8  # level slots given to a book side at its first level
 # -- order table --------------------------------------------------------------------------------
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True, inline="always", _nrt=False)
 def _home(key, mask):
     return np.int64((np.uint64(key) * _HASH_MUL) >> np.uint64(20)) & mask
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
 def order_find(od, key):
     """Slot of order ``key``, or -1."""
     mask = od.shape[0] - 1
@@ -103,7 +103,7 @@ def order_find(od, key):
         i = (i + 1) & mask
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
 def order_slot(od, key):
     """Slot holding ``key`` or the free slot where it goes."""
     mask = od.shape[0] - 1
@@ -113,7 +113,7 @@ def order_slot(od, key):
     return i
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _order_remove(od, slot):
     """Free ``slot`` and shift later entries of its probe run back (no tombstones)."""
     mask = od.shape[0] - 1
@@ -129,7 +129,7 @@ def _order_remove(od, slot):
     od[hole, 0] = EMPTY
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def rehash_orders(old, od):
     for j in range(old.shape[0]):
         if old[j, 0] != EMPTY:
@@ -138,17 +138,17 @@ def rehash_orders(old, od):
                 od[i, c] = old[j, c]
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True, inline="always", _nrt=False)
 def _o_size(od, s):
     return od[s, 2] & _LOW32
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True, inline="always", _nrt=False)
 def _o_inst(od, s):
     return od[s, 2] >> 32
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True, inline="always", _nrt=False)
 def _o_side(od, s):
     return np.uint8(od[s, 3] >> 56)
 
@@ -156,12 +156,12 @@ def _o_side(od, s):
 # -- price levels -------------------------------------------------------------------------------
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True, inline="always", _nrt=False)
 def _level_key(side, price):
     return price if side == _BID else -price
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _level_pos(lv, start, n, key):
     """Lower bound of ``key`` in the sorted run ``lv[start:start+n, 0]`` (absolute index)."""
     lo = start
@@ -177,7 +177,7 @@ def _level_pos(lv, start, n, key):
     return lo
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _give_room(lv, bk, scalars, book):
     """Move a full run to a region twice its size at the pool's end; False if the pool is full."""
     new_cap = FIRST_RUN if bk[book, 2] == 0 else 2 * bk[book, 2]
@@ -194,7 +194,7 @@ def _give_room(lv, bk, scalars, book):
     return True
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _level_add(lv, bk, book, side, price, size):
     """Add one order of ``size`` at ``price``; return the level's depth from the best (room checked)."""
     key = _level_key(side, price)
@@ -216,7 +216,7 @@ def _level_add(lv, bk, book, side, price, size):
     return start + n - pos
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _level_sub(lv, bk, book, side, price, size, orders_gone):
     """Take ``size`` shares and ``orders_gone`` orders off a level; return (depth, removed), depth -1 if absent."""
     key = _level_key(side, price)
@@ -240,7 +240,7 @@ def _level_sub(lv, bk, book, side, price, size, orders_gone):
 # -- outputs ------------------------------------------------------------------------------------
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _emit_level(l2, row, ts, recv, seq, inst, venue, flags, side, depth, price, size, count):
     r = l2[row]
     r.ts_event = ts
@@ -256,7 +256,7 @@ def _emit_level(l2, row, ts, recv, seq, inst, venue, flags, side, depth, price, 
     r.level = depth
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _emit_depth(lv, bk, l2, row, ts, recv, seq, inst, venue, flags, side, book, depth):
     """Write the level now at ``depth`` of a book side (nothing if the side is shallower); next row."""
     n = bk[book, 1]
@@ -267,7 +267,7 @@ def _emit_depth(lv, bk, l2, row, ts, recv, seq, inst, venue, flags, side, book, 
     return row
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _emit_change(lv, bk, l2, row, ts, recv, seq, inst, venue, flags, side, book, d, removed, price, depth):
     """L2 rows for a level at depth ``d`` that shrank or left; a level that left lets one more in view."""
     if removed:
@@ -279,7 +279,7 @@ def _emit_change(lv, bk, l2, row, ts, recv, seq, inst, venue, flags, side, book,
     return _emit_depth(lv, bk, l2, row, ts, recv, seq, inst, venue, flags, side, book, d)
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _emit_top_changes(lv, bk, emitted, emitted_n, l2, row, ts, recv, seq, inst, venue, flags, depth):
     """Rows for how an instrument's top N differs from the top N sent at its last window; remember it.
 
@@ -320,7 +320,7 @@ def _emit_top_changes(lv, bk, emitted, emitted_n, l2, row, ts, recv, seq, inst, 
     return row
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _flush_dirty(lv, bk, st, dirty, emitted, emitted_n, bbo_out, l2_out, scalars, venue, depth):
     """Emit the BBO and the top-N changes of every instrument changed in the closing window."""
     for k in range(scalars[S_DIRTY]):
@@ -339,7 +339,7 @@ def _flush_dirty(lv, bk, st, dirty, emitted, emitted_n, bbo_out, l2_out, scalars
     scalars[S_DIRTY] = 0
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _emit_bbo(bbo_out, scalars, st, inst, ts, recv, seq, venue, flags):
     r = bbo_out[scalars[S_BBO_ROWS]]
     r.ts_event = ts
@@ -357,7 +357,7 @@ def _emit_bbo(bbo_out, scalars, st, inst, ts, recv, seq, venue, flags):
     scalars[S_BBO_ROWS] += 1
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _settle(lv, bk, st, dirty, bbo_out, scalars, inst, flags, top_changed, ts, recv, seq, venue, conflate_ns):
     """After an event touched ``inst``: count a crossed or locked book, emit (or mark) a BBO change.
 
@@ -410,12 +410,12 @@ def _settle(lv, bk, st, dirty, bbo_out, scalars, inst, flags, top_changed, ts, r
 # -- the event loop -----------------------------------------------------------------------------
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True, inline="always", _nrt=False)
 def _book_of(inst, side):
     return 2 * np.int64(inst) + (0 if side == _BID else 1)
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def apply_events(start, events, venue, depth, conflate_ns, od, lv, bk, st, dirty, emitted, emitted_n,
                  bbo_out, l2_out, scalars):
     """Apply ``events[start:]`` to the books; return (code, index of the next event to apply).
@@ -588,7 +588,7 @@ def apply_events(start, events, venue, depth, conflate_ns, od, lv, bk, st, dirty
     return DONE, events.shape[0]
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def flush(venue, depth, lv, bk, st, dirty, emitted, emitted_n, bbo_out, l2_out, scalars):
     """Emit what the open conflation window holds (end of a replay); False if the outputs lack room."""
     if (scalars[S_BBO_ROWS] + scalars[S_DIRTY] > bbo_out.shape[0]
