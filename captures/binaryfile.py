@@ -93,7 +93,7 @@ def _frame_kernel(buf: np.ndarray, frames: np.ndarray, counters: np.ndarray) -> 
     return k
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _frame_batch(buf: np.ndarray, pos: int, first_sequence: int, frames: np.ndarray, counters: np.ndarray):
     """Frame up to ``len(frames)`` messages from byte ``pos``; return (next pos, frames written).
 

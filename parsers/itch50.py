@@ -243,7 +243,7 @@ def _row_decoder(plan: tuple[tuple[int, int, int, int], ...]):
     The plan is a compile-time constant, so every field's loop is unrolled to its width: about twice
     as fast as reading the plan at run time. numba caches one kernel per plan.
     """
-    @nb.njit(cache=True, nogil=True)
+    @nb.njit(cache=True, nogil=True, _nrt=False)
     def decode_rows(buf, offsets, out):
         for i in range(offsets.shape[0]):
             pos = offsets[i]

@@ -66,7 +66,7 @@ _ASK = np.uint8(Side.ASK)
 _UNDEF = np.int64(UNDEF_PRICE)
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True, inline="always", _nrt=False)
 def _be(buf, pos, width):
     v = np.uint64(0)
     for k in range(width):
@@ -74,7 +74,7 @@ def _be(buf, pos, width):
     return v
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def decode_book_events(buf, frames, selected, offset, width, action_lut, known_locate,
                        midnight, change_local, offset_before, offset_after, venue,
                        events, wide_size, cross_type, counts):

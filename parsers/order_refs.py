@@ -84,12 +84,12 @@ def _pow2(n: int) -> int:
     return 1 << max(4, (n - 1).bit_length())
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True, inline="always", _nrt=False)
 def _home(key, mask):
     return np.int64((key * _HASH_MUL) >> np.uint64(20)) & mask
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _find(keys, key):
     """Slot of ``key``, or -1."""
     mask = keys.shape[0] - 1
@@ -103,7 +103,7 @@ def _find(keys, key):
         i = (i + 1) & mask
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _insert_slot(keys, key):
     """Slot holding ``key`` or the empty slot where it goes (the caller fills it)."""
     mask = keys.shape[0] - 1
@@ -113,7 +113,7 @@ def _insert_slot(keys, key):
     return i
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _remove(keys, price, size, side, instrument, slot):
     """Empty ``slot`` and shift later entries of its probe run back (no tombstones)."""
     mask = keys.shape[0] - 1
@@ -133,7 +133,7 @@ def _remove(keys, price, size, side, instrument, slot):
     keys[hole] = EMPTY_KEY
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _rehash(okeys, oprice, osize, oside, oinstrument, keys, price, size, side, instrument):
     for j in range(okeys.shape[0]):
         if okeys[j] != EMPTY_KEY:
@@ -145,7 +145,7 @@ def _rehash(okeys, oprice, osize, oside, oinstrument, keys, price, size, side, i
             instrument[i] = oinstrument[j]
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def enrich_events(start, limit, action, order_id, prev_order_id, price, size, side, instrument, flags,
                   keys, tprice, tsize, tside, tinstrument, count, anomalies):
     """Apply events ``start..`` to the table in order and fill in what the venue left out.

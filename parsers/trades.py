@@ -30,7 +30,7 @@ def _trade_index(action, wide_size):
     return idx[:n]
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _fill_trades(events, wide_size, idx, out):
     for j in range(idx.shape[0]):
         e = events[idx[j]]
