@@ -114,7 +114,8 @@ class BookEngine:
 
     def _collect(self) -> BookOutput:
         self._take_outputs()
-        out = BookOutput(np.concatenate(self._bbo_parts), np.concatenate(self._l2_parts))
+        bbo, l2 = self._bbo_parts, self._l2_parts
+        out = BookOutput(bbo[0] if len(bbo) == 1 else np.concatenate(bbo), l2[0] if len(l2) == 1 else np.concatenate(l2))
         self._bbo_parts, self._l2_parts = [], []
         return out
 
