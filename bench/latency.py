@@ -1,0 +1,280 @@
+"""Latency benchmark: from a piece's release by the replay's pacer to its updates reaching subscribers.
+
+    python bench/latency.py               # 20k messages, 50 symbols, replayed in about 60 s
+    python bench/latency.py --json
+    python bench/latency.py --seconds 120 --messages 100000 --symbols 200
+
+What happens, in one run:
+1. A MoldUDP64 pcap of ``--messages`` messages over ``--symbols`` symbols from the project's generator
+   (cached in ``bench/data/``). The generator spreads a trading day over 16 hours of capture time, so
+   ``--speed 1`` would take 16 hours: the replay runs at ``--speed`` (default: the capture's span divided
+   by ``--seconds``, about 1,000x for 60 s). The pacer cuts the capture into pieces of at most 1 ms of
+   capture time, so at that speed each piece is about one packet, released at its own (scaled) time.
+2. Subscribers in two other processes, ready before the replay starts: a ``websockets`` client of the
+   project's WebSocket server subscribed to ``*`` (bbo, l2, trades), and a redis-py client
+   pattern-subscribed to ``md:nasdaq:*:bbo``, ``:l2`` and ``:trades``. Each stamps every message with
+   ``time.monotonic_ns()`` as it is read (CLOCK_MONOTONIC: one clock for every process of the machine)
+   and keeps its ``ts_recv`` (the pcap time of the packet that caused it).
+3. ``feedhandler.replay.replay(path, None, conflate_ns=--conflate, speed=..., runners=[redis, websocket])``,
+   in this process, with the replay's ``Pacer`` swapped for a subclass that records
+   ``time.monotonic_ns()`` when each ``wait_until`` returns: the release of each piece, and the capture
+   time of the piece's first message. A message's piece is the last one released at or before its
+   ``ts_recv``; its latency is its read time minus that release.
+4. Printed: p50, p99, p99.9 and max per subscriber and channel (target: p99 <= 1 ms on loopback), and how
+   late the pacer released pieces against their due time (a late release is the feed falling behind,
+   not counted in the latency above).
+
+Redis is a ``redis-server`` started on a free loopback port (``--redis URL`` uses yours).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from sinks import OwnRedis, obtain_capture, wait_open  # noqa: E402  (the publishing bench's helpers)
+
+TARGET_P99_NS = 1_000_000
+STOP_CHANNEL = "bench:latency:stop"
+
+
+# ===================================================================== subscribers (other processes)
+def _decode_stamped(stamped: list[tuple[int, bytes | str]]) -> np.ndarray:
+    """(read time, raw message) -> rows of (read ns, ts_recv, channel code: 0 bbo, 1 l2, 2 trade)."""
+    codes = {"bbo": 0, "l2": 1, "trade": 2}
+    out = np.zeros((len(stamped), 3), dtype=np.int64)
+    n = 0
+    for t, raw in stamped:
+        m = json.loads(raw)
+        code = codes.get(m.get("type"))
+        if code is None or m.get("snapshot"):
+            continue
+        out[n] = (t, m["ts_recv"], code)
+        n += 1
+    return out[:n]
+
+
+def ws_subscriber(url: str, out: str) -> int:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    stamped: list[tuple[int, str]] = []
+
+    async def go() -> None:
+        async with connect(url, max_size=None, compression=None) as ws:
+            await ws.send(json.dumps({"op": "subscribe", "channels": ["bbo", "l2", "trades"], "symbols": "*"}))
+            first = json.loads(await ws.recv())
+            if first.get("type") != "subscribed":
+                raise SystemExit(f"unexpected first message {first}")
+            print("ready", flush=True)
+            try:
+                while True:
+                    raw = await ws.recv()
+                    stamped.append((time.monotonic_ns(), raw))
+            except ConnectionClosed:
+                pass
+
+    asyncio.run(go())
+    np.save(out, _decode_stamped(stamped))
+    return 0
+
+
+def redis_subscriber(url: str, out: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    ps = client.pubsub(ignore_subscribe_messages=True)
+    ps.psubscribe("md:nasdaq:*:bbo", "md:nasdaq:*:l2", "md:nasdaq:*:trades")
+    ps.subscribe(STOP_CHANNEL)
+    for _ in range(4):  # the confirmations
+        ps.get_message(ignore_subscribe_messages=False, timeout=5)
+    print("ready", flush=True)
+    stamped: list[tuple[int, bytes]] = []
+    while True:
+        m = ps.get_message(timeout=1.0)
+        if m is None:
+            continue
+        t = time.monotonic_ns()
+        if m["channel"] == STOP_CHANNEL.encode():
+            break
+        stamped.append((t, m["data"]))
+    ps.close()
+    client.close()
+    np.save(out, _decode_stamped(stamped))
+    return 0
+
+
+class Subscriber:
+    def __init__(self, kind: str, url: str, tmp: str) -> None:
+        self.kind = kind
+        self.out = os.path.join(tmp, f"{kind}.npy")
+        self.proc = subprocess.Popen([sys.executable, __file__, "--subscriber", kind, url, self.out],
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline().strip()
+        if line != "ready":
+            raise SystemExit(f"the {kind} subscriber did not start: {line!r}")
+
+    def result(self, timeout: float = 60) -> np.ndarray:
+        self.proc.wait(timeout)
+        return np.load(self.out)
+
+
+# ===================================================================== the replay, with releases recorded
+def recording_pacer(releases: list[tuple[int, int, int]]):
+    from feedhandler.pacing import Pacer
+
+    class RecordingPacer(Pacer):
+        """The replay's pacer, noting (capture ns, due ns, released ns) of each piece."""
+
+        def wait_until(self, capture_ns: int) -> None:
+            super().wait_until(capture_ns)
+            released = time.monotonic_ns()
+            origin = self._origin
+            due = origin[1] + (capture_ns - origin[0]) / self.speed
+            releases.append((capture_ns, int(due), released))
+
+    return RecordingPacer
+
+
+def percentiles(ns: np.ndarray) -> dict:
+    if not len(ns):
+        return {"count": 0}
+    p50, p99, p999 = np.percentile(ns, [50, 99, 99.9])
+    return {"count": int(len(ns)), "p50_us": p50 / 1e3, "p99_us": p99 / 1e3, "p99_9_us": p999 / 1e3,
+            "max_us": float(ns.max()) / 1e3, "meets_target": bool(p99 <= TARGET_P99_NS)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--messages", type=int, default=20_000, help="messages in the capture (default 20,000)")
+    ap.add_argument("--symbols", type=int, default=50, help="symbols (default 50)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--seconds", type=float, default=60.0, help="replay wall time: sets --speed (default 60)")
+    ap.add_argument("--speed", type=float, help="replay speed (default: capture span / --seconds)")
+    ap.add_argument("--conflate", default="0", help="conflation window (default 0: every update)")
+    ap.add_argument("--depth", type=int, default=10)
+    ap.add_argument("--redis", help="use this Redis (default: start a redis-server on a free port)")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--subscriber", nargs=3, metavar=("KIND", "URL", "OUT"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.subscriber:
+        kind, url, out = args.subscriber
+        return (ws_subscriber if kind == "ws" else redis_subscriber)(url, out)
+
+    import redis
+
+    import feedhandler.replay as fr
+    from feedhandler.times import parse_duration
+    from publish.redis_pub import RedisPublisher
+    from publish.runner import SinkRunner
+    from publish.websocket_server import WebSocketServer
+
+    log = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    conflate_ns = parse_duration(args.conflate)
+    path, how = obtain_capture(args.messages, args.symbols, args.seed)
+    source = fr.DecodedCapture(path)
+    stamps = np.concatenate([b.events["ts_recv"] for b in source.batches()])
+    span_ns = int(stamps.max() - stamps.min())
+    speed = args.speed or span_ns / 1e9 / args.seconds
+    log(f"capture: {path.name} ({how}), {span_ns / 3.6e12:.1f} h of capture time; speed {speed:,.0f}x "
+        f"-> {span_ns / 1e9 / speed:.1f} s")
+    fr.replay(path, None, depth=args.depth, conflate_ns=conflate_ns)  # numba's cache, untimed
+
+    own = None if args.redis else OwnRedis()
+    redis_url = args.redis or own.url
+    tmp = tempfile.mkdtemp(prefix="bench-latency-")
+    releases: list[tuple[int, int, int]] = []
+    runners = [SinkRunner(RedisPublisher(redis_url, venue_depth=args.depth)),
+               SinkRunner(WebSocketServer("127.0.0.1", 0, depth=args.depth))]
+    saved = fr.Pacer
+    try:
+        wait_open(runners)
+        subs = [Subscriber("ws", f"ws://127.0.0.1:{runners[1].sink.port}", tmp), Subscriber("redis", redis_url, tmp)]
+        fr.Pacer = recording_pacer(releases)
+        t0 = time.perf_counter()
+        summary = fr.replay(path, None, depth=args.depth, conflate_ns=conflate_ns, speed=speed, runners=runners)
+        wall = time.perf_counter() - t0
+        fr.Pacer = saved
+        reports = {r.sink.name: r.stop(30) for r in runners}  # the WebSocket server closes: its client ends
+        client = redis.Redis.from_url(redis_url)
+        client.publish(STOP_CHANNEL, "stop")
+        client.close()
+        received = {s.kind: s.result() for s in subs}
+    finally:
+        fr.Pacer = saved
+        for r in runners:
+            r.stop(0)
+        if own is not None:
+            own.close()
+
+    rel = np.array([r for r in releases if r[0] > 0], dtype=np.int64).reshape(-1, 3)
+    order = np.argsort(rel[:, 0], kind="stable")
+    if not np.array_equal(order, np.arange(len(rel))):
+        raise SystemExit("the pacer's pieces are not in capture-time order")
+    late = rel[:, 2] - rel[:, 1]
+    results = {}
+    for kind, rows in received.items():
+        piece = np.searchsorted(rel[:, 0], rows[:, 1], side="right") - 1
+        ok = piece >= 0
+        lat = rows[ok, 0] - rel[piece[ok], 2]
+        results[kind] = {"all": percentiles(lat), "unmatched": int((~ok).sum())}
+        for code, name in ((0, "bbo"), (1, "l2"), (2, "trade")):
+            results[kind][name] = percentiles(lat[rows[ok, 2] == code])
+    report = {"capture": {"path": str(path.relative_to(ROOT)), "messages": summary.messages,
+                          "symbols": args.symbols, "span_hours": span_ns / 3.6e12, "made_by": how},
+              "speed": speed, "conflate": args.conflate, "replay_seconds": wall, "pieces": int(len(rel)),
+              "release_late_us": {"p50": float(np.percentile(late, 50)) / 1e3,
+                                  "p99": float(np.percentile(late, 99)) / 1e3, "max": float(late.max()) / 1e3},
+              "latency": results, "sinks": reports,
+              "machine": {"python": platform.python_version(), "cores": os.cpu_count(),
+                          "load_avg_1m": os.getloadavg()[0]}}
+    if args.json:
+        print(json.dumps(report, default=float))
+    else:
+        print_table(report)
+    return 0
+
+
+def print_table(report: dict) -> None:
+    c, m = report["capture"], report["machine"]
+    print(f"Latency: {c['messages']:,} messages, {c['symbols']} symbols, {c['span_hours']:.1f} h of capture time "
+          f"replayed at {report['speed']:,.0f}x in {report['replay_seconds']:.1f} s ({report['pieces']:,} pieces), "
+          f"conflate {report['conflate']}; Python {m['python']}, {m['cores']} cores, load {m['load_avg_1m']:.2f}")
+    print("from the pacer releasing a piece to a subscriber process reading each message it caused (loopback)")
+    head = f"{'path':<34} {'messages':>9} {'p50 us':>8} {'p99 us':>8} {'p99.9 us':>9} {'max us':>9}  target p99<=1ms"
+    print(head)
+    print("-" * len(head))
+    labels = {"ws": "WebSocket server -> websockets", "redis": "Redis PUBLISH -> redis-py"}
+    for kind, res in report["latency"].items():
+        for name in ("all", "bbo", "l2", "trade"):
+            p = res[name]
+            if not p["count"]:
+                continue
+            label = f"{labels[kind]} {name}" if name != "all" else labels[kind]
+            print(f"{label:<34} {p['count']:>9,} {p['p50_us']:>8.0f} {p['p99_us']:>8.0f} {p['p99_9_us']:>9.0f} "
+                  f"{p['max_us']:>9.0f}  " + ("ok" if p["meets_target"] else "MISS"))
+    late = report["release_late_us"]
+    print(f"pacer releases after their due time: p50 {late['p50']:.0f} us, p99 {late['p99']:.0f} us, "
+          f"max {late['max']:.0f} us (not in the latencies above)")
+    for name, rep in report["sinks"].items():
+        print(f"sink {name}: " + ", ".join(f"{k} {v:,}" for k, v in rep.items()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
