@@ -159,7 +159,7 @@ def replay(
                 if stop is not None and stop.is_set():
                     interrupted = True
                     break
-                if pacer:
+                if pacer and capture_ns:  # a piece without book events has no time to wait for
                     pacer.wait_until(capture_ns)
                 for name, rows in piece.records().items():
                     outputs.write(name, rows)

@@ -10,7 +10,7 @@
     [sinks.redis]
     url = "redis://127.0.0.1:6379/0"
     policy = "conflate"       # or "drop-oldest": what a full queue does
-    max_batches = 64
+    queue_batches = 64        # batches the runner's queue holds
 
     [sinks.timescale]
     dsn = "postgresql://postgres@127.0.0.1:5432/marketdata"
@@ -52,7 +52,7 @@ def build_runners(settings: dict[str, dict], venue_depth: int = 10) -> list[Sink
     for name, conf in settings.items():
         conf = dict(conf)
         policy = conf.pop("policy", "conflate")
-        max_batches = int(conf.pop("max_batches", 64))
+        max_batches = int(conf.pop("queue_batches", 64))  # the runner's queue; sinks keep their own settings
         runners.append(SinkRunner(_sink(name, conf, venue_depth), max_batches=max_batches, policy=policy))
     return runners
 
@@ -61,7 +61,8 @@ def _sink(name: str, conf: dict, depth: int):
     if name == "redis":
         from publish.redis_pub import RedisPublisher
 
-        return RedisPublisher(conf["url"], venue_depth=depth, **{k: v for k, v in conf.items() if k != "url"})
+        conf.setdefault("venue_depth", depth)
+        return RedisPublisher(conf["url"], **{k: v for k, v in conf.items() if k != "url"})
     if name == "timescale":
         from publish.timescale import TimescaleSink
 
@@ -70,6 +71,6 @@ def _sink(name: str, conf: dict, depth: int):
         from publish.websocket_server import WebSocketServer
 
         host, _, port = str(conf.get("listen", "127.0.0.1:8765")).rpartition(":")
-        return WebSocketServer(host or "127.0.0.1", int(port), depth=depth,
-                               **{k: v for k, v in conf.items() if k != "listen"})
+        conf.setdefault("depth", depth)
+        return WebSocketServer(host or "127.0.0.1", int(port), **{k: v for k, v in conf.items() if k != "listen"})
     raise ConfigError(f"unknown sink {name!r} (redis, timescale, websocket)")

@@ -127,6 +127,9 @@ class WebSocketServer:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(stop.set)
         thread.join(self.close_timeout + 5.0)
+        if thread.is_alive():  # still closing: say so rather than pretend it stopped
+            self.counters["close_timeouts"] = self.counters.get("close_timeouts", 0) + 1
+            return
         self._thread = None
 
     def client_queues(self, timeout: float = 5.0) -> dict[int, tuple[int, int]]:
@@ -169,13 +172,18 @@ class WebSocketServer:
             ticker = asyncio.create_task(self._tick())
             await self._stop.wait()
             ticker.cancel()
-            self._apply_handoff()
+            self._apply_handoff(drain=True)
         self._sync_counters()
 
-    def _apply_handoff(self) -> None:
+    def _apply_handoff(self, drain: bool = False) -> None:
+        """Apply one waiting batch, then let the writers run before the next (all of them when draining)."""
         with self._lock:
-            batches, self._handoff = self._handoff, []
-            self._scheduled = False
+            take = len(self._handoff) if drain else min(1, len(self._handoff))
+            batches, self._handoff = self._handoff[:take], self._handoff[take:]
+            more = bool(self._handoff)
+            self._scheduled = more
+        if more:
+            self._loop.call_soon(self._apply_handoff)
         hub = self.hub
         now = time.monotonic()
         woken: set[int] = set()
