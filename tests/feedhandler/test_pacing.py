@@ -49,3 +49,9 @@ def test_time_slices_cut_every_record_at_the_same_message():
     assert [t for t, _ in pieces] == [0, 2 * ms, 5 * ms]
     assert [p.events["sequence"].tolist() for _, p in pieces] == [[1, 2], [3, 4], [5]]
     assert [p.trades["sequence"].tolist() for _, p in pieces] == [[2], [4], []]
+
+
+def test_a_batch_without_book_events_has_no_time_to_wait_for():
+    batch = batch_of([])
+    pieces = list(time_slices(batch, 1_000_000))
+    assert len(pieces) == 1 and pieces[0][0] == 0 and pieces[0][1] is batch
