@@ -278,25 +278,55 @@ def decode_type(buf: np.ndarray, offsets: np.ndarray, code: bytes) -> np.ndarray
     return out
 
 
+@nb.njit(cache=True, nogil=True)
+def group_by_type(buf, frames, size_by_code):
+    """Counting sort of a batch's decodable messages by type byte, sequence order kept within a type.
+
+    Returns (frame indexes grouped by type, count by type byte, messages skipped: unknown type or
+    shorter than specified).
+    """
+    n = frames.shape[0]
+    counts = np.zeros(256, dtype=np.int64)
+    types = np.empty(n, dtype=np.uint8)
+    skipped = 0
+    for i in range(n):
+        t = buf[frames[i].offset]
+        spec = size_by_code[t]
+        if spec == 0 or frames[i].length < spec:
+            types[i] = 0
+            skipped += 1
+        else:
+            types[i] = t
+            counts[t] += 1
+    start = np.zeros(256, dtype=np.int64)
+    total = 0
+    for t in range(1, 256):
+        start[t] = total
+        total += counts[t]
+    order = np.empty(total, dtype=np.int64)
+    for i in range(n):
+        t = types[i]
+        if t != 0:
+            order[start[t]] = i
+            start[t] += 1
+    return order, counts, skipped
+
+
 def decode_batch(buf: np.ndarray, frames: np.ndarray) -> tuple[dict[bytes, np.ndarray], int]:
     """Decode every message of a batch, type by type: ({type letter: native rows in sequence order}, skipped).
 
     ``frames`` is a ``parsers.frames.FRAME_DTYPE`` batch; messages of an unknown type or shorter than
     their specified size are skipped and counted (``ItchNormalizer`` says which, as anomalies).
     """
+    order, counts, skipped = group_by_type(buf, frames, SIZE_BY_CODE)
     offsets = frames["offset"]
-    types = buf[offsets]
-    spec = SIZE_BY_CODE[types]
-    ok = (spec > 0) & (frames["length"] >= spec)
-    key = np.where(ok, types, np.uint8(0))
-    order = np.argsort(key, kind="stable")  # radix sort on uint8: sequence order kept within a type
-    counts = np.bincount(key, minlength=256)
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
     out = {}
-    for code in np.flatnonzero(counts[1:]) + 1:
-        idx = order[starts[code] : starts[code] + counts[code]]
+    at = 0
+    for code in np.flatnonzero(counts):
+        idx = order[at : at + counts[code]]
+        at += counts[code]
         out[bytes([code])] = decode_type(buf, offsets[idx], bytes([code]))
-    return out, int(counts[0])
+    return out, skipped
 
 
 def encode_columns(code: bytes, columns: dict[str, np.ndarray | int | bytes], n: int | None = None) -> np.ndarray:
