@@ -28,7 +28,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,8 @@ ROOT = HERE.parent
 PEERS_PY = HERE / "peers.py"
 if str(ROOT) not in sys.path:  # running as ``python bench/books.py`` from anywhere
     sys.path.insert(0, str(ROOT))
+
+from _report import emit, machine  # noqa: E402  (bench/ is on sys.path when run as a script)
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
@@ -308,16 +309,10 @@ def main(argv=None) -> int:
         "warmup_messages": warm_n,
         "engine_alone": engine_alone,
         "memory": mem,
-        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-                    "cores": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]},
+        "machine": machine(),
         "results": results,
     }
-    if args.json:
-        json.dump(report, sys.stdout, indent=1)
-        print()
-    else:
-        print_table(report)
-    return 0
+    return emit(report, args.json, print_table)
 
 
 def print_table(report: dict) -> None:

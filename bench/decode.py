@@ -29,7 +29,6 @@ import hashlib
 import importlib
 import json
 import os
-import platform
 import random
 import struct
 import subprocess
@@ -52,6 +51,8 @@ WARMUP_MESSAGES = 20_000
 
 if str(ROOT) not in sys.path:  # running as ``python bench/decode.py`` from anywhere
     sys.path.insert(0, str(ROOT))
+
+from _report import emit, machine  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 # ===================================================================== our decoder
@@ -470,16 +471,10 @@ def main(argv=None) -> int:
                     "by_type": ref_full["by_type"], "dlcr": args.dlcr, "symbols": args.symbols, "seed": args.seed},
         "prefix_messages": prefix_n,
         "repeat": args.repeat,
-        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-                    "cores": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]},
+        "machine": machine(),
         "results": results,
     }
-    if args.json:
-        json.dump(report, sys.stdout, indent=1)
-        print()
-    else:
-        print_table(report)
-    return 0
+    return emit(report, args.json, print_table)
 
 
 def _our_version() -> str:

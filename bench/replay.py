@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
-import platform
 import re
 import shutil
 import sys
@@ -45,6 +43,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 if str(ROOT) not in sys.path:  # running as ``python bench/replay.py`` from anywhere
     sys.path.insert(0, str(ROOT))
+
+from _report import emit, machine  # noqa: E402  (bench/ is on sys.path when run as a script)
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
@@ -381,16 +381,10 @@ def main(argv=None) -> int:
         "repeat": args.repeat,
         "warmup_seconds": warm_s,
         "warmup_messages": warm_n,
-        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-                    "cores": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]},
+        "machine": machine(),
         "results": results,
     }
-    if args.json:
-        json.dump(report, sys.stdout, indent=1)
-        print()
-    else:
-        print_table(report)
-    return 0
+    return emit(report, args.json, print_table)
 
 
 ROW_GROUPS = (("events", ("events",)), ("trades", ("trades",)), ("bbo", ("bbo",)), ("l2", ("l2",)),
