@@ -91,31 +91,37 @@ class BookEngine:
             getattr(self, name)[: len(arr)] = arr
 
     def _new_outputs(self) -> None:
-        self._bbo = BBO.empty(max(self.out_rows, 2))
-        self._l2 = L2.empty(max(self.out_rows, 4 * self.depth + 8))
+        self._bbo = _rows(BBO, max(self.out_rows, 2))
+        self._l2 = _rows(L2, max(self.out_rows, 4 * self.depth + 8))
         self._bbo_parts: list[np.ndarray] = []
         self._l2_parts: list[np.ndarray] = []
         self.scalars[k.S_BBO_ROWS] = 0
         self.scalars[k.S_L2_ROWS] = 0
 
     def _take_outputs(self) -> None:
-        self._bbo_parts.append(self._bbo[: self.scalars[k.S_BBO_ROWS]].copy())
-        self._l2_parts.append(self._l2[: self.scalars[k.S_L2_ROWS]].copy())
+        """Hand out the rows written (views, no copy) and write on into fresh buffers."""
+        n_bbo, n_l2 = int(self.scalars[k.S_BBO_ROWS]), int(self.scalars[k.S_L2_ROWS])
+        if n_bbo:
+            self._bbo_parts.append(self._bbo[:n_bbo])
+            self._bbo = _rows(BBO, len(self._bbo))
+        if n_l2:
+            self._l2_parts.append(self._l2[:n_l2])
+            self._l2 = _rows(L2, len(self._l2))
         self.scalars[k.S_BBO_ROWS] = 0
         self.scalars[k.S_L2_ROWS] = 0
 
     def _make_room(self) -> None:
         """Take the rows written so far; if there were none, a window's flush needs bigger buffers."""
         if self.scalars[k.S_BBO_ROWS] == 0 and self.scalars[k.S_L2_ROWS] == 0:
-            self._bbo = BBO.empty(2 * len(self._bbo))
-            self._l2 = L2.empty(2 * len(self._l2))
+            self._bbo = _rows(BBO, 2 * len(self._bbo))
+            self._l2 = _rows(L2, 2 * len(self._l2))
         else:
             self._take_outputs()
 
     def _collect(self) -> BookOutput:
         self._take_outputs()
         bbo, l2 = self._bbo_parts, self._l2_parts
-        out = BookOutput(bbo[0] if len(bbo) == 1 else np.concatenate(bbo), l2[0] if len(l2) == 1 else np.concatenate(l2))
+        out = BookOutput(_joined(BBO, bbo), _joined(L2, l2))
         self._bbo_parts, self._l2_parts = [], []
         return out
 
@@ -210,6 +216,20 @@ class BookEngine:
     def memory_bytes(self) -> int:
         """Bytes held by the order table, level pool and per-instrument arrays."""
         return sum(a.nbytes for a in (self.od, self.lv, self.bk, self.st, self.dirty, self.emitted, self.emitted_n))
+
+
+def _rows(record, n: int) -> np.ndarray:
+    """Output rows to be written by the kernel: uninitialised (it sets every column), padding zeroed."""
+    rows = np.empty(n, dtype=record.dtype)
+    if "_reserved" in record.dtype.names:
+        rows["_reserved"] = 0
+    return rows
+
+
+def _joined(record, parts: list[np.ndarray]) -> np.ndarray:
+    if not parts:
+        return record.empty(0)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _pow2(n: int) -> int:
