@@ -203,11 +203,16 @@ class LegacyPdtPolicy(DayTradingPolicy):
     min_share_bp: int = PDT_MIN_SHARE_BP
     dtbp_multiple: int = PDT_DTBP_MULTIPLE
     holidays: frozenset[dt.date] = frozenset()
+    _windows: dict[dt.date, list[dt.date]] = field(default_factory=dict, repr=False, compare=False)
 
     def is_pattern_day_trader(self, ledger: DayTradeLedger, date: dt.date, extra_day_trades: int = 0) -> bool:
         if ledger.designated:
             return True
-        n_dt, n_all = ledger.count(date, self.window_days, weekday_business_days(self.holidays))
+        days = self._windows.get(date)
+        if days is None:  # the window of a date never changes: computed once per date
+            days = self._windows[date] = ledger.window(date, self.window_days, weekday_business_days(self.holidays))
+        n_dt = sum(ledger.day_trades.get(d, 0) for d in days)
+        n_all = sum(ledger.trades.get(d, 0) for d in days)
         n_dt += extra_day_trades
         n_all += extra_day_trades
         return n_dt >= self.day_trades and n_dt * 10_000 > self.min_share_bp * n_all
