@@ -88,7 +88,8 @@ S_ROWS = 4  # output rows written
 S_NEED_ROWS = 5  # NEED_OUTPUT: rows the next command may write
 S_LO = 6  # trade price span of the current command
 S_HI = 7
-SCALARS = 8
+S_MAX_INST = 8  # instrument ids at or above this are rejected (UNKNOWN_SYMBOL), not grown to
+SCALARS = 9
 
 FIRST_RUN = 8  # level rows given to a book side at its first level
 
@@ -108,6 +109,7 @@ _R_DUP = np.uint8(Reason.DUPLICATE_ORDER_ID)
 _R_INVALID = np.uint8(Reason.INVALID_ORDER)
 _R_QTY = np.uint8(Reason.BAD_QTY)
 _R_PRICE = np.uint8(Reason.BAD_PRICE)
+_R_SYMBOL = np.uint8(Reason.UNKNOWN_SYMBOL)
 _R_USER = np.uint8(Reason.USER_CANCEL)
 _R_IOC = np.uint8(Reason.IOC_REMAINDER)
 _R_FOK = np.uint8(Reason.FOK_UNFILLED)
@@ -525,6 +527,12 @@ def match_commands(start, commands, op, ht, lv, ins, out, scalars):
         else:
             inst = np.int64(cmd.instrument_id)
             if kind == _NEW or kind == _TRIGGER or kind == _SESSION_END:
+                if inst >= scalars[S_MAX_INST]:
+                    if scalars[S_ROWS] >= out.shape[0]:
+                        scalars[S_NEED_ROWS] = 1
+                        return NEED_OUTPUT, i
+                    _reject(out, scalars, cmd, _R_SYMBOL)
+                    continue
                 if inst >= n_inst:
                     return NEED_BOOKS, i
         if inst >= 0:
@@ -692,11 +700,14 @@ class MatchingEngine:
 
     Args:
         instruments, orders, levels, out_rows: starting sizes (everything grows on demand).
+        max_instruments: commands naming an instrument id at or above it are rejected with
+            ``Reason.UNKNOWN_SYMBOL`` (per-instrument state is direct-indexed by id).
     """
 
     def __init__(self, instruments: int = 64, orders: int = 1 << 12, levels: int = 1 << 12,
-                 out_rows: int = 1 << 12) -> None:
+                 out_rows: int = 1 << 12, max_instruments: int = 1 << 20) -> None:
         self.scalars = np.zeros(SCALARS, dtype=np.int64)
+        self.scalars[S_MAX_INST] = max_instruments
         self.scalars[S_FREE] = -1
         self.op = np.zeros((0, OP_COLUMNS), dtype=np.int64)
         self._grow_pool_rows(_pow2(orders))

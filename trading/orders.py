@@ -9,15 +9,13 @@ Rules this module keeps:
   never a valid code, so a zeroed row is rejected rather than read as something.
 - a command row means one thing per ``kind``; the columns a kind does not use are ignored:
 
-  ========== ============================================================================================
-  NEW        order_id (> 0, < 2**63, not live), account, instrument_id, side, order_type, tif, qty, price
-             (LIMIT, STOP_LIMIT), stop_price (STOP, STOP_LIMIT), ts
-  CANCEL     order_id, account (must own it), ts
-  MODIFY     order_id, account, price (UNDEF_PRICE: keep), qty (new open quantity; 0: keep), stop_price
-             (held stops; UNDEF_PRICE: keep), ts
-  TRIGGER    instrument_id, price: a trade printed elsewhere (the feed), which may trigger held stops
-  SESSION_END instrument_id: DAY orders of the instrument expire (GTC stay)
-  ========== ============================================================================================
+  - NEW: order_id (> 0, < 2**63, not live), account, instrument_id, side, order_type, tif, qty,
+    price (LIMIT, STOP_LIMIT), stop_price (STOP, STOP_LIMIT), ts;
+  - CANCEL: order_id, account (must own it), ts;
+  - MODIFY: order_id, account, price (UNDEF_PRICE keeps it), qty (the new open quantity; 0 keeps it),
+    stop_price (held stops only; UNDEF_PRICE keeps it), ts;
+  - TRIGGER: instrument_id, price: a trade printed elsewhere (the feed), which may trigger held stops;
+  - SESSION_END: instrument_id: its DAY orders expire (GTC orders stay).
 """
 from __future__ import annotations
 

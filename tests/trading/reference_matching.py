@@ -30,7 +30,8 @@ class Order:
 
 
 class ReferenceMatcher:
-    def __init__(self) -> None:
+    def __init__(self, max_instruments: int = 1 << 20) -> None:
+        self.max_instruments = max_instruments
         self.live: dict[int, Order] = {}  # every live order: resting or held
         self.bids: dict[int, dict[int, list[Order]]] = {}  # instrument -> price -> queue
         self.asks: dict[int, dict[int, list[Order]]] = {}
@@ -141,6 +142,9 @@ class ReferenceMatcher:
     def _command(self, c: dict) -> None:
         kind, ts, oid = c["kind"], c["ts"], c["order_id"]
         span: list[int] = []
+        if kind in (CommandKind.NEW, CommandKind.TRIGGER, CommandKind.SESSION_END):
+            if c["instrument_id"] >= self.max_instruments:
+                return self._reject(c, Reason.UNKNOWN_SYMBOL)
         if kind == CommandKind.NEW:
             valid = (0 < oid < 2**63 and c["side"] in set(OrderSide) and c["order_type"] in set(OrderType)
                      and c["tif"] in set(TimeInForce))

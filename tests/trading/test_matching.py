@@ -301,6 +301,8 @@ def test_session_end_expires_day_orders_only(engine):
     (new(1, BUY, 5, 100, tif=0), Reason.INVALID_ORDER),
     (dict(kind=0, order_id=1), Reason.INVALID_ORDER),
     (trigger(0), Reason.BAD_PRICE),
+    (new(1, BUY, 5, 100, inst=2**32 - 1), Reason.UNKNOWN_SYMBOL),
+    (session_end(inst=1 << 20), Reason.UNKNOWN_SYMBOL),
 ])
 def test_rejects(engine, row, reason):
     ev = run(engine, row)
@@ -407,9 +409,9 @@ def _tuples(events: np.ndarray) -> list[tuple]:
 
 
 def test_kernel_matches_the_reference_on_100k_random_commands():
-    cmds = random_commands(100_000, seed=6, instruments=4)
-    engine = MatchingEngine(instruments=1, orders=16, levels=16, out_rows=64)
-    ref = ReferenceMatcher()
+    cmds = random_commands(100_000, seed=6, instruments=5)
+    engine = MatchingEngine(instruments=1, orders=16, levels=16, out_rows=64, max_instruments=4)
+    ref = ReferenceMatcher(max_instruments=4)  # instrument 4 shows up only in UNKNOWN_SYMBOL rejects
     kinds = np.zeros(len(EventKind) + 1, dtype=np.int64)
     for start in range(0, len(cmds), 100):
         batch = cmds[start:start + 100]
@@ -420,7 +422,7 @@ def test_kernel_matches_the_reference_on_100k_random_commands():
                 assert g == w, f"batch at {start}: event {j}"
             assert len(got) == len(want), f"batch at {start}"
         np.add.at(kinds, got["kind"], 1)
-        for inst in range(4):
+        for inst in range(5):
             b = engine.book(inst)
             assert (b.bids, b.asks, b.stops) == ref.book(inst), f"book {inst} after command {start + 100}"
             levels = engine.levels(inst)
