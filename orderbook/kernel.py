@@ -25,11 +25,11 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from orderbook import hashtable
+from orderbook.hashtable import EMPTY
 from orderbook.records import BookFlag
 from parsers.schema import UNDEF_PRICE, Action, Flag, Side
 
-EMPTY = np.int64(-1)  # order table: a free slot's id
-_HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
 _LOW32 = np.int64(0xFFFFFFFF)
 _PRIO_MASK = np.int64((1 << 56) - 1)
 
@@ -84,58 +84,10 @@ FIRST_RUN = 8  # level slots given to a book side at its first level
 # -- order table --------------------------------------------------------------------------------
 
 
-@nb.njit(cache=True, inline="always", _nrt=False)
-def _home(key, mask):
-    return np.int64((np.uint64(key) * _HASH_MUL) >> np.uint64(20)) & mask
-
-
-@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
-def order_find(od, key):
-    """Slot of order ``key``, or -1."""
-    mask = od.shape[0] - 1
-    i = _home(key, mask)
-    while True:
-        k = od[i, 0]
-        if k == key:
-            return i
-        if k == EMPTY:
-            return -1
-        i = (i + 1) & mask
-
-
-@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
-def order_slot(od, key):
-    """Slot holding ``key`` or the free slot where it goes."""
-    mask = od.shape[0] - 1
-    i = _home(key, mask)
-    while od[i, 0] != key and od[i, 0] != EMPTY:
-        i = (i + 1) & mask
-    return i
-
-
-@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _order_remove(od, slot):
-    """Free ``slot`` and shift later entries of its probe run back (no tombstones)."""
-    mask = od.shape[0] - 1
-    hole = slot
-    i = (slot + 1) & mask
-    while od[i, 0] != EMPTY:
-        home = _home(od[i, 0], mask)
-        if ((i - home) & mask) >= ((i - hole) & mask):
-            for c in range(4):
-                od[hole, c] = od[i, c]
-            hole = i
-        i = (i + 1) & mask
-    od[hole, 0] = EMPTY
-
-
-@nb.njit(cache=True, nogil=True, _nrt=False)
-def rehash_orders(old, od):
-    for j in range(old.shape[0]):
-        if old[j, 0] != EMPTY:
-            i = order_slot(od, old[j, 0])
-            for c in range(4):
-                od[i, c] = old[j, c]
+order_find = hashtable.find
+order_slot = hashtable.slot_for
+_order_remove = hashtable.remove
+rehash_orders = hashtable.rehash
 
 
 @nb.njit(cache=True, inline="always", _nrt=False)

@@ -42,6 +42,9 @@ from dataclasses import dataclass
 import numba as nb
 import numpy as np
 
+from orderbook import hashtable
+from orderbook.hashtable import EMPTY
+
 from parsers.schema import UNDEF_PRICE
 from trading.orders import (
     ORDER_EVENT,
@@ -61,8 +64,6 @@ NEED_POOL = 2  # grow the level pool
 NEED_BOOKS = 3  # an instrument id beyond ``ins``
 NEED_OUTPUT = 4  # output rows: take them, and give at least ``scalars[S_NEED_ROWS]`` fresh ones
 
-EMPTY = np.int64(-1)  # hash table: a free slot's key
-_HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
 
 # Order pool columns.
 O_ID, O_PRICE, O_LEAVES, O_INST, O_SIDE, O_TYPE, O_TIF, O_ACCOUNT, O_STOP, O_NEXT, O_PREV, O_STATE = range(12)
@@ -120,58 +121,27 @@ _R_SESSION = np.uint8(Reason.SESSION_END)
 # -- order id -> pool row -----------------------------------------------------------------------
 
 
-@nb.njit(cache=True, inline="always", _nrt=False)
-def _home(key, mask):
-    return np.int64((np.uint64(key) * _HASH_MUL) >> np.uint64(20)) & mask
-
-
 @nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
 def ht_find(ht, key):
-    """Pool row of order ``key``, or -1."""
-    mask = ht.shape[0] - 1
-    i = _home(key, mask)
-    while True:
-        k = ht[i, 0]
-        if k == key:
-            return ht[i, 1]
-        if k == EMPTY:
-            return -1
-        i = (i + 1) & mask
+    """Pool row of order ``key``, or -1 (``ht`` is an ``orderbook.hashtable`` table: key, row)."""
+    slot = hashtable.find(ht, key)
+    return ht[slot, 1] if slot >= 0 else np.int64(-1)
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _ht_insert(ht, key, row):
-    mask = ht.shape[0] - 1
-    i = _home(key, mask)
-    while ht[i, 0] != EMPTY:
-        i = (i + 1) & mask
-    ht[i, 0] = key
-    ht[i, 1] = row
+    slot = hashtable.slot_for(ht, key)
+    ht[slot, 0] = key
+    ht[slot, 1] = row
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _ht_remove(ht, key):
-    """Remove ``key`` (present) and shift later entries of its probe run back (no tombstones)."""
-    mask = ht.shape[0] - 1
-    hole = _home(key, mask)
-    while ht[hole, 0] != key:
-        hole = (hole + 1) & mask
-    i = (hole + 1) & mask
-    while ht[i, 0] != EMPTY:
-        home = _home(ht[i, 0], mask)
-        if ((i - home) & mask) >= ((i - hole) & mask):
-            ht[hole, 0] = ht[i, 0]
-            ht[hole, 1] = ht[i, 1]
-            hole = i
-        i = (i + 1) & mask
-    ht[hole, 0] = EMPTY
+    """Remove ``key`` (present)."""
+    hashtable.remove(ht, hashtable.find(ht, key))
 
 
-@nb.njit(cache=True, nogil=True, _nrt=False)
-def rehash(old, ht):
-    for j in range(old.shape[0]):
-        if old[j, 0] != EMPTY:
-            _ht_insert(ht, old[j, 0], old[j, 1])
+rehash = hashtable.rehash
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
