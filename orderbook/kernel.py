@@ -77,7 +77,8 @@ _F_LOCKED = np.uint16(BookFlag.LOCKED)
 _F_INTEGRITY = np.uint16(BookFlag.INTEGRITY)
 _F_CARRY = np.uint16(Flag.LAST | Flag.RECOVERED)
 _DIRTY_BBO = 1  # conflation: the BBO changed in the window
-_DIRTY_L2 = 2  # conflation: the top N changed in the window
+_DIRTY_BID = 2  # conflation: the bid side's top N changed in the window
+_DIRTY_ASK = 4  # conflation: the ask side's top N changed in the window
 FIRST_RUN = 8  # level slots given to a book side at its first level
 
 
@@ -232,38 +233,44 @@ def _emit_change(lv, bk, l2, row, ts, recv, seq, inst, venue, flags, side, book,
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
-def _emit_top_changes(lv, bk, emitted, emitted_n, l2, row, ts, recv, seq, inst, venue, flags, depth):
+def _emit_top_changes(lv, bk, emitted, emitted_n, l2, row, ts, recv, seq, inst, venue, flags, depth, sides):
     """Rows for how an instrument's top N differs from the top N sent at its last window; remember it.
 
-    A level in view whose size or count differs from what was sent (or that was not sent) gets a row;
-    a level sent before that is out of view now gets a size-0 row. Returns the next output row.
+    Only the sides in ``sides`` (``_DIRTY_BID`` / ``_DIRTY_ASK`` bits) changed. Both lists run best
+    first, so one merge finds the differences: a level in view whose size or count differs from what
+    was sent (or that was not sent) gets a row; a level sent before that is out of view gets a size-0
+    row. Returns the next output row.
     """
     for s in range(2):
+        if not sides & (_DIRTY_BID if s == 0 else _DIRTY_ASK):
+            continue
         side = _BID if s == 0 else _ASK
         book = 2 * np.int64(inst) + s
         n = min(depth, bk[book, 1])
         top = bk[book, 0] + bk[book, 1] - 1
         m = emitted_n[book]
-        for d in range(n):
-            pos = top - d
-            same = False
-            for e in range(m):
-                if emitted[book, e, 0] == lv[pos, 1]:
-                    same = emitted[book, e, 1] == lv[pos, 2] and emitted[book, e, 2] == lv[pos, 3]
-                    break
-            if not same:
-                _emit_level(l2, row, ts, recv, seq, inst, venue, flags, side, d, lv[pos, 1], lv[pos, 2], lv[pos, 3])
+        d = 0
+        e = 0
+        while d < n or e < m:
+            # Compare by sort key (bids by price, asks by -price): larger keys are better.
+            kd = lv[top - d, 0] if d < n else np.int64(-(2**63) + 1)
+            ke = _level_key(side, emitted[book, e, 0]) if e < m else np.int64(-(2**63) + 1)
+            if d < n and (e >= m or kd > ke):  # a level now in view that was not sent
+                _emit_level(l2, row, ts, recv, seq, inst, venue, flags, side, d, lv[top - d, 1], lv[top - d, 2],
+                            lv[top - d, 3])
                 row += 1
-        for e in range(m):
-            price = emitted[book, e, 0]
-            in_view = False
-            for d in range(n):
-                if lv[top - d, 1] == price:
-                    in_view = True
-                    break
-            if not in_view:
-                _emit_level(l2, row, ts, recv, seq, inst, venue, flags, side, e, price, 0, 0)
+                d += 1
+            elif e < m and (d >= n or ke > kd):  # a level sent before, out of view now
+                _emit_level(l2, row, ts, recv, seq, inst, venue, flags, side, e, emitted[book, e, 0], 0, 0)
                 row += 1
+                e += 1
+            else:  # the same price: send it again only if its size or count moved
+                if emitted[book, e, 1] != lv[top - d, 2] or emitted[book, e, 2] != lv[top - d, 3]:
+                    _emit_level(l2, row, ts, recv, seq, inst, venue, flags, side, d, lv[top - d, 1], lv[top - d, 2],
+                                lv[top - d, 3])
+                    row += 1
+                d += 1
+                e += 1
         for d in range(n):
             emitted[book, d, 0] = lv[top - d, 1]
             emitted[book, d, 1] = lv[top - d, 2]
@@ -283,9 +290,9 @@ def _flush_dirty(lv, bk, st, dirty, emitted, emitted_n, bbo_out, l2_out, scalars
         recv = st[inst, ST_EV + 1]
         seq = np.uint64(st[inst, ST_EV + 2])
         flags = np.uint16(st[inst, ST_EV + 3])
-        if what & _DIRTY_L2:
+        if what & (_DIRTY_BID | _DIRTY_ASK):
             scalars[S_L2_ROWS] = _emit_top_changes(lv, bk, emitted, emitted_n, l2_out, scalars[S_L2_ROWS], ts, recv,
-                                                   seq, inst, venue, flags, depth)
+                                                   seq, inst, venue, flags, depth, what)
         if what & _DIRTY_BBO:
             _emit_bbo(bbo_out, scalars, st, inst, ts, recv, seq, venue, flags)
     scalars[S_DIRTY] = 0
@@ -355,11 +362,16 @@ def _settle(lv, bk, st, dirty, bbo_out, scalars, inst, flags, top_changed, ts, r
         if st[inst, ST_DIRTY] == 0:
             dirty[scalars[S_DIRTY]] = inst
             scalars[S_DIRTY] += 1
-        st[inst, ST_DIRTY] |= (_DIRTY_BBO if changed else 0) | (_DIRTY_L2 if top_changed else 0)
+        st[inst, ST_DIRTY] |= (_DIRTY_BBO if changed else 0) | top_changed
     return flags
 
 
 # -- the event loop -----------------------------------------------------------------------------
+
+
+@nb.njit(cache=True, inline="always", _nrt=False)
+def _side_bit(side):
+    return _DIRTY_BID if side == _BID else _DIRTY_ASK
 
 
 @nb.njit(cache=True, inline="always", _nrt=False)
@@ -425,9 +437,9 @@ def apply_events(start, events, venue, depth, conflate_ns, od, lv, bk, st, dirty
         row = scalars[S_L2_ROWS]
         seq = ev.sequence
         recv = ev.ts_recv
-        top_changed = False
+        top_changed = 0  # _DIRTY_BID / _DIRTY_ASK bits of the sides whose top N changed
         other = inst  # an instrument the event touches besides its own (an order of another instrument)
-        other_top_changed = False
+        other_top_changed = 0
         named_side = _o_side(od, slot) if slot >= 0 else _NONE  # read now: removing the order moves slots
         if a != _ADD and a != _CLEAR:
             if slot < 0:
@@ -447,7 +459,7 @@ def apply_events(start, events, venue, depth, conflate_ns, od, lv, bk, st, dirty
                         _emit_level(l2_out, row, ts, recv, seq, inst, venue, flags, side, d, lv[pos, 1], 0, 0)
                         row += 1
                 if bk[book, 1] > 0:
-                    top_changed = True
+                    top_changed |= _side_bit(side)
                 bk[book, 1] = 0
             j = 0
             while j < od.shape[0]:
@@ -479,9 +491,9 @@ def apply_events(start, events, venue, depth, conflate_ns, od, lv, bk, st, dirty
                 od[slot, 2] = (remaining - take) | (owner << 32)
             if d >= 0 and d < depth:
                 if owner == inst:
-                    top_changed = True
+                    top_changed |= _side_bit(side)
                 else:
-                    other_top_changed = True
+                    other_top_changed |= _side_bit(side)
                 if conflate_ns == 0:
                     row = _emit_change(lv, bk, l2_out, row, ts, recv, seq, owner, venue, flags, side, book, d,
                                        removed, price, depth)
@@ -511,9 +523,9 @@ def apply_events(start, events, venue, depth, conflate_ns, od, lv, bk, st, dirty
                     d, removed = _level_sub(lv, bk, _book_of(owner, old_side), old_side, od[s, 1], _o_size(od, s), 1)
                     if d >= 0 and d < depth:
                         if owner == inst:
-                            top_changed = True
+                            top_changed |= _side_bit(old_side)
                         else:
-                            other_top_changed = True
+                            other_top_changed |= _side_bit(old_side)
                         if conflate_ns == 0:
                             row = _emit_change(lv, bk, l2_out, row, ts, recv, seq, owner, venue, flags, old_side,
                                                _book_of(owner, old_side), d, removed, od[s, 1], depth)
@@ -525,7 +537,7 @@ def apply_events(start, events, venue, depth, conflate_ns, od, lv, bk, st, dirty
                 od[s, 3] = (np.int64(seq) & _PRIO_MASK) | (np.int64(side) << 56)
                 d = _level_add(lv, bk, book, side, price, size)
                 if d < depth:
-                    top_changed = True
+                    top_changed |= _side_bit(side)
                     if conflate_ns == 0:
                         row = _emit_depth(lv, bk, l2_out, row, ts, recv, seq, inst, venue, flags, side, book, d)
         flags = _settle(lv, bk, st, dirty, bbo_out, scalars, inst, flags, top_changed, ts, recv, seq, venue,
