@@ -25,8 +25,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from orderbook import hashtable
-from orderbook.hashtable import EMPTY
+from parsers import hashtable
+from parsers.hashtable import EMPTY
 from orderbook.records import BookFlag
 from parsers.schema import UNDEF_PRICE, Action, Flag, Side
 

@@ -42,8 +42,8 @@ from dataclasses import dataclass
 import numba as nb
 import numpy as np
 
-from orderbook import hashtable
-from orderbook.hashtable import EMPTY
+from parsers import hashtable
+from parsers.hashtable import EMPTY
 
 from parsers.schema import UNDEF_PRICE
 from trading.orders import (
@@ -123,7 +123,7 @@ _R_SESSION = np.uint8(Reason.SESSION_END)
 
 @nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
 def ht_find(ht, key):
-    """Pool row of order ``key``, or -1 (``ht`` is an ``orderbook.hashtable`` table: key, row)."""
+    """Pool row of order ``key``, or -1 (``ht`` is an ``parsers.hashtable`` table: key, row)."""
     slot = hashtable.find(ht, key)
     return ht[slot, 1] if slot >= 0 else np.int64(-1)
 

@@ -3,7 +3,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orderbook import hashtable
+from parsers import hashtable
 
 
 def put(table, key, value):
