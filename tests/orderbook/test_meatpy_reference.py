@@ -17,7 +17,6 @@ from captures.pcap_writer import write_binaryfile
 from meatpy_book import meatpy_books, meatpy_l2, reference_books
 from parsers.schema import Action
 
-pytest.importorskip("meatpy", reason="MeatPy is a bench peer: pip install -e '.[bench]'")
 
 N_MESSAGES = 40_000
 N_SYMBOLS = 40
