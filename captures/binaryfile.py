@@ -31,74 +31,13 @@ class BinaryFileCounter(enum.IntEnum):
     EMPTY_MESSAGE = 1
 
 
-@nb.njit(cache=True, nogil=True)
-def _count_messages(buf: np.ndarray) -> int:
-    """Count non-empty whole messages of a BinaryFILE buffer.
-
-    Args:
-        buf: uint8 file contents (decompressed).
-
-    Returns:
-        number of messages ``_frame_kernel`` will write.
-    """
-    n = buf.shape[0]
-    pos = 0
-    count = 0
-    while pos + 2 <= n:
-        mlen = (np.int64(buf[pos]) << 8) | np.int64(buf[pos + 1])
-        if pos + 2 + mlen > n:
-            break
-        if mlen > 0:
-            count += 1
-        pos += 2 + mlen
-    return count
-
-
-@nb.njit(cache=True, nogil=True)
-def _frame_kernel(buf: np.ndarray, frames: np.ndarray, counters: np.ndarray) -> int:
-    """Write one frame per message of a BinaryFILE buffer.
-
-    Args:
-        buf: uint8 file contents (decompressed).
-        frames: FRAME_DTYPE output, ``_count_messages(buf)`` rows.
-        counters: int64[len(BinaryFileCounter)], incremented in place.
-
-    Returns:
-        number of frames written.
-    """
-    n = buf.shape[0]
-    pos = 0
-    k = 0
-    while pos < n:
-        if pos + 2 > n:
-            counters[BinaryFileCounter.TRUNCATED_MESSAGE] += 1
-            break
-        mlen = (np.int64(buf[pos]) << 8) | np.int64(buf[pos + 1])
-        if pos + 2 + mlen > n:
-            counters[BinaryFileCounter.TRUNCATED_MESSAGE] += 1
-            break
-        if mlen == 0:
-            counters[BinaryFileCounter.EMPTY_MESSAGE] += 1
-        elif k < frames.shape[0]:
-            frames[k].offset = pos + 2
-            frames[k].ts_recv = 0
-            frames[k].sequence = k + 1
-            frames[k].length = mlen
-            frames[k].session = 0
-            frames[k].flags = 0
-            k += 1
-        pos += 2 + mlen
-    if k > 0:
-        frames[k - 1].flags = _LAST_IN_PACKET
-    return k
-
-
 @nb.njit(cache=True, nogil=True, _nrt=False)
 def _frame_batch(buf: np.ndarray, pos: int, first_sequence: int, frames: np.ndarray, counters: np.ndarray):
     """Frame up to ``len(frames)`` messages from byte ``pos``; return (next pos, frames written).
 
-    Same rules as ``_frame_kernel``; the file's last message gets LAST_IN_PACKET. ``next pos`` is
-    ``len(buf)`` once the file is done (a truncated tail counts once and ends it).
+    An empty message is skipped and counted; a length prefix or message running past the end of the
+    buffer is counted once and ends the file. The file's last message gets LAST_IN_PACKET. ``next pos``
+    is ``len(buf)`` once the file is done.
     """
     n = buf.shape[0]
     k = 0
@@ -161,12 +100,11 @@ def load_bytes(path) -> np.ndarray:
 
 
 def frame_binaryfile_buffer(buf: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
-    """Return (frames, anomalies) for a BinaryFILE held in ``buf`` (uint8, decompressed)."""
-    frames = np.empty(_count_messages(buf), FRAME_DTYPE)
+    """Return (frames, anomalies) for a whole BinaryFILE held in ``buf`` (uint8, decompressed)."""
     counters = np.zeros(len(BinaryFileCounter), np.int64)
-    k = _frame_kernel(buf, frames, counters)
-    anomalies = {c.name.lower(): int(counters[c]) for c in BinaryFileCounter if counters[c]}
-    return frames[:k], anomalies
+    batches = list(iter_binaryfile_batches(buf, len(buf), counters))
+    frames = batches[0] if len(batches) == 1 else np.empty(0, FRAME_DTYPE)
+    return frames, anomaly_counts(counters)
 
 
 def read_binaryfile(path) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
