@@ -11,6 +11,10 @@ keys and tables (``unique_name``) so several runs can share one server.
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import time
 import uuid
 
 import pytest
@@ -101,3 +105,81 @@ def real_data():
     if not Path(root).is_dir():
         pytest.fail(f"FEEDHANDLER_REAL_DATA={root} is not a directory of real captures", pytrace=False)
     return Path(root)
+
+
+class PrivateRedis:
+    """Our own redis-server on a free loopback port, no persistence, to kill and restart mid-test
+    (the shared server never stops). ``start()``, ``kill()``, ``client(**redis_kwargs)``, ``url``."""
+
+    def __init__(self, workdir) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not on PATH: install it (apt-get install redis-server); "
+                        "these tests start their own on a free port", pytrace=False)
+        self.binary = binary
+        self.workdir = workdir
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        import redis
+
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--daemonize", "no", "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.ConnectionError:
+                    if self.proc.poll() is not None or time.monotonic() > deadline:
+                        code = self.proc.poll()
+                        self.kill()
+                        pytest.fail(f"redis-server on port {self.port} did not start (exit {code})", pytrace=False)
+                    time.sleep(0.02)
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def client(self, **kwargs):
+        import redis
+
+        return redis.Redis(port=self.port, **kwargs)
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A ``PrivateRedis``, started; killed at the end."""
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def ws_server():
+    """``ws_server(**kw)`` opens a real ``WebSocketServer`` on a free loopback port; all are closed at the end."""
+    from publish.websocket_server import WebSocketServer
+
+    servers = []
+
+    def start(**kw) -> WebSocketServer:
+        srv = WebSocketServer("127.0.0.1", 0, **kw)
+        srv.open()
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.close()

@@ -13,7 +13,6 @@ from feedhandler.client import Depth, Disconnected, Gap, Level, Quote, ServerErr
 from orderbook.records import BBO, L2, BookFlag
 from parsers.schema import PRICE_SCALE, TRADE, UNDEF_PRICE
 from publish.batch import MarketBatch
-from publish.websocket_server import WebSocketServer
 
 SYMBOLS = {1: "AAPL", 2: "MSFT"}
 
@@ -34,21 +33,6 @@ def run(coro, timeout: float = 20.0):
 
 async def take(stream, n: int) -> list:
     return [await anext(stream) for _ in range(n)]
-
-
-@pytest.fixture
-def ws_server():
-    servers = []
-
-    def start(**kw) -> WebSocketServer:
-        srv = WebSocketServer("127.0.0.1", 0, **kw)
-        srv.open()
-        servers.append(srv)
-        return srv
-
-    yield start
-    for srv in servers:
-        srv.close()
 
 
 # -- decoding ------------------------------------------------------------------------------------------

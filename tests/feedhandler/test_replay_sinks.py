@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections import defaultdict
@@ -106,63 +104,6 @@ def small_capture(tmp_path_factory) -> Reference:
     path = tmp_path_factory.mktemp("replay_sinks") / "small.pcap"
     generate(messages=5_000, symbols=20, seed=12).write(path, "pcap")
     return Reference(path)
-
-
-# -- a Redis server of our own ----------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
-    """``redis-server`` on a free loopback port, no persistence; ``kill()`` / ``start()`` restart it."""
-
-    def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is not on PATH: install it (apt-get install redis-server); "
-                        "these tests start their own on a free port", pytrace=False)
-        self.binary = binary
-        self.workdir = workdir
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"redis-server on port {self.port} did not start (exit {self.proc.poll()})",
-                                pytrace=False)
-                time.sleep(0.02)
-        client.close()
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, decode_responses=True)
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    if server.proc.poll() is None:
-        server.kill()
 
 
 @pytest.fixture
@@ -307,11 +248,11 @@ def pg_rows(conn, schema: str, query: str, *params):
 # -- every sink at once --------------------------------------------------------------------------------
 
 
-def test_replay_with_every_sink_agrees_with_the_book_engine(capture, redis_server, pg_dsn, pg_conn, pg_schema,
+def test_replay_with_every_sink_agrees_with_the_book_engine(capture, private_redis, pg_dsn, pg_conn, pg_schema,
                                                             tmp_path, capsys):
     """``replay(..., runners=build_runners(feedhandler.toml))`` with Redis, PostgreSQL and WebSocket on,
     a client subscribed to ``*`` before the replay; then the same replay again through the CLI."""
-    config_path = write_config(tmp_path / "feedhandler.toml", redis_server.url, pg_dsn, pg_schema)
+    config_path = write_config(tmp_path / "feedhandler.toml", private_redis.url, pg_dsn, pg_schema)
     config = load_config(str(config_path))
     runners = build_runners(config["sinks"], venue_depth=DEPTH)
     by_name = {r.sink.name: r for r in runners}
@@ -336,7 +277,7 @@ def test_replay_with_every_sink_agrees_with_the_book_engine(capture, redis_serve
     assert reports["redis"]["redis_stream_entries"] == trades_n
 
     # Redis: the latest-state hash of every symbol is the engine's final BBO; the stream has every trade.
-    r = redis_server.client()
+    r = private_redis.client(decode_responses=True)
     assert_redis_bbo(capture, r)
     assert r.xlen("md:nasdaq:trades") == trades_n
     for iid, symbol in capture.symbols.items():
@@ -399,7 +340,7 @@ def test_replay_with_every_sink_agrees_with_the_book_engine(capture, redis_serve
 # -- Redis killed and restarted in the middle of a replay --------------------------------------------
 
 
-def test_redis_restart_mid_replay_is_survived_and_reported(small_capture, redis_server, capsys):
+def test_redis_restart_mid_replay_is_survived_and_reported(small_capture, private_redis, capsys):
     """``feedhandler replay --redis URL --speed N``; Redis is killed once the replay is a third of the
     way through the capture's clock and restarted 0.8 s later on the same port.
 
@@ -415,7 +356,7 @@ def test_redis_restart_mid_replay_is_survived_and_reported(small_capture, redis_
     events: dict[str, float] = {}
 
     def killer():
-        watch = redis_server.client()
+        watch = private_redis.client(decode_responses=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             stamps = [int(v) for v in (watch.hget(k, "ts_recv") for k in watch.scan_iter("md:nasdaq:*:bbo:last"))
@@ -425,15 +366,15 @@ def test_redis_restart_mid_replay_is_survived_and_reported(small_capture, redis_
             time.sleep(0.01)
         watch.close()
         events["killed"] = time.monotonic()
-        redis_server.kill()
+        private_redis.kill()
         time.sleep(0.8)
-        redis_server.start()
+        private_redis.start()
         events["restarted"] = time.monotonic()
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     started = time.monotonic()
-    code = main(["replay", str(capture.path), "--sink", "null", "--redis", redis_server.url, "--speed", f"{speed:.3f}",
+    code = main(["replay", str(capture.path), "--sink", "null", "--redis", private_redis.url, "--speed", f"{speed:.3f}",
                  "--conflate", CONFLATE, "--depth", str(DEPTH), "--drain", "15", "--json"])
     ended = time.monotonic()
     thread.join(5)
@@ -448,7 +389,7 @@ def test_redis_restart_mid_replay_is_survived_and_reported(small_capture, redis_
     assert "dropped_batches" not in report and report["written"] + report.get("conflated", 0) == report["offered"], report
     # What Redis held was lost with it; every symbol updated after the restart, so every key is back
     # and right.
-    client = redis_server.client()
+    client = private_redis.client(decode_responses=True)
     assert_redis_bbo(capture, client)
     # The stream lost what was written before the kill (no persistence): fewer than all trades.
     assert 0 < client.xlen("md:nasdaq:trades") < len(capture.trades)

@@ -3,8 +3,6 @@ channel, latest-state keys, the trades stream, a retried batch, and a Redis kill
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import time
 
 import numpy as np
@@ -395,55 +393,6 @@ def test_rows_without_a_symbol_go_to_the_stream_only(redis_client, publisher, ve
     assert [json.loads(d)["symbol"] for _, d in read_trades(redis_client, venue)] == ["AAPL", ""]
     assert publisher.counters["no_symbol_rows"] == 2
     assert not redis_client.exists(f"md:{venue}::bbo:last")
-
-
-class PrivateRedis:
-    """Our own redis-server on a free loopback port, to kill and restart (the shared one never stops)."""
-
-    def __init__(self, tmp_path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.dir = tmp_path
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--daemonize", "no", "--dir", str(self.dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        try:
-            while True:
-                try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    if self.proc.poll() is not None or time.monotonic() > deadline:
-                        self.kill()
-                        pytest.fail(f"redis-server did not start on port {self.port} (is it on PATH?)",
-                                    pytrace=False)
-                    time.sleep(0.02)
-        finally:
-            client.close()
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
-
-
-@pytest.fixture
-def private_redis(tmp_path):
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    server.kill()
 
 
 def test_a_failed_batch_is_resent_unchanged(private_redis):

@@ -318,19 +318,7 @@ def test_a_client_stuck_past_the_limit_is_closed_without_flush_and_a_reading_one
 # -- the real server on a loopback port --------------------------------------------------------------
 
 
-@pytest.fixture
-def server():
-    servers = []
 
-    def start(**kw) -> WebSocketServer:
-        srv = WebSocketServer("127.0.0.1", 0, **kw)
-        srv.open()
-        servers.append(srv)
-        return srv
-
-    yield start
-    for srv in servers:
-        srv.close()
 
 
 def run(coro, timeout: float = 20.0):
@@ -349,8 +337,8 @@ async def wait_for(predicate, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def test_server_port_0_snapshot_then_updates_with_increasing_seq(server):
-    srv = server()
+def test_server_port_0_snapshot_then_updates_with_increasing_seq(ws_server):
+    srv = ws_server()
     assert srv.port > 0
     srv.write(quote(1, 187.25))
 
@@ -372,8 +360,8 @@ def test_server_port_0_snapshot_then_updates_with_increasing_seq(server):
     assert srv.counters["messages_sent"] == 7
 
 
-def test_server_wildcard_unsubscribe_and_ping(server):
-    srv = server()
+def test_server_wildcard_unsubscribe_and_ping(ws_server):
+    srv = ws_server()
     srv.write(batch(bbo=bbo_rows((1, 10.0, 1, 11.0, 1), (2, 20.0, 1, 21.0, 1))))
 
     async def go():
@@ -393,8 +381,8 @@ def test_server_wildcard_unsubscribe_and_ping(server):
     run(go())
 
 
-def test_server_auth(server):
-    srv = server(token="s3cret")
+def test_server_auth(ws_server):
+    srv = ws_server(token="s3cret")
     srv.write(quote(1, 10.0))
 
     async def go():
@@ -421,8 +409,8 @@ def test_server_auth(server):
     assert srv.counters["refused_auth"] == 2
 
 
-def test_server_refuses_connections_beyond_max_clients(server):
-    srv = server(max_clients=2)
+def test_server_refuses_connections_beyond_max_clients(ws_server):
+    srv = ws_server(max_clients=2)
 
     async def go():
         async with connect(f"ws://127.0.0.1:{srv.port}"), connect(f"ws://127.0.0.1:{srv.port}"):
@@ -457,8 +445,8 @@ def _depth_batch(i: int) -> MarketBatch:
     return batch(l2=rows)
 
 
-def test_server_slow_client_gets_conflated_state_and_gap_and_write_never_waits(server):
-    srv = server(max_queue=16, stuck_s=60.0)
+def test_server_slow_client_gets_conflated_state_and_gap_and_write_never_waits(ws_server):
+    srv = ws_server(max_queue=16, stuck_s=60.0)
 
     async def go():
         sock = _small_buffer_socket(srv.port)
@@ -519,8 +507,8 @@ def test_server_slow_client_gets_conflated_state_and_gap_and_write_never_waits(s
     assert srv.counters["disconnects_slow"] == 0
 
 
-def test_server_disconnects_a_client_stuck_past_the_limit(server):
-    srv = server(max_queue=8, stuck_s=0.5, close_timeout=0.5)
+def test_server_disconnects_a_client_stuck_past_the_limit(ws_server):
+    srv = ws_server(max_queue=8, stuck_s=0.5, close_timeout=0.5)
 
     async def go():
         sock = _small_buffer_socket(srv.port)
@@ -542,7 +530,7 @@ def test_server_disconnects_a_client_stuck_past_the_limit(server):
     assert srv.counters["disconnects_slow"] == 1
 
 
-def test_server_behind_a_sink_runner_and_close_stops_listening(server):
+def test_server_behind_a_sink_runner_and_close_stops_listening(ws_server):
     srv = WebSocketServer("127.0.0.1", 0)
     runner = SinkRunner(srv)
 
