@@ -67,7 +67,7 @@ class StatusKind(enum.IntEnum):
     MWCB_BREACH = 4  # a market-wide circuit breaker level was breached (ITCH W): code '1'..'3'
     IPO_QUOTING = 5  # IPO quoting period update (ITCH K): price_1, detail = release time (s)
     LULD_COLLAR = 6  # LULD auction collar (ITCH J): price_1 ref, price_2 upper, price_3 lower
-    OPERATIONAL_HALT = 7  # venue operational halt (ITCH h): code = market code
+    OPERATIONAL_HALT = 7  # venue operational halt (ITCH h): code = halt action, reason = market code
 
 
 class TradingState(enum.IntEnum):
