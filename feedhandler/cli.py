@@ -125,6 +125,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dlcr", action="store_true", help="leave out DLCR price discovery (O) messages")
     p.add_argument("--gzip", action="store_true", help="gzip a BinaryFILE")
     p.set_defaults(run=_run_generate)
+
+    p = verbs.add_parser(
+        "send", help="send a capture to multicast as MoldUDP64, on one or two lines, like tcpreplay",
+        description="Send a capture's MoldUDP64 packets (a pcap's as captured; a BinaryFILE packed into "
+        "MoldUDP64) to a multicast group, paced by the capture's timestamps, optionally as a second (B) line "
+        "with its own induced drops, and answer MoldUDP64 re-requests for it on loopback.",
+        epilog="example: feedhandler send session.pcap --group 239.1.1.1:26400 --b-group 239.1.1.2:26400 "
+        "--speed 10 --drop-rate 0.01 --rerequest-port 26500",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("capture", help="pcap, pcapng or Nasdaq BinaryFILE (plain or gzip)")
+    p.add_argument("--group", required=True, metavar="GROUP:PORT", help="line A multicast group, e.g. 239.1.1.1:26400")
+    p.add_argument("--b-group", metavar="GROUP:PORT", help="also send every packet as line B to this group")
+    p.add_argument("--speed", default="1", metavar="1|N|max", help="1: the capture's pace (default); N: N times faster; max")
+    p.add_argument("--drop-rate", type=float, default=0.0, metavar="P",
+                   help="drop each packet with probability P, independently per line (default 0)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the induced drops (default 1)")
+    p.add_argument("--iface", metavar="IF", help="send from this interface (default: the route's)")
+    p.add_argument("--ttl", type=int, default=1, help="multicast TTL (default 1: this link only)")
+    p.add_argument("--rerequest-port", type=int, metavar="PORT",
+                   help="answer MoldUDP64 re-requests for the capture on 127.0.0.1:PORT while sending")
+    p.add_argument("--linger", type=float, default=0.0, metavar="SECONDS",
+                   help="with --rerequest-port: keep answering this long after the last packet (default 0)")
+    p.set_defaults(run=_run_send)
     return parser
 
 
@@ -241,6 +264,17 @@ def _run_generate(args) -> int:
         raise UserError(f"cannot write {args.out}: {exc.strerror}") from None
     print(f"wrote {written.messages:,} messages, {args.symbols} symbols, seed {args.seed} -> {args.out}")
     return 0
+
+
+def _run_send(args) -> int:
+    from feedhandler.sender import SendError, send_from_args
+
+    try:
+        summary = send_from_args(args)
+    except SendError as exc:
+        raise UserError(str(exc)) from None
+    print(summary.as_text())
+    return 130 if summary.interrupted else 0
 
 
 def _print_summary(s: ReplaySummary, as_json: bool) -> None:
