@@ -73,7 +73,7 @@ class Liquidity(enum.IntEnum):
 
 
 class Reason(enum.IntEnum):
-    """Why an order was rejected or cancelled. Risk rules (10..19) are checked outside the matcher."""
+    """Why an order was rejected or cancelled. Risk rules (10..29) are checked outside the matcher."""
 
     NONE = 0
     # the matcher's own rejects
@@ -94,6 +94,15 @@ class Reason(enum.IntEnum):
     BUYING_POWER = 18
     POSITION_LIMIT = 19
     KILL_SWITCH = 20
+    SYMBOL_EXPOSURE_LIMIT = 21  # one symbol's market value vs equity
+    GROSS_EXPOSURE_LIMIT = 22  # gross market value vs equity
+    MWCB_HALT = 23  # market-wide circuit breaker halt
+    PDT_RESTRICTION = 24  # legacy pattern day trader rule
+    INTRADAY_MARGIN_DEFICIT = 25  # the 2026 intraday margin standard
+    MIN_EQUITY = 26  # a margin order (credit or short) with equity under $2,000
+    SHORT_NOT_ALLOWED = 27  # a short sale in a cash account
+    UNKNOWN_ACCOUNT = 28
+    DUPLICATE_CLIENT_ORDER_ID = 29  # an order id the account (or anyone) used before, even if rejected
     # why a CANCELLED / EXPIRED event happened
     USER_CANCEL = 30
     IOC_REMAINDER = 31  # what an IOC order could not fill at once
