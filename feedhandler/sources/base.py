@@ -135,7 +135,7 @@ def wait_readable(fd: int, timeout: float | None) -> bool:
 def ipv4_to_int(address: str) -> int:
     """'239.1.1.1' -> 0xEF010101 (host-order integer, as ``PacketBatch.group`` holds it)."""
     try:
-        return struct.unpack("!I", socket.inet_aton(address))[0]
+        return struct.unpack("!I", socket.inet_pton(socket.AF_INET, address))[0]
     except OSError:
         raise SourceError(f"not an IPv4 address: {address!r}") from None
 

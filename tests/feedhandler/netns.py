@@ -19,6 +19,9 @@ Rules this module keeps:
   (setns(2)) and hand back its return value or its error; ``exec`` runs a command through
   ``ip netns exec``.
 - Needs root (CI runs as root): a missing privilege fails loudly, it never skips.
+
+Traffic helpers for the source tests live here too: ``mold_payloads`` (real MoldUDP64 packets of a
+generated ITCH day) and ``multicast_sender`` / ``send_payloads``.
 """
 from __future__ import annotations
 
@@ -29,7 +32,9 @@ import multiprocessing
 import os
 import re
 import secrets
+import socket
 import subprocess
+import time
 import traceback
 from typing import Any, Callable
 
@@ -262,3 +267,44 @@ def netns_pair():
         yield pair.create()
     finally:
         pair.close()
+
+
+# --- traffic --------------------------------------------------------------------------------------
+
+MOLD_SESSION = "NETNS00001"
+
+
+def mold_payloads(messages: int = 2000, seed: int = 5, max_payload: int = 1400,
+                  first_sequence: int = 1) -> tuple[list[bytes], list[bytes]]:
+    """MoldUDP64 packets carrying a generated ITCH 5.0 day: (packets, the ITCH messages in order)."""
+    from captures.generator import generate
+    from parsers.moldudp64 import encode_packet, plan_packets
+
+    day = generate(messages, symbols=8, seed=seed)
+    first, count, _, _ = plan_packets(day.lengths, day.ts_recv, max_payload, 1 << 62)
+    msgs = [day.message(i) for i in range(len(day))]
+    packets = [encode_packet(MOLD_SESSION.encode(), first_sequence + int(f), msgs[f:f + c])
+               for f, c in zip(first.tolist(), count.tolist())]
+    return packets, msgs
+
+
+def multicast_sender(source_addr: str, ttl: int = 1) -> socket.socket:
+    """A UDP socket that sends multicast out of the interface holding ``source_addr`` (create it in
+    the sending namespace)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((source_addr, 0))
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(source_addr))
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+    return sock
+
+
+def send_payloads(sock: socket.socket, payloads, group: str, port: int, burst: int = 256,
+                  pause_s: float = 0.0005) -> None:
+    """Send each payload as one datagram, pausing briefly every ``burst`` so no queue on the way
+    (veth backlog, receive buffer) overflows in a test that expects every packet."""
+    for i, payload in enumerate(payloads):
+        sock.sendto(payload, (group, port))
+        if burst and (i + 1) % burst == 0:
+            time.sleep(pause_s)
+
