@@ -33,6 +33,9 @@ Matching rules (``tests/trading/reference_matching.py`` states them in plain Pyt
   buy stops when a trade prints >= stop, sell stops <= stop. A command's trades (and a TRIGGER's
   price) span [lo, hi]; then, repeatedly, the oldest held stop of the instrument that the span
   triggers enters (TRIGGERED) as a MARKET or LIMIT order with its tif, and its trades widen the span.
+- SWEEP (a print elsewhere, e.g. the feed's): resting orders priced strictly through it, except one
+  account's (``trading.market``'s mirror of the feed's own liquidity), fill entirely at their own
+  price against counterparty 0, best level first, oldest first; then stops trigger as for TRIGGER.
 - events of a trade: the taker's FILL, then the maker's.
 """
 from __future__ import annotations
@@ -96,7 +99,7 @@ FIRST_RUN = 8  # level rows given to a book side at its first level
 
 _UNDEF = np.int64(UNDEF_PRICE)
 _MIN = np.int64(-(2**63))
-_NEW, _CANCEL, _MODIFY, _TRIGGER, _SESSION_END = (np.uint8(k) for k in CommandKind)
+_NEW, _CANCEL, _MODIFY, _TRIGGER, _SESSION_END, _SWEEP = (np.uint8(k) for k in CommandKind)
 _BUY, _SELL, _SHORT = (np.int64(s) for s in OrderSide)
 _MARKET, _LIMIT, _STOP, _STOP_LIMIT = (np.int64(t) for t in OrderType)
 _DAY, _GTC, _IOC, _FOK = (np.int64(t) for t in TimeInForce)
@@ -462,6 +465,29 @@ def _expire_day(op, ht, lv, ins, out, scalars, inst, ts):
         row = nxt
 
 
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _sweep(op, ht, lv, ins, out, scalars, inst, price, exempt, ts):
+    """SWEEP: orders of ``inst`` priced strictly through ``price`` fill entirely, but ``exempt``'s."""
+    for rc in (I_BID, I_ASK):
+        start = ins[inst, rc]
+        pos = start + ins[inst, rc + 1] - 1
+        while pos >= start and (lv[pos, L_PRICE] > price if rc == I_BID else lv[pos, L_PRICE] < price):
+            row = lv[pos, L_HEAD]
+            while row >= 0:
+                nxt = op[row, O_NEXT]
+                if op[row, O_ACCOUNT] != exempt:
+                    _emit(out, scalars, ts, _FILL, op[row, O_ID], 0, lv[pos, L_PRICE], op[row, O_LEAVES], 0,
+                          op[row, O_ACCOUNT], inst, op[row, O_SIDE], _MAKER, _R_NONE)
+                    _unlink(lv, op, pos, row)
+                    ins[inst, I_RESTING] -= 1
+                    _free_order(op, ht, scalars, row)
+                row = nxt
+            if lv[pos, L_COUNT] == 0:
+                _level_drop(lv, ins, inst, rc, pos)  # better levels (done) shift down; pos - 1 stays put
+            pos -= 1
+    ins[inst, I_LAST] = price
+
+
 @nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _reject(out, scalars, cmd, reason):
     _emit(out, scalars, cmd.ts, _REJECT, cmd.order_id, 0, cmd.price, cmd.qty, 0, cmd.account, cmd.instrument_id,
@@ -496,7 +522,7 @@ def match_commands(start, commands, op, ht, lv, ins, out, scalars):
             inst = op[row, O_INST] if row >= 0 else np.int64(-1)
         else:
             inst = np.int64(cmd.instrument_id)
-            if kind == _NEW or kind == _TRIGGER or kind == _SESSION_END:
+            if kind == _NEW or kind == _TRIGGER or kind == _SESSION_END or kind == _SWEEP:
                 if inst >= scalars[S_MAX_INST]:
                     if scalars[S_ROWS] >= out.shape[0]:
                         scalars[S_NEED_ROWS] = 1
@@ -643,6 +669,14 @@ def match_commands(start, commands, op, ht, lv, ins, out, scalars):
             _run_stops(op, ht, lv, ins, out, scalars, inst, ts)
         elif kind == _SESSION_END:
             _expire_day(op, ht, lv, ins, out, scalars, inst, ts)
+        elif kind == _SWEEP:
+            if cmd.price == _UNDEF or cmd.price <= 0:
+                _reject(out, scalars, cmd, _R_PRICE)
+                continue
+            _sweep(op, ht, lv, ins, out, scalars, inst, cmd.price, np.int64(cmd.account), ts)
+            scalars[S_LO] = cmd.price
+            scalars[S_HI] = cmd.price
+            _run_stops(op, ht, lv, ins, out, scalars, inst, ts)
         else:
             _reject(out, scalars, cmd, _R_INVALID)
     return DONE, commands.shape[0]

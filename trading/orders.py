@@ -15,7 +15,10 @@ Rules this module keeps:
   - MODIFY: order_id, account, price (UNDEF_PRICE keeps it), qty (the new open quantity; 0 keeps it),
     stop_price (held stops only; UNDEF_PRICE keeps it), ts;
   - TRIGGER: instrument_id, price: a trade printed elsewhere (the feed), which may trigger held stops;
-  - SESSION_END: instrument_id: its DAY orders expire (GTC orders stay).
+  - SESSION_END: instrument_id: its DAY orders expire (GTC orders stay);
+  - SWEEP: instrument_id, price, account: a trade printed elsewhere at ``price``: every resting order
+    priced strictly better (bids above it, asks below it), except the orders of ``account``, fills
+    entirely at its own price (MAKER, counterparty 0); then held stops trigger as for TRIGGER.
 """
 from __future__ import annotations
 
@@ -54,6 +57,7 @@ class CommandKind(enum.IntEnum):
     MODIFY = 3
     TRIGGER = 4  # an external trade price (the feed's prints) for stop triggers
     SESSION_END = 5  # expire the instrument's DAY orders
+    SWEEP = 6  # an external print: fill resting orders priced through it (but one account's), then TRIGGER
 
 
 class EventKind(enum.IntEnum):

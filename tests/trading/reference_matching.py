@@ -142,7 +142,7 @@ class ReferenceMatcher:
     def _command(self, c: dict) -> None:
         kind, ts, oid = c["kind"], c["ts"], c["order_id"]
         span: list[int] = []
-        if kind in (CommandKind.NEW, CommandKind.TRIGGER, CommandKind.SESSION_END):
+        if kind in (CommandKind.NEW, CommandKind.TRIGGER, CommandKind.SESSION_END, CommandKind.SWEEP):
             if c["instrument_id"] >= self.max_instruments:
                 return self._reject(c, Reason.UNKNOWN_SYMBOL)
         if kind == CommandKind.NEW:
@@ -209,6 +209,18 @@ class ReferenceMatcher:
             if not 0 < c["price"] < UNDEF:
                 return self._reject(c, Reason.BAD_PRICE)
             self._run_stops(c["instrument_id"], ts, [c["price"]])
+        elif kind == CommandKind.SWEEP:
+            if not 0 < c["price"] < UNDEF:
+                return self._reject(c, Reason.BAD_PRICE)
+            inst, price = c["instrument_id"], c["price"]
+            for books, through in ((self.bids, lambda p: p > price), (self.asks, lambda p: p < price)):
+                book = books.get(inst, {})
+                for p in sorted((p for p in book if through(p)), reverse=books is self.bids):
+                    for o in [o for o in book[p] if o.account != c["account"]]:
+                        self._emit(ts, EventKind.FILL, o, p, o.leaves, 0, liq=Liquidity.MAKER)
+                        self._leave_book(o)
+                        del self.live[o.order_id]
+            self._run_stops(inst, ts, [price])
         elif kind == CommandKind.SESSION_END:
             inst = c["instrument_id"]
             for books, best_first in ((self.bids, True), (self.asks, False)):

@@ -88,6 +88,10 @@ def session_end(inst=1, ts=0):
     return dict(kind=CommandKind.SESSION_END, instrument_id=inst, ts=ts)
 
 
+def sweep(price, account=0, inst=1, ts=0):
+    return dict(kind=CommandKind.SWEEP, instrument_id=inst, price=price * P, account=account, ts=ts)
+
+
 def short(events):
     """(kind, order id, counterparty, price in cents or None, qty, leaves, liquidity, reason) per event."""
     return [(EventKind(e["kind"]), int(e["order_id"]), int(e["counterparty_id"]),
@@ -278,6 +282,18 @@ def test_modify_a_held_stop(engine):
 # -- day orders, rejects, growth ----------------------------------------------------------------
 
 
+def test_sweep_fills_orders_through_the_print_but_the_exempt_accounts(engine):
+    run(engine, new(1, BUY, 10, 102), new(2, BUY, 5, 102, account=9), new(3, BUY, 7, 102), new(4, BUY, 8, 101),
+        new(5, BUY, 6, 100), new(6, SELL, 4, 105), new(7, SELL, 5, typ=STOP, stop=100))
+    ev = run(engine, sweep(100, account=9))  # bids above 100 fill entirely at their own price, best first
+    assert ev == [fill(1, 0, 102, 10, 0, M), fill(3, 0, 102, 7, 0, M), fill(4, 0, 101, 8, 0, M),
+                  (TRIGGERED, 7, 0, 100, 5, 5, Liquidity.NONE, Reason.NONE),
+                  fill(7, 2, 102, 5, 0, T), fill(2, 7, 102, 5, 0, M)]
+    assert queues(engine) == ([(100, [(5, 6)])], [(105, [(6, 4)])])  # at the print's price: no fill
+    assert run(engine, sweep(106)) == [fill(6, 0, 105, 4, 0, M)]  # asks below the print
+    assert engine.orders == 1 and run(engine, sweep(0)) == [(REJECT, 0, 0, 0, 0, 0, Liquidity.NONE, Reason.BAD_PRICE)]
+
+
 def test_session_end_expires_day_orders_only(engine):
     run(engine, new(1, BUY, 5, 100, tif=DAY), new(2, BUY, 5, 100, tif=GTC), new(3, BUY, 5, 99, tif=DAY),
         new(4, SELL, 5, 101, tif=GTC), new(5, BUY, 5, typ=STOP, stop=120, tif=DAY), new(6, SELL, 5, 102, inst=0))
@@ -431,3 +447,24 @@ def test_kernel_matches_the_reference_on_100k_random_commands():
         assert engine.orders == len(ref.live)
     # The run exercised every kind of event in bulk.
     assert all(kinds[k] > 200 for k in EventKind), kinds
+
+
+def test_kernel_matches_the_reference_with_sweeps():
+    """The same stream with a third of the TRIGGERs turned into SWEEPs exempting one account."""
+    cmds = random_commands(30_000, seed=11, instruments=3)
+    triggers = np.flatnonzero(cmds["kind"] == CommandKind.TRIGGER)
+    sweeps = triggers[::3]
+    cmds["kind"][sweeps] = CommandKind.SWEEP
+    cmds["account"][sweeps] = np.arange(len(sweeps)) % 4  # 0 exempts nobody (no account 0 in the stream)
+    engine = MatchingEngine(instruments=1, orders=16, levels=16, out_rows=64)
+    ref = ReferenceMatcher()
+    swept = 0
+    for start in range(0, len(cmds), 100):
+        batch = cmds[start:start + 100]
+        got = engine.submit(batch)
+        assert _tuples(got) == ref.submit(batch), f"batch at {start}"
+        swept += int(((got["kind"] == FILL) & (got["counterparty_id"] == 0)).sum())
+        for inst in range(3):
+            b = engine.book(inst)
+            assert (b.bids, b.asks, b.stops) == ref.book(inst), f"book {inst} after command {start + 100}"
+    assert len(sweeps) > 100 and swept > 100
