@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import logging
 import os
 import socket
@@ -143,8 +144,7 @@ def _interface_index(iface: str) -> int:
 
 
 def _interface_address(sock: socket.socket, iface: str) -> bytes:
-    import fcntl
-
+    """The IPv4 address of interface ``iface`` (4 bytes, network order)."""
     try:
         req = fcntl.ioctl(sock.fileno(), SIOCGIFADDR, struct.pack("256s", iface.encode()[:15]))
     except OSError as exc:
@@ -153,13 +153,22 @@ def _interface_address(sock: socket.socket, iface: str) -> bytes:
     return req[20:24]
 
 
+def _is_ipv4(text: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET, text)
+    except OSError:
+        return False
+    return True
+
+
 class SocketSource:
     """Receives one multicast group:port on a UDP socket (see the module docstring).
 
     Args:
         group: multicast IPv4 address, e.g. "239.1.1.1".
         port: UDP port.
-        iface: interface name to join on (None: the kernel's choice by routing).
+        iface: interface to join on, by name ("eth1") or by one of its IPv4 addresses (None: the
+            kernel's choice by routing).
         source: sender IPv4 address for a source-specific join (None: any source).
         rcvbuf: socket receive buffer to ask for, bytes.
         max_packets: most datagrams one read() returns (message headers laid out).
@@ -230,16 +239,20 @@ class SocketSource:
         group_bytes = socket.inet_aton(self.group)
         where = f" on {self.iface}" if self.iface else ""
         try:
-            if self.source is None:
-                ifindex = _interface_index(self.iface) if self.iface else 0
-                mreqn = group_bytes + socket.inet_aton("0.0.0.0") + struct.pack("=i", ifindex)
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
-            else:
-                if_addr = _interface_address(sock, self.iface) if self.iface else socket.inet_aton("0.0.0.0")
-                if self.iface:
-                    _interface_index(self.iface)
-                mreq_source = group_bytes + if_addr + socket.inet_aton(self.source)
-                sock.setsockopt(socket.IPPROTO_IP, IP_ADD_SOURCE_MEMBERSHIP, mreq_source)
+            by_address = self.iface is not None and _is_ipv4(self.iface)
+            any_addr = socket.inet_aton("0.0.0.0")
+            if self.source is None:  # ip_mreqn: group, interface address, interface index
+                ifindex = _interface_index(self.iface) if self.iface and not by_address else 0
+                if_addr = socket.inet_aton(self.iface) if by_address else any_addr
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                                group_bytes + if_addr + struct.pack("=i", ifindex))
+            else:  # ip_mreq_source: group, interface address, source address
+                if by_address:
+                    if_addr = socket.inet_aton(self.iface)
+                else:
+                    if_addr = _interface_address(sock, self.iface) if self.iface else any_addr
+                sock.setsockopt(socket.IPPROTO_IP, IP_ADD_SOURCE_MEMBERSHIP,
+                                group_bytes + if_addr + socket.inet_aton(self.source))
         except OSError as exc:
             kind = f"source-specific join ({self.source})" if self.source else "join"
             raise SourceError(f"multicast {kind} of {self.group}{where} failed: {exc.strerror}") from None

@@ -86,13 +86,15 @@ def test_one_read_takes_everything_waiting_in_one_syscall(netns_pair):
         assert len(source.read(1024, timeout=0)) == 0
 
 
-def test_source_specific_join_filters_by_sender(netns_pair):
+@pytest.mark.parametrize("by", ["name", "address"])
+def test_source_specific_join_filters_by_sender(netns_pair, by):
     pair = netns_pair
+    iface = pair.veths["b"] if by == "name" else pair.addr_b
     from_main = [b"main %d" % i for i in range(50)]
     from_alt = [b"alt %d" % i for i in range(50)]
     with pair.entered("b"):
-        ssm = SocketSource(GROUP, PORT, iface=pair.veths["b"], source=ADDR_A_ALT)
-        any_source = SocketSource(GROUP, PORT, iface=pair.veths["b"])
+        ssm = SocketSource(GROUP, PORT, iface=iface, source=ADDR_A_ALT)
+        any_source = SocketSource(GROUP, PORT, iface=iface)
     with pair.entered("a"):
         main, alt = multicast_sender(ADDR_A), multicast_sender(ADDR_A_ALT)
     with ssm, any_source, main, alt:
@@ -153,6 +155,31 @@ def test_receive_buffer_clamp_is_reported(netns_pair):
         stats = source.stats()
     assert stats["rcvbuf_requested"] == 2**31 - 1
     assert stats["rcvbuf_clamped"] and 0 < stats["rcvbuf_granted"] < 2**31 - 1
+
+
+def _without_cap_net_admin(group: str, port: int, iface: str) -> tuple[dict, int]:
+    """In a child: drop CAP_NET_ADMIN (as an unprivileged handler runs), then open a source."""
+    import ctypes
+
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = (ctypes.c_uint32 * 6)()  # two {effective, permitted, inheritable} sets
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.capget(header, data) == 0
+    cap_net_admin = 1 << 12
+    data[0] &= ~cap_net_admin
+    data[1] &= ~cap_net_admin
+    assert libc.capset(header, data) == 0, ctypes.get_errno()
+    with SocketSource(group, port, iface=iface) as source:
+        stats = source.stats()
+    with open("/proc/sys/net/core/rmem_max") as f:
+        return stats, int(f.read())
+
+
+def test_without_privilege_the_plain_receive_buffer_is_used_and_its_clamp_reported(netns_pair):
+    stats, rmem_max = netns_pair.run("b", _without_cap_net_admin, GROUP, PORT, netns_pair.veths["b"])
+    assert not stats["rcvbuf_forced"]
+    assert stats["rcvbuf_granted"] == min(stats["rcvbuf_requested"], rmem_max)
+    assert stats["rcvbuf_clamped"] == (rmem_max < stats["rcvbuf_requested"])
 
 
 def test_long_datagrams_are_cut_to_the_snap_length_and_counted(netns_pair):
