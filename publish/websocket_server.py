@@ -15,7 +15,14 @@ Rules this module keeps:
 - ``close()`` closes every connection (1001 going away) and stops the loop; ``open()`` may follow again.
 
 Counters: clients (connected now), messages_sent, gaps, disconnects_slow, plus batches, batches_conflated,
-dropped (messages conflated or dropped for slow clients), refused_auth, refused_limit, unknown_instrument.
+dropped (messages conflated or dropped for slow clients), refused_auth, refused_limit, unknown_instrument,
+order_requests, order_errors (the handler raised something other than ValueError), order_messages_unseen
+(for a user with no connection).
+
+Order entry: with ``users`` (token -> user) and an ``order_handler`` (``feedhandler.order_gateway``
+injects it; this package knows nothing of orders), order/cancel/modify requests run the handler on
+the server's loop and its messages go to the users they name. ``push(pairs)`` hands such messages
+over from any thread (fills caused by the feed).
 """
 from __future__ import annotations
 
@@ -47,6 +54,9 @@ class WebSocketServer:
         max_batches: batches handed to the loop and not yet applied before they conflate.
         send_chunk: messages taken from the hub per writer round.
         close_timeout: seconds to wait for a closing handshake before aborting the connection.
+        users: token -> user name: connections authenticated with one act for that user (order entry).
+        order_handler: ``handler(user, request) -> [(user, message), ...]``, run on the server's loop for
+            ``order``, ``cancel`` and ``modify`` requests (ValueError: a one-line error to the sender).
     """
 
     name = "websocket"
@@ -54,7 +64,8 @@ class WebSocketServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 8765, token: str | None = None, max_clients: int = 256,
                  max_queue: int = 4096, *, depth: int = 10, max_subscriptions: int = 10_000, stuck_s: float = 5.0,
                  auth_timeout_s: float = 10.0, max_batches: int = 64, send_chunk: int = 256,
-                 close_timeout: float = 2.0, max_message_bytes: int = 65_536) -> None:
+                 close_timeout: float = 2.0, max_message_bytes: int = 65_536, users=None,
+                 order_handler=None) -> None:
         if max_batches < 2:
             raise ValueError("max_batches must be >= 2")
         self.host = host
@@ -62,14 +73,16 @@ class WebSocketServer:
         self._requested_port = int(port)
         self.token = token
         self._hub_args = dict(depth=depth, token=token, max_clients=max_clients, max_subscriptions=max_subscriptions,
-                              max_queue=max_queue, stuck_s=stuck_s, auth_timeout_s=auth_timeout_s)
+                              max_queue=max_queue, stuck_s=stuck_s, auth_timeout_s=auth_timeout_s, users=users,
+                              order_handler=order_handler)
         self.max_batches = max_batches
         self.send_chunk = send_chunk
         self.close_timeout = close_timeout
         self.max_message_bytes = max_message_bytes
         self.counters: dict[str, int] = dict.fromkeys(
             ("clients", "messages_sent", "gaps", "disconnects_slow", "batches", "batches_conflated", "dropped",
-             "refused_auth", "refused_limit", "unknown_instrument"), 0)
+             "refused_auth", "refused_limit", "unknown_instrument", "order_requests", "order_errors",
+             "order_messages_unseen"), 0)
         self.hub: Hub | None = None
         self._lock = threading.Lock()
         self._handoff: list[MarketBatch] = []
@@ -117,6 +130,30 @@ class WebSocketServer:
             loop.call_soon_threadsafe(self._apply_handoff)
         except RuntimeError:  # the loop closed under us: the batch is moot
             pass
+
+    def push(self, pairs: list[tuple[str, dict]]) -> None:
+        """Send ``(user, message)`` pairs to those users' connections (any thread; returns at once)."""
+        loop = self._loop
+        if loop is None or not pairs:
+            return
+        try:
+            loop.call_soon_threadsafe(self._deliver, pairs)
+        except RuntimeError:  # the loop closed under us
+            pass
+
+    def _deliver(self, pairs: list[tuple[str, dict]]) -> None:
+        self._wake(self.hub.deliver(pairs))
+        self._sync_counters()
+
+    def _wake(self, cids) -> None:
+        for cid in cids:
+            conn = self._conns.get(cid)
+            if conn is None:
+                continue
+            if self.hub.closing(cid) is not None:
+                self._closing(cid)
+            else:
+                conn[1].set()
 
     def close(self) -> None:
         """Close every connection and stop the loop (waits up to ``close_timeout`` + 5 s)."""
@@ -208,7 +245,8 @@ class WebSocketServer:
         hub = self.hub
         counters = self.counters
         counters["clients"] = hub.live_clients()
-        for name in ("gaps", "disconnects_slow", "dropped", "refused_auth", "refused_limit", "unknown_instrument"):
+        for name in ("gaps", "disconnects_slow", "dropped", "refused_auth", "refused_limit", "unknown_instrument",
+                     "order_requests", "order_errors", "order_messages_unseen"):
             counters[name] = hub.counters[name]
 
     def _closing(self, cid: int) -> None:
@@ -249,6 +287,7 @@ class WebSocketServer:
                 async for message in ws:
                     hub.receive(cid, message, time.monotonic())
                     wake.set()
+                    self._wake(hub.pop_woken())
                     if hub.closing(cid) is not None:
                         break
             if hub.closing(cid) is not None:

@@ -30,6 +30,15 @@ Rules this module keeps (docs/websocket.md is the user-facing version):
 - A client whose queue overflowed and that has taken nothing for ``stuck_s`` seconds is closed with
   1013 (try again later), without flushing. Refused auth and protocol misuse close with 1008, too many
   connections with 1013, both after the error message is sent.
+- Order entry (only with an ``order_handler``): a client that authenticated with one of ``users``'
+  tokens acts as that user. ``order``, ``cancel`` and ``modify`` requests go to
+  ``order_handler(user, request)``, which returns ``(user, message)`` pairs (acks, rejects, fills...)
+  or raises ValueError with a one-line reason (answered as an error). Those messages reach every
+  connection of that user and no one else, as control replies: never conflated or dropped. This
+  module knows nothing of orders: the handler (``feedhandler.order_gateway``) does.
+
+    hub.deliver(pairs)                       # order messages from elsewhere (fills from the feed): woken
+    hub.pop_woken()                          # other clients a receive() gave something to (order fills)
 """
 from __future__ import annotations
 
@@ -37,7 +46,7 @@ import collections
 import hmac
 import itertools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from publish.encoding import TopBooks, bbo_dicts, dumps, status_dicts, trade_dicts
@@ -77,6 +86,7 @@ class _Client:
     data_len: int = 0  # queued messages that count against max_queue (control replies do not)
     stuck_since: float | None = None
     close: tuple[int, str, bool] | None = None  # code, reason, flush queued messages first
+    user: str | None = None  # set by a user token: order entry acts for this user
 
 
 class Hub:
@@ -90,11 +100,14 @@ class Hub:
         max_queue: outgoing data messages queued per client before conflation starts.
         stuck_s: a client whose queue overflowed and that took nothing this long is closed (1013).
         auth_timeout_s: a client that has not authenticated this long after connecting is closed (1008).
+        users: token -> user name, for order entry (a user token also authenticates for market data).
+        order_handler: ``handler(user, request) -> [(user, message), ...]`` for order/cancel/modify.
     """
 
     def __init__(self, depth: int = 10, token: str | None = None, max_clients: int = 256,
                  max_subscriptions: int = 10_000, max_queue: int = 4096, stuck_s: float = 5.0,
-                 auth_timeout_s: float = 10.0) -> None:
+                 auth_timeout_s: float = 10.0, users: Mapping[str, str] | None = None,
+                 order_handler: Callable[[str, dict], list[tuple[str, dict]]] | None = None) -> None:
         if depth < 1 or max_clients < 1 or max_subscriptions < 1 or max_queue < 2:
             raise ValueError("depth, max_clients, max_subscriptions must be >= 1 and max_queue >= 2")
         self.depth = depth
@@ -114,6 +127,10 @@ class Hub:
         self._top_books: dict[str, TopBooks] = {}  # per venue: L2 rows -> top N
         self._subscribers: dict[Key, set[int]] = {}
         self._wild: dict[str, set[int]] = {ch: set() for ch in CHANNELS}
+        self.users = dict(users or {})
+        self.order_handler = order_handler
+        self._user_clients: dict[str, set[int]] = {}  # user -> connections acting for them
+        self._woken: set[int] = set()  # clients given order messages by another client's request
 
     # -- connections ------------------------------------------------------------------------------
 
@@ -126,8 +143,11 @@ class Hub:
         if self.live_clients() > self.max_clients:
             self.counters["refused_limit"] += 1
             self._refuse(client, CLOSE_TRY_AGAIN_LATER, f"too many connections (max {self.max_clients})")
-        elif url_token is not None and self.token is not None:
-            if hmac.compare_digest(url_token.encode(), self.token.encode()):
+        elif url_token is not None and (self.token is not None or self.users):
+            user = self._user_for(url_token)
+            if user is not None:
+                self._set_user(client, user)
+            elif self.token is not None and hmac.compare_digest(url_token.encode(), self.token.encode()):
                 client.authed = True
             else:
                 self.counters["refused_auth"] += 1
@@ -149,6 +169,11 @@ class Hub:
                 del self._subscribers[key]
         for channel in client.wild:
             self._wild[channel].discard(cid)
+        if client.user is not None:
+            self._user_clients[client.user].discard(cid)
+            if not self._user_clients[client.user]:
+                del self._user_clients[client.user]
+        self._woken.discard(cid)
 
     def closing(self, cid: int) -> tuple[int, str, bool] | None:
         """``(code, reason, flush)`` once the connection is to be closed (flush: send what is queued first)."""
@@ -187,7 +212,8 @@ class Hub:
         op = request.get("op")
         handler = _OPS.get(op) if isinstance(op, str) else None
         if handler is None:
-            return self._error(client, f"unknown op {op!r} (auth, subscribe, unsubscribe, ping)")
+            ops = "auth, subscribe, unsubscribe, ping" + (", order, cancel, modify" if self.order_handler else "")
+            return self._error(client, f"unknown op {op!r} ({ops})")
         if not client.authed and op != "auth":
             self.counters["refused_auth"] += 1
             return self._refuse(client, CLOSE_POLICY_VIOLATION,
@@ -196,14 +222,82 @@ class Hub:
 
     def _op_auth(self, client: _Client, request: dict, now: float) -> None:
         token = request.get("token")
-        if self.token is None or client.authed:
+        user = self._user_for(token)
+        if user is not None:
+            if client.user not in (None, user):
+                return self._error(client, f"already authenticated as user {client.user!r}")
+            self._set_user(client, user)
+            self._control(client, {"type": "authenticated", "user": user})
+        elif (self.token is None or client.authed) and not self.users:
             self._control(client, {"type": "authenticated"})
-        elif isinstance(token, str) and hmac.compare_digest(token.encode(), self.token.encode()):
+        elif self.token is not None and isinstance(token, str) and hmac.compare_digest(token.encode(), self.token.encode()):
             client.authed = True
             self._control(client, {"type": "authenticated"})
         else:
             self.counters["refused_auth"] += 1
             self._refuse(client, CLOSE_POLICY_VIOLATION, "invalid token")
+
+    def _user_for(self, token: object) -> str | None:
+        """The user whose token this is (every token compared, in constant time), or None."""
+        if not isinstance(token, str) or not self.users:
+            return None
+        found = None
+        for candidate, user in self.users.items():
+            if hmac.compare_digest(token.encode(), candidate.encode()):
+                found = user
+        return found
+
+    def _set_user(self, client: _Client, user: str) -> None:
+        client.authed = True
+        client.user = user
+        self._user_clients.setdefault(user, set()).add(client.id)
+
+    # -- order entry ------------------------------------------------------------------------------
+
+    def _op_order_entry(self, client: _Client, request: dict, now: float) -> None:
+        op = request["op"]
+        if self.order_handler is None:
+            return self._order_error(client, request, "order entry is not enabled on this server")
+        if client.user is None:
+            return self._order_error(client, request,
+                                     'order entry needs a user token: send {"op": "auth", "token": ...} first')
+        self.counters["order_requests"] += 1
+        try:
+            replies = self.order_handler(client.user, request)
+        except ValueError as exc:
+            return self._order_error(client, request, f"{op}: {exc}")
+        except Exception as exc:  # a bug behind the handler: the client gets a line, the server lives
+            self.counters["order_errors"] += 1
+            return self._order_error(client, request, f"{op}: internal error ({type(exc).__name__})")
+        self._woken |= self.deliver(replies)
+        self._woken.discard(client.id)
+
+    def _order_error(self, client: _Client, request: dict, text: str) -> None:
+        message = {"type": "error", "message": text, "op": request["op"]}
+        cid = request.get("client_order_id")
+        if isinstance(cid, str):
+            message["client_order_id"] = cid
+        self._control(client, message)
+
+    def deliver(self, replies) -> set[int]:
+        """Queue each ``(user, message)`` to every live connection of that user; returns the clients woken."""
+        woken: set[int] = set()
+        for user, message in replies:
+            cids = self._user_clients.get(user)
+            if not cids:
+                self.counters["order_messages_unseen"] += 1  # the user is not connected
+                continue
+            for cid in cids:
+                client = self._clients[cid]
+                if client.close is None:
+                    self._control(client, message)  # a client that never reads is closed, not grown
+                    woken.add(cid)
+        return woken
+
+    def pop_woken(self) -> set[int]:
+        """Clients other than the sender that the last requests gave order messages to."""
+        woken, self._woken = self._woken, set()
+        return woken
 
     def _op_ping(self, client: _Client, request: dict, now: float) -> None:
         self._control(client, {"type": "pong"})
@@ -520,4 +614,7 @@ _OPS = {
     "ping": Hub._op_ping,
     "subscribe": Hub._op_subscribe,
     "unsubscribe": Hub._op_unsubscribe,
+    "order": Hub._op_order_entry,
+    "cancel": Hub._op_order_entry,
+    "modify": Hub._op_order_entry,
 }
