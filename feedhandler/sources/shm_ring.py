@@ -98,17 +98,20 @@ def _release_fence(typingctx):
 
 
 @nb.njit(cache=True, nogil=True)
-def _ring_write(hdr, slots, slot_size, count, data, offset, length, ts_recv, group, port):
-    """Copy packets into free slots and publish them; count those that found the ring full.
+def _ring_write(hdr, slots, slot_size, count, data, offset, length, ts_recv, group, port, start, stop_when_full):
+    """Copy packets from ``start`` on into free slots and publish them.
 
     Args:
         hdr: the header as uint64 words.
         slots: the slot region as uint8.
         slot_size, count: slot geometry (count a power of two).
         data, offset, length, ts_recv, group, port: the packets (PacketBatch columns).
+        start: first packet to write.
+        stop_when_full: stop at the first packet that finds the ring full (the caller waits and
+            calls again from there); otherwise drop each such packet and count it in ``overruns``.
 
     Returns:
-        packets written (the rest were counted in the header's overruns).
+        packets written.
     """
     w = hdr[_W_WRITE]
     r = hdr[_W_READ]
@@ -119,11 +122,13 @@ def _ring_write(hdr, slots, slot_size, count, data, offset, length, ts_recv, gro
     s64 = slots.view(np.int64)
     s16 = slots.view(np.uint16)
     written = 0
-    for i in range(offset.shape[0]):
+    for i in range(start, offset.shape[0]):
         if w - r >= np.uint64(count):
             r = hdr[_W_READ]
             _acquire_fence()
             if w - r >= np.uint64(count):
+                if stop_when_full:
+                    break
                 hdr[_W_OVERRUNS] += np.uint64(1)
                 continue
         base = np.int64(w & mask) * slot_size
@@ -265,12 +270,25 @@ class ShmWriter:
         os.close(fd)
         self._one = _OnePacket()
 
-    def write_batch(self, batch: PacketBatch) -> int:
-        """Write a batch's packets; returns how many fit (the rest are counted as overruns)."""
+    def write_batch(self, batch: PacketBatch, wait: float = 0.0) -> int:
+        """Write a batch's packets; returns how many went in.
+
+        ``wait`` = 0 behaves as a bypass receiver must: never wait, drop what finds the ring full and
+        count it in ``overruns``. ``wait`` > 0 (a replay that must lose nothing) waits up to that many
+        seconds in all for the reader to free slots, and counts nothing.
+        """
         if self._map.hdr is None:
             raise SourceError(f"ring writer {self.path} is closed")
-        return _ring_write(self._map.hdr, self._map.slots, self.slot_size, self.slot_count, batch.data,
-                           batch.offset, batch.length, batch.ts_recv, batch.group, batch.port)
+        args = (self._map.hdr, self._map.slots, self.slot_size, self.slot_count, batch.data, batch.offset,
+                batch.length, batch.ts_recv, batch.group, batch.port)
+        if wait <= 0:
+            return _ring_write(*args, 0, False)
+        done, n, deadline = 0, len(batch), time.monotonic() + wait
+        while True:
+            done += _ring_write(*args, done, True)
+            if done >= n or time.monotonic() >= deadline:
+                return done
+            time.sleep(SLEEP_S)
 
     def write(self, payload: bytes, ts_recv: int | None = None, group: int = 0, port: int = 0) -> bool:
         """Write one packet (a convenience for tests and tools); False if the ring was full."""

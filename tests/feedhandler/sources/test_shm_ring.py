@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from feedhandler.sources import SourceError, ipv4_to_int, open_source
+from feedhandler.sources import BatchBuffers, SourceError, ipv4_to_int, open_source
 from feedhandler.sources import shm_ring
 from feedhandler.sources.shm_ring import ShmSource, ShmWriter
 from feedhandler.sources.socket_source import SocketSource
@@ -94,6 +94,9 @@ def test_a_full_ring_drops_the_newest_and_counts_them(ring_path):
     with ShmWriter(ring_path, slot_count=8, slot_size=64) as writer, ShmSource(ring_path) as source:
         accepted = [writer.write(b"p%02d" % i) for i in range(20)]
         assert accepted == [True] * 8 + [False] * 12
+        waiting = BatchBuffers(2, 16).batch(2)
+        t0 = time.monotonic()
+        assert writer.write_batch(waiting, wait=0.05) == 0 and time.monotonic() - t0 >= 0.05  # not counted
         assert source.read(100, timeout=0).payloads() == [b"p%02d" % i for i in range(8)]
         # the batch just read still holds its slots; the next read gives them back
         assert writer.write(b"late") is False
@@ -112,45 +115,53 @@ def test_long_packets_are_cut_and_counted(ring_path):
         assert batch.payloads() == [bytes(range(32))] and source.stats()["truncated"] == 1
 
 
-def _write_numbered(path: str, total: int, chunk: int, ready) -> None:
+def _write_numbered(path: str, total: int, chunk: int, wait: float, ready, go) -> None:
     """Writer process: creates the ring, then writes packets carrying 0..total-1 as fast as it can."""
     writer = ShmWriter(path, slot_count=1024, slot_size=64)
     ready.set()
-    time.sleep(0.05)
+    go.wait(10)
     numbers = np.arange(total, dtype=np.uint64)
-    data = numbers.view(np.uint8)
+    offsets = np.arange(total, dtype=np.int64) * 8
+    lengths = np.full(total, 8, np.int32)
     for start in range(0, total, chunk):
-        n = min(chunk, total - start)
-        batch = shm_ring.PacketBatch(data, np.arange(start, start + n, dtype=np.int64) * 8, np.full(n, 8, np.int32),
-                                     numbers[start:start + n].astype(np.int64), np.zeros(n, np.uint32),
-                                     np.zeros(n, np.uint16))
-        writer.write_batch(batch)
+        end = min(start + chunk, total)
+        batch = shm_ring.PacketBatch(numbers.view(np.uint8), offsets[start:end], lengths[start:end],
+                                     numbers[start:end].astype(np.int64), np.zeros(end - start, np.uint32),
+                                     np.zeros(end - start, np.uint16))
+        writer.write_batch(batch, wait=wait)
     writer.close()
 
 
-def test_a_concurrent_writer_process_loses_nothing_it_does_not_count(ring_path):
+@pytest.mark.parametrize("wait", [0.0, 30.0], ids=["dropping", "waiting"])
+def test_a_concurrent_writer_process_loses_nothing_it_does_not_count(ring_path, wait):
     total = 300_000
     ctx = multiprocessing.get_context("fork")
-    ready = ctx.Event()
-    child = ctx.Process(target=_write_numbered, args=(ring_path, total, 256, ready))
+    ready, go = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=_write_numbered, args=(ring_path, total, 256, wait, ready, go))
     child.start()
     assert ready.wait(10)
     with ShmSource(ring_path) as source:
+        source.read(timeout=0)  # compiled and reading before the writer starts
+        go.set()
         seen = []
-        while True:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
             batch = source.read(1024, timeout=0.5)
             if len(batch):
                 seen.append(np.frombuffer(b"".join(batch.payloads()), np.uint64).copy())
                 assert (batch.ts_recv == seen[-1].astype(np.int64)).all()
             elif source.stats()["writer_closed"] and source.stats()["backlog"] == 0:
                 break
+            elif not child.is_alive() and not source.stats()["writer_closed"]:
+                pytest.fail(f"writer process died (exit code {child.exitcode})")
         child.join(10)
         assert child.exitcode == 0
         stats = source.stats()
     got = np.concatenate(seen)
     assert (np.diff(got.astype(np.int64)) > 0).all()  # in order, never repeated
-    assert len(got) + stats["overruns"] == total
-    assert got[0] == 0 and stats["packets"] == len(got)
+    assert len(got) + stats["overruns"] == total and stats["packets"] == len(got)
+    if wait:
+        assert len(got) == total and (got == np.arange(total)).all()
 
 
 C_DRIVER = r"""
