@@ -12,7 +12,7 @@ Rules this module keeps:
   UDP) and copies the payloads into the batch arrays; Python only flips block ownership, so the
   kernel's stores into the ring happen in a call the kernel returned from (no reordering concerns).
   A block goes back to the kernel once every frame in it has been copied out.
-- A packet socket does not join groups: a UDP socket joins them on the interface (IGMP reports, NIC
+- A packet socket does not join groups: UDP sockets join them on the interface (IGMP reports, NIC
   multicast filter) and is otherwise never read. The IP stack still gets its own copy of each frame.
 - Kernel drops (ring full) come from PACKET_STATISTICS, which resets on every read; ``stats()`` keeps
   the sums.
@@ -60,8 +60,12 @@ BLOCK_STATUS = 8
 BLOCK_NUM_PKTS = 12
 BLOCK_FIRST_PKT = 16
 
-DEFAULT_BLOCK_SIZE = 1 << 20  # bytes per block (page multiple)
-DEFAULT_BLOCK_COUNT = 32  # 32 MiB of ring: ~200 ms of a 1M packet/s feed of 100-byte payloads
+# The ring's geometry: a block is handed over when full OR when its timer fires, so a slow feed uses
+# one block per timer period. Many small blocks keep both cases safe: 512 x 64 KiB rides out a
+# 0.5 s reader stall on a quiet feed (one block per ms) and ~150 ms at 1M packets/s (~200 bytes each
+# with headers, ~320 to a block).
+DEFAULT_BLOCK_SIZE = 64 << 10  # bytes per block (page multiple)
+DEFAULT_BLOCK_COUNT = 512  # 32 MiB of ring
 DEFAULT_BLOCK_TIMEOUT_MS = 1  # a partly filled block is handed over after this long
 DEFAULT_BATCH = 4096  # rows of the batch arrays (the most one read() returns)
 FRAME_SIZE = 2048  # only for the ring request's arithmetic: V3 frames are variable-size
@@ -104,18 +108,26 @@ def interface_index(iface: str, who: str) -> int:
         raise SourceError(f"{who}: no network interface named {iface!r}") from None
 
 
-def join_groups(ifindex: int, pairs: list[tuple[int, int]], who: str) -> socket.socket:
-    """A UDP socket that joined every multicast group of ``pairs`` on ``ifindex`` (never read: it
-    makes the kernel send IGMP reports and open the NIC's multicast filter for the groups)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+def join_groups(ifindex: int, pairs: list[tuple[int, int]], who: str) -> list[socket.socket]:
+    """UDP sockets that joined every multicast group of ``pairs`` on ``ifindex`` (never read: they
+    make the kernel send IGMP reports and open the NIC's multicast filter for the groups). A socket
+    holds at most net.ipv4.igmp_max_memberships groups (20 by default): the next one takes over."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)]
     try:
         for group in sorted({g for g, _ in pairs if g >> 28 == 0xE}):
             mreqn = struct.pack("!I", group) + socket.inet_aton("0.0.0.0") + struct.pack("=i", ifindex)
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+            try:
+                socks[-1].setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                socks.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP))
+                socks[-1].setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
     except OSError as exc:
-        sock.close()
+        for sock in socks:
+            sock.close()
         raise SourceError(f"{who}: multicast join of {int_to_ipv4(group)} failed: {exc.strerror}") from None
-    return sock
+    return socks
 
 
 def unmap(mapping: mmap.mmap | None) -> None:
@@ -156,6 +168,10 @@ def udp_filter_program(pairs: list[tuple[int, int]]) -> bytes:
     asm.jump(_bpf.CB_JEQ, socket.IPPROTO_UDP, None, "drop")
     asm.load(_bpf.CB_H, _bpf.CB_ABS, net + 6)  # flags + fragment offset
     asm.jump(_bpf.CB_JSET, 0x3FFF, "drop", None)  # more fragments, or not the first
+    asm.goto("groups")
+    asm.label("drop")  # here, within reach of the 8-bit jumps above
+    asm.ret(0)
+    asm.label("groups")
     asm.load_x_ip_header_length(net)
     asm.load(_bpf.CB_W, _bpf.CB_ABS, net + 16)  # destination address
     by_group: dict[int, list[int]] = {}
@@ -174,8 +190,6 @@ def udp_filter_program(pairs: list[tuple[int, int]]) -> bytes:
         asm.ret(0)
         asm.label(f"accept{i}")
         asm.ret(SNAP_ACCEPT)
-    asm.label("drop")
-    asm.ret(0)
     try:
         return asm.assemble()
     except ValueError as exc:
@@ -310,7 +324,7 @@ class AfPacketSource:
             raise SourceError(f"{who}: max_packets must be positive and block_timeout_ms in 1..65535")
         self._block_size, self._block_count = int(block_size), int(block_count)
         self._sock: socket.socket | None = None
-        self._join_sock: socket.socket | None = None
+        self._join_socks: list[socket.socket] = []
         self._ring: mmap.mmap | None = None
         self._bytes = self._words = None
         self._counters = np.zeros(5, dtype=np.int64)
@@ -359,7 +373,7 @@ class AfPacketSource:
         self._bytes = np.frombuffer(self._ring, dtype=np.uint8)
         self._words = np.frombuffer(self._ring, dtype=np.uint32)
         if join:
-            self._join_sock = join_groups(ifindex, self.pairs, who)
+            self._join_socks = join_groups(ifindex, self.pairs, who)
         try:
             sock.bind((self.iface, ETH_P_ALL))
         except OSError as exc:
@@ -413,7 +427,7 @@ class AfPacketSource:
             return
         # struct tpacket_stats_v3: tp_packets (passed the filter, drops included), tp_drops, tp_freeze_q_cnt
         raw = self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 12)
-        packets, drops, freeze = struct.unpack("=3I", raw)
+        packets, drops, freeze = struct.unpack("=3I", raw.ljust(12, b"\0"))  # 8 bytes before the ring is V3
         self._kernel_packets += packets
         self._kernel_drops += drops
         self._freeze_q += freeze
@@ -444,10 +458,11 @@ class AfPacketSource:
         self._bytes = self._words = None
         unmap(self._ring)
         self._ring = None
-        for sock in (self._sock, self._join_sock):
+        for sock in [self._sock, *self._join_socks]:
             if sock is not None:
                 sock.close()
-        self._sock = self._join_sock = None
+        self._sock = None
+        self._join_socks = []
 
     def __enter__(self) -> AfPacketSource:
         return self

@@ -329,7 +329,7 @@ class AfXdpSource:
         self._fds: list[int] = []  # maps and program, closed last
         self._link_fd = -1
         self._sock: socket.socket | None = None
-        self._join_sock: socket.socket | None = None
+        self._join_socks: list[socket.socket] = []
         self._maps: list[mmap.mmap] = []
         self._umem = self._rx_map = self._fill_map = None
         self._views: dict[str, np.ndarray] = {}
@@ -396,7 +396,7 @@ class AfXdpSource:
         self._fill_prod_idx = frames
         self._attach(ifindex)
         if join:
-            self._join_sock = join_groups(ifindex, self.pairs, WHO)
+            self._join_socks = join_groups(ifindex, self.pairs, WHO)
 
     def _map_ring(self, offsets: tuple[int, int, int], desc_bytes: int, pgoff: int) -> mmap.mmap:
         ring = mmap.mmap(self._sock.fileno(), offsets[2] + desc_bytes, mmap.MAP_SHARED | mmap.MAP_POPULATE,
@@ -557,9 +557,9 @@ class AfXdpSource:
         self._maps.clear()
         unmap(self._umem)
         self._umem = self._rx_map = self._fill_map = None
-        if self._join_sock is not None:
-            self._join_sock.close()
-            self._join_sock = None
+        for sock in self._join_socks:
+            sock.close()
+        self._join_socks = []
 
     def __enter__(self) -> AfXdpSource:
         return self
