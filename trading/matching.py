@@ -682,6 +682,46 @@ def match_commands(start, commands, op, ht, lv, ins, out, scalars):
     return DONE, commands.shape[0]
 
 
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def dump_orders(op, lv, ins, out):
+    """Every live order in a canonical order, one row each, into ``out`` [orders, 10]; returns rows written.
+
+    Per instrument: bids best first, asks best first (each level's queue in time priority), then held
+    stops in trigger priority. Row: instrument, place (0 bid, 1 ask, 2 held), order id, price, leaves,
+    account, side, type, tif, stop price. Two books that dump equal rows hold the same orders in the
+    same priority (the rows' pool positions, which depend on history, are left out).
+    """
+    n = 0
+    for inst in range(ins.shape[0]):
+        start = np.int64(0)
+        count = np.int64(0)
+        for place in range(3):
+            if place < 2:
+                rc = I_BID if place == 0 else I_ASK
+                start = ins[inst, rc]
+                count = ins[inst, rc + 1]
+                levels = count
+            else:
+                levels = 1
+            for j in range(levels):
+                row = lv[start + count - 1 - j, L_HEAD] if place < 2 else ins[inst, I_STOP_HEAD]
+                while row >= 0:
+                    o = out[n]
+                    o[0] = inst
+                    o[1] = place
+                    o[2] = op[row, O_ID]
+                    o[3] = op[row, O_PRICE]
+                    o[4] = op[row, O_LEAVES]
+                    o[5] = op[row, O_ACCOUNT]
+                    o[6] = op[row, O_SIDE]
+                    o[7] = op[row, O_TYPE]
+                    o[8] = op[row, O_TIF]
+                    o[9] = op[row, O_STOP]
+                    n += 1
+                    row = op[row, O_NEXT]
+    return n
+
+
 # -- Python side --------------------------------------------------------------------------------
 
 
@@ -839,6 +879,16 @@ class MatchingEngine:
                           int(o[O_PRICE]), int(o[O_LEAVES])))
             row = int(o[O_NEXT])
         return BookSnapshot(sides[0], sides[1], stops)
+
+    def state_rows(self) -> np.ndarray:
+        """Every live order in canonical order (``dump_orders``), int64 [orders, 10]."""
+        out = np.zeros((self.orders, 10), dtype=np.int64)
+        n = dump_orders(self.op, self.lv, self.ins, out)
+        return out[:n]
+
+    def state_bytes(self) -> bytes:
+        """The books for state hashes: ``state_rows`` and each instrument's last trade price."""
+        return self.state_rows().tobytes() + self.ins[:, I_LAST].tobytes()
 
     def levels(self, instrument: int) -> tuple[list, list]:
         """L2 of the instrument from the kernel's level rows: [(price, open qty, order count)] best first."""
