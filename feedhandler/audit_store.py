@@ -30,7 +30,8 @@ Rules this module keeps:
   engine) writes a schema: ``seq`` is numbered by it.
 
 Counters: batches_in, batches_dropped (queue full, or their rows overflowed), rows_<table> (written),
-writes (transactions), batches_retried, reconnects, rows_dropped (audit rows never written),
+writes (transactions), batches_retried, reconnects, rows_dropped (audit rows never written), client_ids_dropped (not ASCII of at most 32 bytes:
+stored empty),
 batches_failed (refused content), snapshots, pending_rows (built rows waiting for the database).
 """
 from __future__ import annotations
@@ -56,7 +57,7 @@ from publish.postgres_sink import (
     ident_list,
 )
 from publish.timescale import Col, Table, _symbol_text
-from trading.audit import CAT_EVENT_TYPE, AuditKind, AuditTrail, OrderStatus
+from trading.audit import CAT_EVENT_TYPE, CLIENT_ID_BYTES, AuditKind, AuditTrail, OrderStatus
 from trading.orders import Liquidity, OrderSide, OrderType, Reason, TimeInForce
 
 MIGRATION_LOCK = "feedhandler.audit_store.migrate"
@@ -182,7 +183,8 @@ class AuditStore:
 
     Args:
         dsn: libpq connection string or URL.
-        symbols: symbol -> instrument id (the engine's); accounts: account name -> account id.
+        symbols: symbol -> instrument id (the engine's); accounts: account name -> account id, or the
+            names in the engine's order (``Engine`` numbers its accounts 0, 1, ... as given).
         schema: the PostgreSQL schema of the tables (created if missing).
         max_queue: batches waiting for the builder before new ones are dropped.
         max_pending_rows: built rows waiting for the database before the oldest are dropped.
@@ -193,13 +195,16 @@ class AuditStore:
             by (account_id, ts) and orders by (account_id, ts_order) and client_order_id.
     """
 
-    def __init__(self, dsn: str, *, symbols: Mapping[str, int], accounts: Mapping[str, int], schema: str = "public",
+    def __init__(self, dsn: str, *, symbols: Mapping[str, int], accounts: Mapping[str, int] | Sequence[str],
+                 schema: str = "public",
                  max_queue: int = 65_536, max_pending_rows: int = 1 << 21, write_rows: int = 1 << 16,
                  retry_s: float = 0.05, max_retry_s: float = 5.0, connect_timeout: int = 5,
                  query_indexes: bool = True) -> None:
         self.dsn = dsn
         self.schema = schema
         self.symbols = {int(i): s for s, i in symbols.items()}
+        if not isinstance(accounts, Mapping):
+            accounts = {name: i for i, name in enumerate(accounts)}
         self.account_names = {int(i): a for a, i in accounts.items()}
         self.max_pending_rows = max_pending_rows
         self.write_rows = write_rows
@@ -209,6 +214,7 @@ class AuditStore:
         self.query_indexes = query_indexes
         self.counters: dict[str, int] = dict.fromkeys(
             ("batches_in", "batches_dropped", "writes", "batches_retried", "reconnects", "rows_dropped",
+             "client_ids_dropped",
              "batches_failed", "snapshots", "pending_rows", *(f"rows_{t.name}" for t in TABLES)), 0)
         self.last_error: str | None = None
         self.trail = AuditTrail()
@@ -366,11 +372,7 @@ class AuditStore:
             audits, orders = [], []
             for commands, events, client_ids in batch:
                 try:
-                    try:
-                        audit, state = self.trail.build(commands, events, client_ids)
-                    except ValueError as exc:  # bad client ids: audit the batch without them
-                        self.last_error = f"audit: {exc}"
-                        audit, state = self.trail.build(commands, events)
+                    audit, state = self.trail.build(commands, events, self._client_ids(client_ids))
                 except Exception as exc:  # rows that are not COMMAND/ORDER_EVENT: counted, never fatal
                     self.last_error = f"audit: {type(exc).__name__}: {exc}"
                     self.counters["batches_failed"] += 1
@@ -382,6 +384,23 @@ class AuditStore:
                 continue
             work = _Work(audit=np.concatenate(audits), orders=np.concatenate(orders), items=len(batch))
             self._hand_off(work)
+
+    def _client_ids(self, client_ids: list | None) -> list | None:
+        """The batch's client order ids, with the ones the audit cannot keep (over 32 bytes or not
+        ASCII) made empty and counted (``client_ids_dropped``)."""
+        if client_ids is None:
+            return None
+        out = []
+        for c in client_ids:
+            if c is None or c == "":
+                out.append("")
+            elif isinstance(c, str) and c.isascii() and len(c) <= CLIENT_ID_BYTES:
+                out.append(c)
+            else:
+                self.counters["client_ids_dropped"] += 1
+                self.last_error = f"audit: client order id {str(c)[:40]!r} is not ASCII of at most 32 bytes"
+                out.append("")
+        return out
 
     def _hand_off(self, work: _Work) -> None:
         dropped = 0

@@ -377,7 +377,8 @@ def audit_batch(commands, events, cid_in, table, scalars, audit, audit_cid, orde
 def client_id_words(client_ids, n: int) -> np.ndarray:
     """int64 [n, 4]: client order ids (str or bytes, ASCII, at most ``CLIENT_ID_BYTES``) as words.
 
-    ``None`` gives zeros (no ids). Raises ValueError for an id that is too long or not ASCII.
+    ``None`` (for all, or as an entry) gives zeros: no id. Raises ValueError for an id that is too
+    long or not ASCII.
     """
     words = np.zeros((n, _CID_WORDS), dtype=np.int64)
     if client_ids is None:
@@ -387,6 +388,8 @@ def client_id_words(client_ids, n: int) -> np.ndarray:
     if n == 0:
         return words
     ids = np.asarray(client_ids)
+    if ids.dtype == object:
+        ids = np.asarray(["" if c is None else c for c in client_ids])
     if ids.dtype.kind == "U":
         try:
             ids = np.char.encode(ids, "ascii")

@@ -162,7 +162,7 @@ def test_rows_sent_again_are_not_duplicated_and_seq_continues(stores, pg_conn, u
     m = MatchingEngine()
     cmds = commands(new(1, BUY, 10, 100, ts=5), new(2, SELL, 10, 100, account=2, ts=6))
     events = m.submit(cmds)
-    first = stores()
+    first = stores(accounts=["carol", "alice", "bob"])  # names in the engine's order: ids 0, 1, 2
     first(cmds, events, ["p", "q"])
     assert first.flush(10)
     first.close()
@@ -174,8 +174,8 @@ def test_rows_sent_again_are_not_duplicated_and_seq_continues(stores, pg_conn, u
     assert again.counters["rows_audit_events"] == 0 and again.counters["rows_fills"] == 0
     assert q(pg_conn, f'SELECT count(*) FROM "{unique_name}".audit_events') == [(6,)]
     assert q(pg_conn, f'SELECT count(*) FROM "{unique_name}".fills') == [(2,)]
-    assert q(pg_conn, f'SELECT order_id, status FROM "{unique_name}".orders ORDER BY 1') == [(1, "filled"),
-                                                                                              (2, "filled")]
+    assert q(pg_conn, f'SELECT order_id, status, account FROM "{unique_name}".orders ORDER BY 1') == [
+        (1, "filled", "alice"), (2, "filled", "bob")]
 
 
 def test_reconnects_after_the_server_kills_the_connection(stores, pg_conn, unique_name):
@@ -254,12 +254,13 @@ def test_bad_input_is_counted_not_fatal(stores, pg_conn, unique_name):
     store = stores()
     m = MatchingEngine()
     store(np.zeros(3, dtype=np.int64), np.zeros(2, dtype=np.float64))  # not COMMAND / ORDER_EVENT rows
-    submit(store, m, new(1, BUY, 10, 100, ts=1), client_ids=["x" * 40])  # too long: audited without ids
-    submit(store, m, new(2, BUY, 10, 100, ts=2), client_ids=["ok"])
+    submit(store, m, new(1, BUY, 10, 100, ts=1), new(2, BUY, 10, 100, ts=1), client_ids=["x" * 40, "ok"])
+    submit(store, m, new(3, BUY, 10, 100, ts=2), new(4, BUY, 10, 100, ts=2), client_ids=[None, "café"])
     assert store.flush(10)
-    assert store.counters["batches_failed"] == 1
+    assert store.counters["batches_failed"] == 1 and store.counters["client_ids_dropped"] == 2
     assert store.last_error is not None and "32 bytes" in store.last_error
-    assert q(pg_conn, f'SELECT order_id, client_order_id FROM "{unique_name}".orders ORDER BY 1') == [(1, ""), (2, "ok")]
+    assert q(pg_conn, f'SELECT order_id, client_order_id FROM "{unique_name}".orders ORDER BY 1') == [
+        (1, ""), (2, "ok"), (3, ""), (4, "")]
 
 
 def test_batches_before_open_or_after_close_are_dropped_and_counted(pg_dsn, stores):

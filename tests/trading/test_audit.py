@@ -249,6 +249,7 @@ def test_client_ids_are_checked():
         client_id_words(["x" * (CLIENT_ID_BYTES + 1)], 1)
     with pytest.raises(ValueError, match="ASCII"):
         client_id_words(["café"], 1)
+    assert client_id_words([None, "c"], 2).view(f"S{CLIENT_ID_BYTES}")[:, 0].tolist() == [b"", b"c"]
     with pytest.raises(ValueError, match="2 entries for 1"):
         client_id_words(["a", "b"], 1)
 
