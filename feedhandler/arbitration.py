@@ -575,6 +575,7 @@ class Arbiter:
         self._silent = [False] * N_LINES
         self._silent_from = [0] * N_LINES  # last packet time of a silent line (or the first time seen)
         self._first_ts: int | None = None
+        self._next_silence_check = 0
         self.requests = 0
         self.requested_messages = 0
         self.holes = 0  # holes re-requested (lost on every live line, or waited for too long)
@@ -597,11 +598,11 @@ class Arbiter:
         if not 0 <= line < N_LINES or (line == LINE_B and self.lines == 1):
             raise ValueError(f"no line {line} on this arbiter")
         n = len(batch.offset)
-        if now is None:
-            now = int(batch.ts_recv.max()) if n else (self._first_ts or 0)
+        if now is None:  # the last packet's receive time (a batch is in arrival order)
+            now = int(batch.ts_recv[n - 1]) if n else (self._first_ts or 0)
         if n and self._first_ts is None:
             self._first_ts = now
-        payload = int(batch.length.sum()) if n else 0
+        payload = int(batch.length[0]) if n == 1 else int(batch.length.sum()) if n else 0
         self._reset_outputs(payload // 2 + 1, payload)
         offset = batch.offset if batch.offset.dtype == np.int64 else batch.offset.astype(np.int64)
         start = 0
@@ -682,8 +683,9 @@ class Arbiter:
 
     def _reset_outputs(self, messages: int, payload_bytes: int) -> None:
         scal = self._scal
-        frames = messages + int(scal[S_HELD_TOTAL])
-        size = payload_bytes + int(scal[S_ARENA_USED])
+        held, used = scal[S_HELD_TOTAL], scal[S_ARENA_USED]
+        frames = messages + int(held) if held else messages
+        size = payload_bytes + int(used) if used else payload_bytes
         if frames > self._frames.shape[0]:
             self._frames = np.zeros(max(frames, 2 * self._frames.shape[0]), FRAME_DTYPE)
         if frames + len(self.sessions) + 1 > self._events.shape[0]:
@@ -697,7 +699,7 @@ class Arbiter:
 
     def _outputs(self) -> tuple[np.ndarray, np.ndarray]:
         scal = self._scal
-        for row in self._events[: scal[S_OUT_EVENTS]]:
+        for row in self._events[: scal[S_OUT_EVENTS]] if scal[S_OUT_EVENTS] else ():
             s = int(row[EV_SESSION])
             self.events.append(GapGivenUp(self.sessions[s], int(row[EV_FIRST]), int(row[EV_END]) - 1,
                                           int(row[EV_TS]), GiveUpReason(int(row[EV_REASON]))))
@@ -743,8 +745,9 @@ class Arbiter:
         self.request(self._session_names[s], e, count)
 
     def _check_silence(self, now: int) -> None:
-        if self.lines < 2 or self._first_ts is None:
+        if self.lines < 2 or self._first_ts is None or now < self._next_silence_check:
             return
+        self._next_silence_check = now + self.silent_ns // 16  # often enough; not on every batch
         last = self._lc[: self.lines, LC_LAST_TS]
         for line in range(self.lines):
             seen = int(last[line]) if last[line] >= 0 else self._first_ts
