@@ -104,9 +104,13 @@ def possible_cpus() -> int:
     return count
 
 
+class VerifierError(OSError):
+    """The verifier rejected a program; the text ends with its reason."""
+
+
 def prog_load(prog_type: int, insns: bytes, name: str = "", license: str = "GPL") -> int:
-    """Load a program; return its fd. A verifier rejection raises OSError whose text is the
-    verifier's last log line (e.g. 'invalid access to packet, off=12 size=2, R2(id=0,off=12,r=0)')."""
+    """Load a program; return its fd. A verifier rejection raises VerifierError whose text ends with
+    the verifier's last log line (e.g. 'R2 offset is outside of the packet')."""
     code = ctypes.create_string_buffer(insns, len(insns))
     lic = ctypes.create_string_buffer(license.encode())
     log = ctypes.create_string_buffer(_LOG_SIZE)
@@ -121,7 +125,7 @@ def prog_load(prog_type: int, insns: bytes, name: str = "", license: str = "GPL"
         # the verifier ends with a summary line ("processed N insns ..."); the reason is just before
         reasons = [line for line in lines if not line.startswith(("processed ", "verification time"))]
         if reasons:
-            raise OSError(exc.errno, f"{exc.strerror}: verifier: {reasons[-1].strip()}") from None
+            raise VerifierError(exc.errno, f"{exc.strerror}: verifier: {reasons[-1].strip()}") from None
         raise
 
 

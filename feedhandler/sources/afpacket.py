@@ -150,7 +150,8 @@ def unmap(mapping: mmap.mmap | None) -> None:
 def kernel_refusal(who: str, what: str, exc: OSError, needs: str = "") -> SourceError:
     """SourceError('AF_XDP: kernel refused to load the XDP program: Operation not permitted (needs ...)')."""
     reason = exc.strerror or str(exc)
-    hint = f" (needs {needs})" if needs and exc.errno in (errno.EPERM, errno.EACCES) else ""
+    privilege = exc.errno in (errno.EPERM, errno.EACCES) and not isinstance(exc, _bpf.VerifierError)
+    hint = f" (needs {needs})" if needs and privilege else ""
     return SourceError(f"{who}: kernel refused to {what}: {reason}{hint}")
 
 

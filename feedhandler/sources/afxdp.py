@@ -327,7 +327,7 @@ class AfXdpSource:
                               "and max_packets positive")
         self._frames, self._frame_size = int(frames), int(frame_size)
         self._fds: list[int] = []  # maps and program, closed last
-        self._link_fd = -1
+        self._link_fd = self._feeds_fd = self._xsks_fd = self._counters_fd = self._prog_fd = -1
         self._sock: socket.socket | None = None
         self._join_socks: list[socket.socket] = []
         self._maps: list[mmap.mmap] = []
@@ -439,6 +439,9 @@ class AfXdpSource:
         if _libc.bind(self._sock.fileno(), addr, 16) != 0:
             err = ctypes.get_errno()
             exc = OSError(err, os.strerror(err))
+            if err == errno.EBUSY:
+                raise SourceError(f"{WHO}: kernel refused to bind to {self.iface} queue {self.queue}: another "
+                                  "AF_XDP socket is bound to that queue")
             if err == errno.EINVAL:
                 raise SourceError(f"{WHO}: kernel refused to bind to {self.iface} queue {self.queue}: "
                                   f"{exc.strerror} (does the queue exist? `ethtool -l {self.iface}`)")
@@ -498,7 +501,7 @@ class AfXdpSource:
         self._xdp_stats = struct.unpack_from(f"={len(raw) // 8}Q", raw) + (0,) * (6 - len(raw) // 8)
 
     def _other_queue(self) -> int:
-        if self._sock is None:
+        if self._sock is None or self._counters_fd < 0:
             return self._other_queue_last
         cpus = _bpf.possible_cpus()
         raw = _bpf.map_lookup(self._counters_fd, struct.pack("=I", 0), 8 * cpus)
@@ -544,7 +547,7 @@ class AfXdpSource:
                 pass
         if self._link_fd >= 0:
             os.close(self._link_fd)  # detaches the program: the feed goes back to the stack
-            self._link_fd = -1
+            self._link_fd = self._feeds_fd = self._xsks_fd = self._counters_fd = self._prog_fd = -1
         if self._sock is not None:
             self._sock.close()  # also takes the socket out of the XSKMAP and releases the UMEM
             self._sock = None
