@@ -115,6 +115,7 @@ class Portfolio:
         self.margin = np.zeros(self.accounts, dtype=np.bool_)
         self.unsettled = np.zeros(self.accounts, dtype=np.int64)
         self.fills_applied = np.zeros(1, dtype=np.int64)  # lets the risk gate notice fills it did not see
+        self.marks_set = np.zeros(1, dtype=np.int64)  # counts set_marks calls: the risk gate revalues on change
 
     # -- updates ----------------------------------------------------------------------------------
 
@@ -143,6 +144,7 @@ class Portfolio:
         if len(ids) and (ids.min() < 0 or ids.max() >= self.instruments):
             raise ValueError(f"set_marks: instrument ids must be in 0..{self.instruments - 1}")
         _set_marks(self.mark, ids, px)
+        self.marks_set[0] += 1
 
     # -- views ------------------------------------------------------------------------------------
 
