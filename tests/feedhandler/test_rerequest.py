@@ -31,6 +31,14 @@ def _read_all(client: RerequestClient, want: int, timeout: float = 5.0) -> list[
     return got
 
 
+def _settled(server: RerequestServer, answered: int) -> dict:
+    """The server's counters once it has counted ``answered`` answers (it counts after sending)."""
+    deadline = time.monotonic() + 5
+    while server.stats()["answered"] < answered and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return server.stats()
+
+
 def _messages(packet: bytes) -> tuple[int, list[bytes]]:
     _, seq, count = struct.unpack(">10sQH", packet[:20])
     pos, out = 20, []
@@ -52,7 +60,7 @@ def test_server_answers_requests_with_the_capture_bytes(session_pcap):
         by_seq = dict(_messages(a) for a in answers)
         assert by_seq[1000] == [session.message(999 + k) for k in range(5)]
         assert by_seq[4990] == [session.message(4989 + k) for k in range(11)]  # to the capture's end
-        st = server.stats()
+        st = _settled(server, 2)
         assert st == {"requests": 2, "answered": 2, "unanswered": 0, "bad_requests": 0, "messages_sent": 16,
                       "bytes_sent": sum(len(a) for a in answers)}
         assert client.stats()["requests"] == 2 and client.stats()["packets"] == 2
@@ -78,7 +86,7 @@ def test_an_answer_is_one_mtu_bounded_packet(session_pcap):
         assert len(answers) == 1 and len(answers[0]) <= 600
         seq, msgs = _messages(answers[0])
         assert seq == 1 and 5 < len(msgs) < 1000
-        assert server.stats()["messages_sent"] == len(msgs)
+        assert _settled(server, 1)["messages_sent"] == len(msgs)
 
 
 def test_bad_and_unanswerable_requests_are_counted(session_pcap):
@@ -93,7 +101,7 @@ def test_bad_and_unanswerable_requests_are_counted(session_pcap):
         client.request("RRTEST", 10, 1)  # a good one, answered after the others
         assert len(_read_all(client, 1)) == 1
         assert client.read(timeout=0.2).payloads() == []
-        st = server.stats()
+        st = _settled(server, 1)
         assert (st["bad_requests"], st["requests"], st["unanswered"], st["answered"]) == (2, 3, 2, 1)
 
 
@@ -164,4 +172,4 @@ def test_arbiter_recovers_a_gap_through_the_server(session_pcap):
         assert msgs == [session.message(i) for i in range(len(session))]
         st = arbiter.stats()
         assert st["recovered"] > 0 and st["given_up"] == 0
-        assert server.stats()["answered"] == st["requests"] == client.stats()["requests"]
+        assert _settled(server, st["requests"])["answered"] == st["requests"] == client.stats()["requests"]
