@@ -1,4 +1,8 @@
-"""MoldUDP64 request packets and answers built from a capture, checked from bytes."""
+"""captures/rerequest.py: MoldUDP64 request packets and answers built from a capture, checked from bytes.
+
+(Not test_rerequest.py: tests/feedhandler/test_rerequest.py has that basename and the test folders are
+not packages, so pytest cannot collect two modules of one name.)
+"""
 import struct
 
 import numpy as np
