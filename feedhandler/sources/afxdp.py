@@ -108,7 +108,7 @@ HELPER_KTIME_GET_TAI_NS = 208
 XDP_MD_DATA, XDP_MD_DATA_END, XDP_MD_DATA_META, XDP_MD_RX_QUEUE = 0, 4, 8, 16
 
 META_TS_BYTES = 8  # the receive time the program writes in front of the packet
-DEFAULT_FRAMES = 4096  # UMEM frames (= fill and RX ring entries)
+DEFAULT_FRAMES = 16384  # UMEM frames (= fill and RX ring entries): 32 MiB, 16k packets of slack
 DEFAULT_FRAME_SIZE = 2048  # a feed packet fits in an MTU; the kernel's 256-byte headroom comes off it
 DEFAULT_BATCH = 4096
 COMPLETION_RING = 64  # required by bind even though we never transmit
@@ -217,12 +217,12 @@ def redirect_program(feeds_fd: int, xsks_fd: int, counters_fd: int) -> bytes:
 # --- the receive kernel -----------------------------------------------------------------------------
 
 @nb.njit(cache=True, nogil=True)
-def _receive(umem, rx_desc, rx_mask, rx_cons, k, fill, fill_mask, fill_prod, frame_mask, tai_offset, now_ns,
+def _receive(umem, umem64, rx_desc, rx_mask, rx_cons, k, fill, fill_mask, fill_prod, frame_mask, tai_offset, now_ns,
              data, offset, length, ts_recv, group, port, counters):
     """Copy the payloads of ``k`` RX descriptors into the batch arrays and refill their frames.
 
     Args:
-        umem: the packet memory, uint8.
+        umem, umem64: the packet memory, as uint8 and as uint64.
         rx_desc: the RX ring's descriptors as uint64 pairs (addr; len | options << 32).
         rx_mask, rx_cons: ring size - 1 and our consumer index (free-running u32).
         k: descriptors available.
@@ -255,11 +255,10 @@ def _receive(umem, rx_desc, rx_mask, rx_cons, k, fill, fill_mask, fill_prod, fra
             offset[n] = used
             length[n] = plen
             ts = np.int64(0)
-            meta = addr - 8
-            if meta >= frame:
-                for b in range(8):
-                    ts |= np.int64(umem[meta + b]) << (8 * b)
-                    umem[meta + b] = 0  # a frame whose next packet carries no time must read 0
+            meta = addr - META_TS_BYTES
+            if meta >= frame and meta % 8 == 0:  # the kernel puts data 8-aligned (256 bytes in)
+                ts = np.int64(umem64[meta >> 3])
+                umem64[meta >> 3] = 0  # a frame whose next packet carries no time must read 0
             if ts == 0:
                 counters[C_NO_TS] += 1
                 ts_recv[n] = now_ns
@@ -364,6 +363,7 @@ class AfXdpSource:
             raise kernel_refusal(WHO, f"allocate {frames * self._frame_size} bytes of UMEM", exc) from None
         umem = np.frombuffer(self._umem, dtype=np.uint8)
         self._views["umem"] = umem
+        self._views["umem64"] = umem.view(np.uint64)
         try:
             sock.setsockopt(SOL_XDP, XDP_UMEM_REG, struct.pack("=QQIIII", umem.ctypes.data, len(umem),
                                                               self._frame_size, 0, 0, 0))
@@ -481,7 +481,7 @@ class AfXdpSource:
                 return empty_batch()
         v, b = self._views, self._buffers
         consumed, n, used = _receive(
-            v["umem"], v["rx_desc"], self._frames - 1, self._rx_cons_idx, min(avail, n_max), v["fill"],
+            v["umem"], v["umem64"], v["rx_desc"], self._frames - 1, self._rx_cons_idx, min(avail, n_max), v["fill"],
             self._frames - 1, self._fill_prod_idx, self._frame_size - 1, self._tai_offset, time.time_ns(),
             b.data, b.offset, b.length, b.ts_recv, b.group, b.port, self._counters)
         # publish: frames back to the kernel first, then the RX slots they came from
