@@ -148,6 +148,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--linger", type=float, default=0.0, metavar="SECONDS",
                    help="with --rerequest-port: keep answering this long after the last packet (default 0)")
     p.set_defaults(run=_run_send)
+
+    p = verbs.add_parser(
+        "live", help="receive a feed live (lines A/B, recovery), build books, publish, serve counters",
+        description="Receive one feed partition live: line A (and B) from multicast sockets, AF_PACKET, AF_XDP or a "
+        "shared-memory ring, arbitrated with MoldUDP64 re-requests, decoded into books and published to the "
+        "configured sinks. Counters: /metrics (Prometheus) and /status (JSON) on the metrics port, and "
+        "`feedhandler status`. SIGINT/SIGTERM stop it: the sinks drain within --drain and the counts are printed.",
+        epilog="example: feedhandler live --group 239.1.1.1:26400 --b-group 239.1.1.2:26400 --iface eth1 "
+        "--rerequest 10.0.0.5:26500 --redis redis://127.0.0.1:6379/0",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="PATH", help="feedhandler.toml with [live], [live.lines.A/B] and [sinks.*] "
+                   "(default ./feedhandler.toml if present)")
+    p.add_argument("--venue", choices=sorted(VENUES_BY_NAME), help="venue of the feed (default nasdaq)")
+    p.add_argument("--group", metavar="G:P", help="line A multicast group and port, e.g. 239.1.1.1:26400")
+    p.add_argument("--b-group", metavar="G:P", help="line B multicast group and port")
+    p.add_argument("--iface", metavar="IF", help="interface the lines arrive on")
+    p.add_argument("--source", choices=["socket", "afpacket", "afxdp", "shm"], help="packet source (default socket)")
+    p.add_argument("--shm-path", metavar="PATH", help="with --source shm: the ring file (e.g. /dev/shm/feed)")
+    p.add_argument("--rerequest", metavar="HOST:PORT", help="the venue's MoldUDP64 re-request server")
+    p.add_argument("--redis", metavar="URL", help="publish to Redis, e.g. redis://127.0.0.1:6379/0")
+    p.add_argument("--timescale", metavar="DSN", help="write to TimescaleDB/PostgreSQL")
+    p.add_argument("--ws", metavar="HOST:PORT", help="serve a WebSocket feed, e.g. 127.0.0.1:8765")
+    p.add_argument("--metrics-port", type=int, metavar="N", help="port of /metrics and /status (default 9108; 0: any)")
+    p.add_argument("--date", type=_date, help="session date YYYY-MM-DD (default: from the first packet's time)")
+    p.add_argument("--depth", type=_depth, help="levels per side of the published depth (default 10)")
+    p.add_argument("--conflate", metavar="DURATION", help="BBO/L2 conflation window: 0 (default), 500us, 1ms ...")
+    p.add_argument("--expect-from", type=_positive_int, metavar="SEQ",
+                   help="first sequence of the session (1: recover from the start when joining late)")
+    p.add_argument("--netns", metavar="NAME", help="open the feed's sockets in this network namespace (ip netns)")
+    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long (default: at a signal)")
+    p.add_argument("--drain", metavar="DURATION", help="on stop, wait this long for the sinks to drain (default 5s)")
+    p.add_argument("--status-file", metavar="PATH", help="also write the status JSON there at every snapshot")
+    p.add_argument("--busy-poll", action="store_true", help="spin on the sources instead of sleeping (one core)")
+    p.add_argument("--json", action="store_true", help="print the final counters as one JSON object")
+    p.set_defaults(run=_run_live)
+
+    p = verbs.add_parser(
+        "status", help="print the counters of a running `feedhandler live`",
+        description="Read /status of a running live handler (or its status file) and print its counters per line, "
+        "recovery, books, latency and sinks.",
+        epilog="example: feedhandler status --url http://127.0.0.1:9108",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", default="http://127.0.0.1:9108", help="the handler's metrics endpoint (default "
+                   "http://127.0.0.1:9108)")
+    p.add_argument("--file", metavar="PATH", help="read this status file instead of the URL")
+    p.add_argument("--json", action="store_true", help="print the status as one JSON object")
+    p.set_defaults(run=_run_status)
     return parser
 
 
@@ -275,6 +322,52 @@ def _run_send(args) -> int:
         raise UserError(str(exc)) from None
     print(summary.as_text())
     return 130 if summary.interrupted else 0
+
+
+def _run_live(args) -> int:
+    from feedhandler.live import LiveError, run_live
+    from feedhandler.live_config import live_config
+    from feedhandler.metrics import format_status
+    from feedhandler.sinks import ConfigError, load_config
+
+    overrides = {"venue": args.venue, "group": args.group, "b_group": args.b_group, "iface": args.iface,
+                 "source": args.source, "shm_path": args.shm_path, "rerequest": args.rerequest, "redis": args.redis,
+                 "timescale": args.timescale, "ws": args.ws, "metrics_port": args.metrics_port,
+                 "date": args.date.isoformat() if args.date else None, "depth": args.depth, "conflate": args.conflate,
+                 "expect_from": args.expect_from, "netns": args.netns, "drain": args.drain,
+                 "status_file": args.status_file, "busy_poll": True if args.busy_poll else None}
+    try:
+        cfg = live_config(load_config(args.config), overrides)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+
+    def ready(handler) -> None:
+        where = f", counters at {handler.metrics.url}/metrics" if handler.metrics is not None else ""
+        lines = ", ".join(f"{ln.name} {ln.address}" for ln in cfg.lines)
+        print(f"feedhandler live: {cfg.venue} lines {lines} ({cfg.source}){where}", file=sys.stderr, flush=True)
+
+    stop = threading.Event()
+    with _stop_on_signals(stop):
+        try:
+            final = run_live(cfg, stop, duration_s=args.duration, on_ready=ready)
+        except LiveError as exc:
+            raise UserError(str(exc)) from None
+    if args.json:
+        print(json.dumps(final, separators=(",", ":")))
+    else:
+        print(format_status(final))
+    return 0
+
+
+def _run_status(args) -> int:
+    from feedhandler.metrics import MetricsError, fetch_status, format_status, read_status_file
+
+    try:
+        snap = read_status_file(args.file) if args.file else fetch_status(args.url)
+    except MetricsError as exc:
+        raise UserError(str(exc)) from None
+    print(json.dumps(snap, separators=(",", ":")) if args.json else format_status(snap))
+    return 0
 
 
 def _print_summary(s: ReplaySummary, as_json: bool) -> None:
