@@ -42,7 +42,8 @@ def xdp_of(pair) -> str:
 
 # --- the same packets as the socket layer -----------------------------------------------------------
 
-def test_same_packets_as_socket_source_with_kernel_side_times(netns_pair):
+@pytest.mark.parametrize("mode", ["generic", "native"])  # veth has a driver-mode XDP too (copy mode)
+def test_same_packets_as_socket_source_with_kernel_side_times(netns_pair, mode):
     pair = netns_pair
     packets, messages = mold_payloads(messages=6000, seed=31, max_payload=900)
     with pair.entered("a"):
@@ -54,8 +55,9 @@ def test_same_packets_as_socket_source_with_kernel_side_times(netns_pair):
         send_payloads(sender, packets, GROUP, PORT)
         ref, ref_ts, ref_groups, ref_ports = drain(sock, len(packets))
     with pair.entered("b"):
-        xsk = AfXdpSource(pair.veths["b"], 0, [(GROUP, PORT)])
+        xsk = AfXdpSource(pair.veths["b"], 0, [(GROUP, PORT)], mode=mode)
     with xsk, sender:
+        assert ("xdpgeneric" if mode == "generic" else "xdp ") in xdp_of(pair)
         t_before = time.time_ns()
         send_payloads(sender, packets, GROUP, PORT)
         t_after = time.time_ns()
@@ -70,7 +72,7 @@ def test_same_packets_as_socket_source_with_kernel_side_times(netns_pair):
     assert stats["no_kernel_ts"] == 0
     assert stats["packets"] == len(packets) and stats["bytes"] == sum(map(len, packets))
     assert stats["kernel_drops"] == 0 and stats["other_queue"] == 0 and stats["not_udp"] == 0
-    assert stats["mode"] == "generic" and stats["zero_copy"] is False
+    assert stats["mode"] == mode and stats["zero_copy"] is False
     data = np.frombuffer(b"".join(got), np.uint8)
     lengths = np.array([len(p) for p in got], np.int64)
     tracker = MoldSessionTracker()
