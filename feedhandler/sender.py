@@ -18,6 +18,9 @@ Rules this module keeps:
 """
 from __future__ import annotations
 
+import ctypes
+import errno
+import os
 import signal
 import socket
 import struct
@@ -32,11 +35,27 @@ from captures.rerequest import BINARYFILE_MOLD_SESSION, DEFAULT_MAX_PAYLOAD, Mes
 from feedhandler.pacing import parse_speed
 from feedhandler.rerequest import RerequestServer
 from feedhandler.sources.base import SourceError, parse_group_port
+from feedhandler.sources.socket_source import IOVEC_DTYPE, MMSGHDR_DTYPE
 from parsers.moldudp64 import MOLD_END_OF_SESSION_COUNT, MOLD_HEADER_LEN, pack_messages, plan_packets, session_bytes
 
 ITCH_TIMESTAMP_OFFSET = 5  # ITCH 5.0: type(1) locate(2) tracking(2), then a 6-byte timestamp
 _BURST_CHECK = 4096  # packets sent between looks at the stop flag when nothing has to wait
 _MAX_SLEEP_S = 0.05  # sleep in short steps so a stop is noticed
+_SENDMMSG_MAX = 1024  # datagrams per sendmmsg call (the kernel's UIO_MAXIOV)
+_TRANSIENT = (errno.ENOBUFS, errno.EAGAIN)  # a full queue: count the datagram as not sent and go on
+
+
+def _load_sendmmsg():
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sendmmsg
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SENDMMSG = _load_sendmmsg()
 
 
 class SendError(Exception):
@@ -159,10 +178,13 @@ class Sender:
         seed: seed of the drops.
         iface: send out of this interface (None: as routing says).
         ttl: multicast TTL.
+        batched: one sendmmsg call per burst (up to 1024 datagrams) where libc has it; False (or no
+            sendmmsg): one sendto per datagram.
     """
 
     def __init__(self, packets: CapturePackets, lines: list[tuple[str, int]], speed: float | None = 1.0,
-                 drop_rate: float = 0.0, seed: int = 1, iface: str | None = None, ttl: int = 1) -> None:
+                 drop_rate: float = 0.0, seed: int = 1, iface: str | None = None, ttl: int = 1,
+                 batched: bool = True) -> None:
         if not 1 <= len(lines) <= 2:
             raise SendError("one or two lines (A, B)")
         if not 0.0 <= drop_rate < 1.0:
@@ -178,6 +200,7 @@ class Sender:
         self.drops = [rng.random(len(packets)) < drop_rate for _ in lines]  # drawn per line: independent
         self.iface = iface
         self.ttl = ttl
+        self.batched = batched and _SENDMMSG is not None
 
     def run(self, stop: threading.Event | None = None, name: str = "") -> SendSummary:
         """Send every packet (or until ``stop`` is set or Ctrl-C); return what was sent and dropped."""
@@ -192,11 +215,8 @@ class Sender:
             for sock in socks:
                 sock.close()
             raise
-        counts = list(summary.lines.values())
-        view = memoryview(pk.buf)
-        starts = pk.offset.tolist()
-        ends = (pk.offset + pk.length).tolist()
-        keep = [(~d).tolist() for d in self.drops]
+        writers = [_LineWriter(sock, dest, pk, ~drops, count, self.batched)
+                   for sock, dest, drops, count in zip(socks, self.lines, self.drops, summary.lines.values())]
         n = len(pk)
         due = np.zeros(n, np.float64)
         if self.speed is not None and n:
@@ -217,17 +237,8 @@ class Sender:
                         time.sleep(min((due[i] - elapsed) / 1e9, _MAX_SLEEP_S))
                         continue
                     j = min(j, i + _BURST_CHECK)
-                for k in range(i, j):
-                    payload = view[starts[k] : ends[k]]
-                    for line, sock in enumerate(socks):
-                        if keep[line][k]:
-                            try:
-                                sock.sendto(payload, self.lines[line])
-                                counts[line].sent += 1
-                            except OSError:
-                                counts[line].send_errors += 1
-                        else:
-                            counts[line].dropped += 1
+                for writer in writers:  # the burst on A, then the same burst on B
+                    writer.send(i, j)
                 i = j
         except KeyboardInterrupt:
             summary.interrupted = True
@@ -236,6 +247,73 @@ class Sender:
                 sock.close()
         summary.seconds = (time.monotonic_ns() - started) / 1e9
         return summary
+
+
+class _LineWriter:
+    """Sends packets [i, j) of a capture, those this line keeps, to one group, counting into ``counts``.
+
+    The sendmmsg path fills preallocated ``mmsghdr``/``iovec`` arrays pointing straight into the
+    capture buffer (no copy, no Python object per datagram) and sends a burst per call.
+    """
+
+    def __init__(self, sock: socket.socket, dest: tuple[str, int], packets: CapturePackets, keep: np.ndarray,
+                 counts: "LineCounts", batched: bool) -> None:
+        self.sock = sock
+        self.dest = dest
+        self.packets = packets
+        self.keep = keep
+        self.counts = counts
+        self.batched = batched
+        if batched:
+            self._addr = ctypes.create_string_buffer(
+                struct.pack("<H", socket.AF_INET) + struct.pack(">H", dest[1]) + socket.inet_aton(dest[0]) + bytes(8))
+            self._hdr = np.zeros(_SENDMMSG_MAX, MMSGHDR_DTYPE)
+            self._iov = np.zeros(_SENDMMSG_MAX, IOVEC_DTYPE)
+            self._hdr["name"] = ctypes.addressof(self._addr)
+            self._hdr["namelen"] = 16
+            self._hdr["iov"] = self._iov.ctypes.data + IOVEC_DTYPE.itemsize * np.arange(_SENDMMSG_MAX, dtype=np.uint64)
+            self._hdr["iovlen"] = 1
+            self._base = packets.buf.ctypes.data
+        else:
+            self._view = memoryview(packets.buf)
+
+    def send(self, i: int, j: int) -> None:
+        wanted = np.flatnonzero(self.keep[i:j]) + i
+        self.counts.dropped += (j - i) - len(wanted)
+        if self.batched:
+            for k in range(0, len(wanted), _SENDMMSG_MAX):
+                self._send_many(wanted[k : k + _SENDMMSG_MAX])
+            return
+        offsets = self.packets.offset[wanted].tolist()
+        ends = (self.packets.offset[wanted] + self.packets.length[wanted]).tolist()
+        for start, end in zip(offsets, ends):
+            try:
+                self.sock.sendto(self._view[start:end], self.dest)
+                self.counts.sent += 1
+            except OSError as exc:
+                self.counts.send_errors += 1
+                if exc.errno not in _TRANSIENT:
+                    raise SendError(f"sending to {self.dest[0]}:{self.dest[1]}: {exc.strerror}") from None
+
+    def _send_many(self, idx: np.ndarray) -> None:
+        n = len(idx)
+        self._iov["base"][:n] = self._base + self.packets.offset[idx].astype(np.uint64)
+        self._iov["len"][:n] = self.packets.length[idx]
+        done = 0
+        fd = self.sock.fileno()
+        while done < n:
+            sent = _SENDMMSG(fd, self._hdr.ctypes.data + done * MMSGHDR_DTYPE.itemsize, n - done, 0)
+            if sent < 0:
+                err = ctypes.get_errno()
+                if err == errno.EINTR:
+                    continue
+                self.counts.send_errors += 1  # the first datagram was refused (ENOBUFS, ...): skip it
+                done += 1
+                if err not in _TRANSIENT:
+                    raise SendError(f"sending to {self.dest[0]}:{self.dest[1]}: {os.strerror(err)}")
+                continue
+            self.counts.sent += sent
+            done += sent
 
 
 def send_capture(path, group: str, b_group: str | None = None, speed: str = "1", drop_rate: float = 0.0,

@@ -110,12 +110,13 @@ def test_a_binaryfile_is_packed_into_moldudp64_with_an_end_of_session(day):
     assert packets.ts[0] >= session.ts_event[0] - midnight - 5 * 3600 * 10**9 and (np.diff(packets.ts) >= 0).all()
 
 
-def test_two_lines_on_loopback_with_independent_seeded_drops(day):
+@pytest.mark.parametrize("batched", [True, False], ids=["sendmmsg", "sendto"])
+def test_two_lines_on_loopback_with_independent_seeded_drops(day, batched):
     _, pcap, _ = day
     packets = capture_packets(open_capture(pcap))
     lines = [_group(), _group()]
     socks = [_receiver(g, p) for g, p in lines]
-    sender = Sender(packets, lines, speed=None, drop_rate=0.05, seed=7, iface="lo")
+    sender = Sender(packets, lines, speed=None, drop_rate=0.05, seed=7, iface="lo", batched=batched)
     done = threading.Event()
     result = {}
 
@@ -202,6 +203,15 @@ def test_cli_errors_are_one_line(day, capsys, argv, message):
     assert main(["send", str(pcap), *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("feedhandler: error: ") and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["sendmmsg", "sendto"])
+def test_a_network_error_stops_the_send_with_one_line(netns_pair, day, batched):
+    _, pcap, _ = day
+    packets = capture_packets(open_capture(pcap))
+    with netns_pair.entered("a"):  # no default route there
+        with pytest.raises(SendError, match=r"^sending to 192.0.2.99:9: Network is unreachable$"):
+            Sender(packets, [("192.0.2.99", 9)], speed=None, batched=batched).run()
 
 
 def test_cli_missing_capture_and_port_in_use(tmp_path, day, capsys):
