@@ -10,8 +10,9 @@ Rules this module keeps:
   (``speed`` None: as fast as the socket takes them). A BinaryFILE has no receive times: its ITCH
   timestamps (ns since midnight) pace it. Packets due together leave in one burst, and the sender
   sleeps only until the next one is due.
-- Line B gets every packet too, right after line A, from its own socket; induced drops are drawn per
-  line, independently, from one seeded generator, so a seed gives the same losses every run.
+- Line B gets every packet too, from its own socket: each burst goes to A, then to B, in one sendmmsg
+  call per line (sendto per datagram where libc has no sendmmsg). Induced drops are drawn per line,
+  independently, from one seeded generator, so a seed gives the same losses every run.
 - With ``rerequest_port`` a ``RerequestServer`` answers MoldUDP64 re-requests for the capture on
   127.0.0.1 while sending (and ``linger`` seconds after).
 - Problems the user can fix raise ``SendError`` with one line.
