@@ -30,7 +30,8 @@ already applied to the rest of the queue, leave it alone. That is how consumed l
 
 Which levels are mirrored (the *window* of a side): the top ``depth`` levels, extended to cover every
 user order resting on that side, the best user price on the other side (so a resting user is never
-crossed by levels we do not mirror), the limit prices of incoming orders on the other side and the
+crossed by levels we do not mirror), the limit prices of incoming orders (on both sides: an order
+joins behind the size displayed at its price, and may take from the other side down to it) and the
 size of incoming market orders. Mirror orders outside the window are removed.
 
 When instruments are synced: an instrument is *active* once a user command named it. Before a batch
@@ -392,11 +393,17 @@ def _mirror_level(op, lv, pos):
     return m, tail
 
 
+# Passes of a reconcile: every shrink first (they trade nothing), then every growth of a tail mirror order
+# (a MODIFY: the book was uncrossed and keeps its prices, so it trades nothing either and no order it
+# names can be gone), then every new mirror order (these may cross a resting user: that is the point).
+_SHRINK, _GROW, _NEW_PASS = 0, 1, 2
+
+
 @nb.njit(cache=True, nogil=True, _nrt=False)
-def _level_commands(op, lv, pos, target, mirror, tail, add_pass, ts, inst, s, price, out, scalars):
+def _level_commands(op, lv, pos, target, mirror, tail, pass_, ts, inst, s, price, out, scalars):
     """Commands that bring the mirror shares at one level from ``mirror`` to ``target``; False if out is full."""
     side = _O_BUY if s == 0 else _O_SELL
-    if not add_pass and target < mirror:
+    if pass_ == _SHRINK and target < mirror:
         excess = mirror - target
         row = lv[pos, mt.L_TAIL]
         while row >= 0 and excess > 0:
@@ -413,20 +420,22 @@ def _level_commands(op, lv, pos, target, mirror, tail, add_pass, ts, inst, s, pr
                 if not ok:
                     return False
             row = prv
-    elif add_pass and target > mirror:
+    elif pass_ != _SHRINK and target > mirror:
         add = target - mirror
-        if tail >= 0 and op[tail, mt.O_LEAVES] + add <= _U4_MAX:
+        grow = tail >= 0 and op[tail, mt.O_LEAVES] + add <= _U4_MAX
+        if pass_ == _GROW and grow:
             return _cmd(out, scalars, ts, _C_MODIFY, op[tail, mt.O_ID], inst, side, _T_LIMIT, _GTC, _UNDEF,
                         op[tail, mt.O_LEAVES] + add)
-        oid = _MID_BASE + 1 + scalars[S_NEXT_MIRROR]
-        if not _cmd(out, scalars, ts, _C_NEW, oid, inst, side, _T_LIMIT, _GTC, price, min(add, _U4_MAX)):
-            return False
-        scalars[S_NEXT_MIRROR] += 1
+        if pass_ == _NEW_PASS and not grow:
+            oid = _MID_BASE + 1 + scalars[S_NEXT_MIRROR]
+            if not _cmd(out, scalars, ts, _C_NEW, oid, inst, side, _T_LIMIT, _GTC, price, min(add, _U4_MAX)):
+                return False
+            scalars[S_NEXT_MIRROR] += 1
     return True
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
-def _reconcile(rows, w, g1, e0, e1, mode, add_pass, op, lv, ins, cu, cn, out, scalars):
+def _reconcile(rows, w, g1, e0, e1, mode, pass_, op, lv, ins, cu, cn, out, scalars):
     """One side of one instrument: its WINDOW row at ``w``, LEVEL/DEPTH rows up to ``g1``."""
     wr = rows[w]
     inst = np.int64(wr.instrument_id)
@@ -437,7 +446,7 @@ def _reconcile(rows, w, g1, e0, e1, mode, add_pass, op, lv, ins, cu, cn, out, sc
     gl = w + 1
     while gl < g1 and rows[gl].kind == _K_LEVEL:
         gl += 1
-    if not pre and not add_pass and inst < cn.shape[0]:
+    if not pre and pass_ == _SHRINK and inst < cn.shape[0]:
         # Consumed shares leave last: cut them to what the feed still shows at their price.
         k = 0
         while k < cn[inst, s]:
@@ -485,9 +494,9 @@ def _reconcile(rows, w, g1, e0, e1, mode, add_pass, op, lv, ins, cu, cn, out, sc
         tail = np.int64(-1)
         if pos >= 0:
             mirror, tail = _mirror_level(op, lv, pos)
-        if not _level_commands(op, lv, pos, target, mirror, tail, add_pass, ts, inst, s, price, out, scalars):
+        if not _level_commands(op, lv, pos, target, mirror, tail, pass_, ts, inst, s, price, out, scalars):
             return False
-    if pre and add_pass:
+    if pre and pass_ == _NEW_PASS:
         # Levels that came and were executed within the batch: neither the feed nor the matcher has them.
         for i in range(e0, e1):
             r = rows[i]
@@ -506,7 +515,7 @@ def _reconcile(rows, w, g1, e0, e1, mode, add_pass, op, lv, ins, cu, cn, out, sc
             if seen:
                 continue
             target = _exec_sum(rows, i, e1, inst, wr.side, r.price) - _consumed_at(cu, cn, inst, s, r.price)
-            if target > 0 and not _level_commands(op, lv, -1, target, 0, -1, True, ts, inst, s, r.price, out,
+            if target > 0 and not _level_commands(op, lv, -1, target, 0, -1, _NEW_PASS, ts, inst, s, r.price, out,
                                                   scalars):
                 return False
     return True
@@ -518,13 +527,15 @@ def market_commands(rows, mode, op, ht, lv, ins, cu, cn, out, scalars):
 
     ``rows``: ``MARKET_INPUT`` rows of the sync (per instrument a WINDOW row per side followed by its
     LEVEL and DEPTH rows, a MARK row; EXEC and PRINT rows anywhere). ``mode``: ``SyncMode``. Writes,
-    in order: every shrink (both sides of every instrument), every growth, then PRE: an IOC taker per
-    execution that may reach a user; POST: a SWEEP per print that may fill a user or trigger a stop.
+    in order: every shrink (both sides of every instrument), every growth of a tail mirror order, every
+    new mirror order, then PRE: an IOC taker per execution of a side where users rest (all of that
+    side's, so each takes the level it stands for); POST: a SWEEP per print that may fill a user or
+    trigger a stop.
     On NEED_OUTPUT call again from scratch with a larger ``out`` and the id counters as they were.
     """
     scalars[S_ROWS] = 0
     n = rows.shape[0]
-    for add_pass in (False, True):
+    for pass_ in range(3):
         i = 0
         while i < n:
             if rows[i].kind != _K_WINDOW:
@@ -533,7 +544,7 @@ def market_commands(rows, mode, op, ht, lv, ins, cu, cn, out, scalars):
             g1 = i + 1
             while g1 < n and (rows[g1].kind == _K_LEVEL or rows[g1].kind == _K_DEPTH):
                 g1 += 1
-            if not _reconcile(rows, i, g1, 0, n, mode, add_pass, op, lv, ins, cu, cn, out, scalars):
+            if not _reconcile(rows, i, g1, 0, n, mode, pass_, op, lv, ins, cu, cn, out, scalars):
                 return NEED_OUTPUT, scalars[S_ROWS]
             i = g1
     for i in range(n):
@@ -541,9 +552,8 @@ def market_commands(rows, mode, op, ht, lv, ins, cu, cn, out, scalars):
         inst = np.int64(r.instrument_id)
         if mode == _PRE and r.kind == _K_EXEC:
             s = 0 if r.side == _BID else 1
-            edge = user_edge(op, lv, ins, inst, s, True)
-            if edge == _MIN or edge < _key(s, r.price):
-                continue  # no user at or through the price: only mirror orders would trade
+            if user_edge(op, lv, ins, inst, s, True) == _MIN:
+                continue  # no user on that side: only mirror orders would trade, and POST redoes them
             oid = _TID_BASE + 1 + scalars[S_NEXT_TAKER]
             if not _cmd(out, scalars, r.ts, _C_NEW, oid, inst, _O_SELL if s == 0 else _O_BUY, _T_LIMIT, _IOC,
                         r.price, min(np.int64(r.size), _U4_MAX)):
@@ -667,9 +677,10 @@ def plan_sync(commands, valid, known, synced, dirty, ws, cu, cn, op, ht, slot, i
         if price == _UNDEF:
             need_qty[j, opp] += qty
         else:
-            k = _key(opp, price)
-            if k < reach[j, opp]:
-                reach[j, opp] = k
+            for s in range(2):  # the side it may take from, and its own: it joins behind what is shown there
+                k = _key(s, price)
+                if k < reach[j, s]:
+                    reach[j, s] = k
     n = 0
     for j in range(m):
         inst = insts[j]
@@ -795,8 +806,9 @@ class MarketMirror:
         mine = np.zeros(len(trades), dtype=bool)
         if len(active):
             mine = np.isin(inst, active)
-        executions = trades[mine & (trades["action"] == Action.EXECUTE)]
-        prints = trades[mine & (trades["printable"] == 1)]
+        priced = (trades["price"] > 0) & (trades["price"] != UNDEF_PRICE) & (trades["size"] > 0)
+        executions = trades[mine & priced & (trades["action"] == Action.EXECUTE)]
+        prints = trades[mine & priced & (trades["printable"] == 1)]
         out = MARKET_INPUT.empty(len(executions) + len(prints))
         for part, kind, at in ((executions, MarketInputKind.EXEC, 0), (prints, MarketInputKind.PRINT, len(executions))):
             view = out[at:at + len(part)]
