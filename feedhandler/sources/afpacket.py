@@ -9,9 +9,10 @@ Rules this module keeps:
   retire timer fires (``block_timeout_ms``). That is the price of V3's throughput: a quiet feed waits
   up to the timer for its packets. Each frame carries the kernel's receive time (tp_sec, tp_nsec).
 - A numba kernel walks a block's frames (Ethernet, any 802.1Q/802.1ad tags still in the frame, IPv4,
-  UDP) and copies the payloads into the batch arrays; Python only flips block ownership, so the
-  kernel's stores into the ring happen in a call the kernel returned from (no reordering concerns).
-  A block goes back to the kernel once every frame in it has been copied out.
+  UDP) and copies the payloads into the batch arrays; Python reads and flips block ownership. The
+  kernel opens with an acquire fence and closes with a release fence (real LLVM fences), so the
+  frames are read after their block's status and before the block is handed back, on weakly
+  ordered CPUs too. A block goes back to the kernel once every frame in it has been copied out.
 - A packet socket does not join groups: UDP sockets join them on the interface (IGMP reports, NIC
   multicast filter) and is otherwise never read. The IP stack still gets its own copy of each frame.
 - Kernel drops (ring full) come from PACKET_STATISTICS, which resets on every read; ``stats()`` keeps
@@ -28,6 +29,8 @@ from typing import Iterable
 
 import numba as nb
 import numpy as np
+from numba import types
+from numba.extending import intrinsic
 
 from feedhandler.sources import _bpf
 from feedhandler.sources.base import (
@@ -197,7 +200,27 @@ def udp_filter_program(pairs: list[tuple[int, int]]) -> bytes:
         raise SourceError(f"AF_PACKET: too many groups/ports for one classic BPF filter ({exc})") from None
 
 
-# --- frame parsing (shared with the AF_XDP source) --------------------------------------------------
+# --- kernel helpers (shared with the AF_XDP source) -------------------------------------------------
+
+@intrinsic
+def acquire_fence(typingctx):
+    """Loads after it see everything published before the ownership word (block status, ring
+    producer) that the caller read: put it first in a kernel that reads shared ring memory."""
+    def codegen(context, builder, signature, args):
+        builder.fence("acquire")
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@intrinsic
+def release_fence(typingctx):
+    """Loads and stores before it complete before the caller's next store (the one that hands
+    memory back to the kernel): put it last in a kernel that reads or fills shared ring memory."""
+    def codegen(context, builder, signature, args):
+        builder.fence("release")
+        return context.get_dummy_value()
+    return types.void(), codegen
+
 
 @nb.njit(cache=True, inline="always")
 def _be16(buf, i):
@@ -269,6 +292,7 @@ def _walk_block(ring, pkt, pkts_left, data, offset, length, ts_recv, group, port
         (n, used, pkt, pkts_left) after the walk; pkts_left > 0 when the batch filled up (rows or
         payload bytes) and the next read must resume at ``pkt``.
     """
+    acquire_fence()  # the caller saw TP_STATUS_USER: the frames behind it are complete
     while pkts_left > 0 and n < n_max:
         next_off = _le32(ring, pkt)
         snaplen = _le32(ring, pkt + 12)
@@ -293,6 +317,7 @@ def _walk_block(ring, pkt, pkts_left, data, offset, length, ts_recv, group, port
             used += plen
         pkts_left -= 1
         pkt += next_off
+    release_fence()  # done reading before the caller hands the block back
     return n, used, pkt, pkts_left
 
 

@@ -19,8 +19,9 @@ Rules this module keeps:
 - Generic (SKB) mode and copy mode by default: works on any interface, veth included; ``mode=
   "native"`` asks for driver mode (and zero-copy where the driver has it).
 - A numba kernel walks the RX descriptors, copies the payloads into the batch arrays and puts each
-  frame straight back on the fill ring; ring indices are published from Python after the kernel
-  returns (x86-64 keeps stores in order, so the kernel sees the fill entries before the producer).
+  frame straight back on the fill ring; Python reads the RX producer before it and publishes the
+  fill producer and RX consumer after it. The kernel opens with an acquire fence and closes with a
+  release fence, which gives the ordering the rings' protocol asks for on any CPU.
 - Any refusal by the kernel is a ``SourceError`` with one line saying which step and why.
 """
 from __future__ import annotations
@@ -61,11 +62,13 @@ from feedhandler.sources._bpf import (
     SIZE_W,
 )
 from feedhandler.sources.afpacket import (
+    acquire_fence,
     interface_index,
     join_groups,
     kernel_refusal,
     locate_udp_payload,
     normalize_groups_ports,
+    release_fence,
     unmap,
 )
 from feedhandler.sources.base import (
@@ -237,6 +240,7 @@ def _receive(umem, umem64, rx_desc, rx_mask, rx_cons, k, fill, fill_mask, fill_p
         (descriptors consumed, rows written, payload bytes written); fewer than ``k`` consumed when the
         payload buffer is full (the rest lead the next read).
     """
+    acquire_fence()  # the caller read the RX producer: the descriptors and packets behind it are complete
     n = 0
     used = 0
     consumed = 0
@@ -273,6 +277,7 @@ def _receive(umem, umem64, rx_desc, rx_mask, rx_cons, k, fill, fill_mask, fill_p
             used += plen
         fill[(fill_prod + consumed) & fill_mask] = frame
         consumed += 1
+    release_fence()  # fill entries written and frames read before the caller publishes the indices
     return consumed, n, used
 
 
