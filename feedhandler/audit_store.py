@@ -30,9 +30,9 @@ Rules this module keeps:
   engine) writes a schema: ``seq`` is numbered by it.
 
 Counters: batches_in, batches_dropped (queue full, or their rows overflowed), rows_<table> (written),
-writes (transactions), batches_retried, reconnects, rows_dropped (audit rows never written), client_ids_dropped (not ASCII of at most 32 bytes:
-stored empty),
-batches_failed (refused content), snapshots, pending_rows (built rows waiting for the database).
+writes (transactions), batches_retried, reconnects, rows_dropped (audit rows never written),
+client_ids_dropped (not ASCII of at most 32 bytes: stored empty), batches_failed (refused content),
+snapshots, pending_rows (built rows waiting for the database).
 """
 from __future__ import annotations
 

@@ -230,7 +230,8 @@ class Hub:
             self._control(client, {"type": "authenticated", "user": user})
         elif (self.token is None or client.authed) and not self.users:
             self._control(client, {"type": "authenticated"})
-        elif self.token is not None and isinstance(token, str) and hmac.compare_digest(token.encode(), self.token.encode()):
+        elif (self.token is not None and isinstance(token, str)
+              and hmac.compare_digest(token.encode(), self.token.encode())):
             client.authed = True
             self._control(client, {"type": "authenticated"})
         else:
