@@ -140,10 +140,10 @@ class _Families:
         self._meta: dict[str, tuple[str, str]] = {}
         self._samples: dict[str, list[str]] = {}
 
-    def add(self, name: str, kind: str, help_text: str, value, suffix: str = "", **labels) -> None:
+    def add(self, name: str, metric_type: str, help_text: str, value, /, suffix: str = "", **labels) -> None:
         if name not in self._meta:
             self._order.append(name)
-            self._meta[name] = (kind, help_text)
+            self._meta[name] = (metric_type, help_text)
             self._samples[name] = []
         text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
         number = float(value)
