@@ -220,8 +220,8 @@ def redirect_program(feeds_fd: int, xsks_fd: int, counters_fd: int) -> bytes:
 # --- the receive kernel -----------------------------------------------------------------------------
 
 @nb.njit(cache=True, nogil=True)
-def _receive(umem, umem64, rx_desc, rx_mask, rx_cons, k, fill, fill_mask, fill_prod, frame_mask, tai_offset, now_ns,
-             data, offset, length, ts_recv, group, port, counters):
+def _receive(umem, umem64, rx_desc, rx_mask, rx_cons, k, fill, fill_mask, fill_prod, frame_mask, tai_offset,
+             now_ns, data, offset, length, ts_recv, group, port, counters):
     """Copy the payloads of ``k`` RX descriptors into the batch arrays and refill their frames.
 
     Args:
@@ -373,7 +373,8 @@ class AfXdpSource:
             sock.setsockopt(SOL_XDP, XDP_UMEM_REG, struct.pack("=QQIIII", umem.ctypes.data, len(umem),
                                                               self._frame_size, 0, 0, 0))
         except OSError as exc:
-            raise kernel_refusal(WHO, "register the UMEM", exc, "CAP_IPC_LOCK or a larger RLIMIT_MEMLOCK") from None
+            raise kernel_refusal(WHO, "register the UMEM", exc,
+                                 "CAP_IPC_LOCK or a larger RLIMIT_MEMLOCK") from None
         try:
             sock.setsockopt(SOL_XDP, XDP_UMEM_FILL_RING, frames)
             sock.setsockopt(SOL_XDP, XDP_UMEM_COMPLETION_RING, COMPLETION_RING)
@@ -486,8 +487,8 @@ class AfXdpSource:
                 return empty_batch()
         v, b = self._views, self._buffers
         consumed, n, used = _receive(
-            v["umem"], v["umem64"], v["rx_desc"], self._frames - 1, self._rx_cons_idx, min(avail, n_max), v["fill"],
-            self._frames - 1, self._fill_prod_idx, self._frame_size - 1, self._tai_offset, time.time_ns(),
+            v["umem"], v["umem64"], v["rx_desc"], self._frames - 1, self._rx_cons_idx, min(avail, n_max),
+            v["fill"], self._frames - 1, self._fill_prod_idx, self._frame_size - 1, self._tai_offset, time.time_ns(),
             b.data, b.offset, b.length, b.ts_recv, b.group, b.port, self._counters)
         # publish: frames back to the kernel first, then the RX slots they came from
         self._fill_prod_idx = (self._fill_prod_idx + consumed) & 0xFFFFFFFF

@@ -260,7 +260,8 @@ def _open_as_nobody(iface: str) -> str:
 
 def test_without_cap_net_raw_the_reason_is_clear(netns_pair):
     message = netns_pair.run("b", _open_as_nobody, netns_pair.veths["b"])
-    assert message == "AF_PACKET: kernel refused to open a packet socket: Operation not permitted (needs CAP_NET_RAW)"
+    assert message == ("AF_PACKET: kernel refused to open a packet socket: Operation not permitted "
+                       "(needs CAP_NET_RAW)")
 
 
 # --- the frame parser, from bytes ---------------------------------------------------------------------
@@ -281,7 +282,8 @@ UDP_PKT = IP(src="10.77.0.1", dst=GROUP) / UDP(sport=5000, dport=PORT) / b"paylo
     ETH / UDP_PKT,
     ETH / Dot1Q(vlan=7) / UDP_PKT,
     ETH / Dot1AD(vlan=100) / Dot1Q(vlan=7) / UDP_PKT,
-    ETH / IP(src="10.77.0.1", dst=GROUP, options=[IPOption_Router_Alert()]) / UDP(sport=1, dport=PORT) / b"payload!",
+    ETH / IP(src="10.77.0.1", dst=GROUP, options=[IPOption_Router_Alert()]) / UDP(sport=1, dport=PORT)
+    / b"payload!",
 ], ids=["plain", "802.1q", "q-in-q", "ip-options"])
 def test_parser_finds_the_payload(frame):
     assert _locate(frame) == (b"payload!", ipv4_to_int(GROUP), PORT, 0)

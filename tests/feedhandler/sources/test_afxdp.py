@@ -210,8 +210,9 @@ def test_bad_arguments_one_line(iface, queue, pairs, kwargs, message):
 def test_a_queue_the_interface_lacks_is_named(netns_pair):
     with netns_pair.entered("b"), pytest.raises(SourceError) as err:
         AfXdpSource(netns_pair.veths["b"], 3, [(GROUP, PORT)])
-    assert str(err.value) == (f"AF_XDP: kernel refused to bind to {netns_pair.veths['b']} queue 3: Invalid argument "
-                              f"(does the queue exist? `ethtool -l {netns_pair.veths['b']}`)")
+    iface = netns_pair.veths["b"]
+    assert str(err.value) == (f"AF_XDP: kernel refused to bind to {iface} queue 3: Invalid argument "
+                              f"(does the queue exist? `ethtool -l {iface}`)")
     assert xdp_of(netns_pair) == ""  # nothing left behind
 
 
