@@ -931,6 +931,8 @@ class RiskGate:
         if commands.dtype != COMMAND.dtype:
             raise ValueError(f"check takes trading.orders.COMMAND rows, not {commands.dtype}")
         self._sync()
+        if len(commands) > 4096:  # size the id table once instead of growing it step by step
+            self.reserve_ids(int(np.count_nonzero(commands["kind"] == CommandKind.NEW)))
         out = np.zeros(len(commands), dtype=np.uint8)
         pf = self.portfolio
         i = 0
