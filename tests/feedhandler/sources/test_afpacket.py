@@ -184,7 +184,7 @@ def test_small_batches_resume_inside_a_block(netns_pair):
             assert batch.offset[0] == 0 and (batch.offset[1:] == np.cumsum(batch.length)[:-1]).all()
         stats = ring.stats()
     assert got == feed
-    assert max(sizes) == 7 and stats["blocks"] < 10  # several reads per block
+    assert max(sizes) == 7 and len(sizes) > stats["blocks"]  # blocks finished across reads
 
 
 def test_ring_overflow_counts_kernel_drops(netns_pair):
