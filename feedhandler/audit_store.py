@@ -27,7 +27,9 @@ Rules this module keeps:
   meanwhile rows wait (and overflow as above). A write the server refuses for its content (not the
   connection) is dropped and counted (``batches_failed``, ``last_error``) rather than retried forever.
 - Migration is idempotent (``CREATE ... IF NOT EXISTS``) under an advisory lock. One store (one
-  engine) writes a schema: ``seq`` is numbered by it.
+  engine) writes a schema: ``seq`` is numbered by it. ``open()`` continues where the tables stand:
+  ``seq`` after the largest, and the orders still open read back into the audit trail, so a restarted
+  engine's fills of yesterday's GTC orders restate them and update their rows.
 
 Counters: batches_in, batches_dropped (queue full, or their rows overflowed), rows_<table> (written),
 writes (transactions), batches_retried, reconnects, rows_dropped (audit rows never written),
@@ -57,7 +59,8 @@ from publish.postgres_sink import (
     ident_list,
 )
 from publish.timescale import Col, Table, _symbol_text
-from trading.audit import CAT_EVENT_TYPE, CLIENT_ID_BYTES, AuditKind, AuditTrail, OrderStatus
+from parsers.schema import UNDEF_PRICE
+from trading.audit import CAT_EVENT_TYPE, CLIENT_ID_BYTES, ORDER_STATE, AuditKind, AuditTrail, OrderStatus
 from trading.orders import Liquidity, OrderSide, OrderType, Reason, TimeInForce
 
 MIGRATION_LOCK = "feedhandler.audit_store.migrate"
@@ -280,6 +283,7 @@ class AuditStore:
         last = self.conn.execute(sql.SQL("SELECT coalesce(max(seq), 0) FROM {}").format(
             self._t(AUDIT_EVENTS.name))).fetchone()[0]
         self.trail.next_seq = int(last) + 1
+        self.counters["orders_restored"] = self._restore_open_orders()
         self._stop = False
         self._threads = [threading.Thread(target=self._build_loop, name="audit-build", daemon=True),
                          threading.Thread(target=self._write_loop, name="audit-write", daemon=True)]
@@ -351,6 +355,28 @@ class AuditStore:
                     cur.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
                         sql.Identifier(f"{table.name}_{'_'.join(columns)}_idx"), self._t(table.name),
                         ident_list(columns)))
+
+    def _restore_open_orders(self) -> int:
+        """Read the orders still open (or held) back into the audit trail, so that their later events
+        (after a restart) restate their terms and update their ``orders`` rows."""
+        columns = ("ts_order_ns", "ts_updated_ns", "order_id", "price", "stop_price", "client_order_id", "qty",
+                   "filled", "leaves", "account_id", "instrument_id", "side", "order_type", "tif", "status", "reason")
+        rows = self.conn.execute(sql.SQL("SELECT {} FROM {} WHERE status IN ('open', 'held')").format(
+            ident_list(columns), self._t(ORDERS.name))).fetchall()
+        out = ORDER_STATE.empty(len(rows))
+        codes = {col.name: {w: i for i, w in enumerate(col.words) if w} for col in ORDERS.columns if col.words}
+        for row, values in zip(out, rows):
+            got = dict(zip(columns, values))
+            for name in ("qty", "filled", "leaves"):
+                row[name] = got[name]
+            row["ts_order"], row["ts_updated"], row["order_id"] = got["ts_order_ns"], got["ts_updated_ns"], got["order_id"]
+            row["account"], row["instrument_id"] = got["account_id"], got["instrument_id"]
+            for name in ("price", "stop_price"):
+                row[name] = UNDEF_PRICE if got[name] is None else int(got[name].scaleb(9))
+            row["client_order_id"] = got["client_order_id"].encode()
+            for name in ("side", "order_type", "tif", "status", "reason"):
+                row[name] = codes[name].get(got[name], 0)
+        return self.trail.restore(out)
 
     # -- the builder thread -------------------------------------------------------------------------
 

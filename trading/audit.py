@@ -16,8 +16,8 @@ Rules this module keeps:
 - The terms events do not carry (type, time in force, stop price, client order id, the NEW's ts) are
   kept per order in an open-addressing table keyed by order id (``parsers.hashtable``), from its NEW
   command until the order is done (filled, cancelled, expired; a refused NEW leaves with its REJECT).
-  An event of an order the table does not hold (an ACK whose NEW was never seen, say after a restart)
-  still gets its row, with those terms 0 / UNDEF_PRICE / empty.
+  An event of an order the table does not hold (an ACK whose NEW was never seen) still gets its row,
+  with those terms 0 / UNDEF_PRICE / empty. ``restore`` puts open orders back after a restart.
 - A batch's commands are taken before its events (the engine answers a batch after reading all of
   it), so a NEW is known before its ACK or REJECT whatever order the engine emits them in. ``seq``
   numbers rows in that order, continuously across batches; ``next_seq`` lets a store continue it.
@@ -374,6 +374,44 @@ def audit_batch(commands, events, cid_in, table, scalars, audit, audit_cid, orde
     return n, m
 
 
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def restore_orders(orders, cid, table, scalars):
+    """Hold the terms of ``orders`` (ORDER_STATE rows, client id words ``cid``) unless already held.
+
+    The table must have room for all of them at its load limit. Returns how many were added.
+    """
+    added = 0
+    for i in range(len(orders)):
+        o = orders[i]
+        oid = np.int64(o.order_id)
+        if hashtable.find(table, oid) >= 0:
+            continue
+        slot = hashtable.slot_for(table, oid)
+        table[slot, K_ID] = oid
+        table[slot, K_TS_ORDER] = o.ts_order
+        table[slot, K_TYPE] = o.order_type
+        table[slot, K_TIF] = o.tif
+        table[slot, K_STOP] = o.stop_price
+        table[slot, K_NEW_STOP] = _UNDEF
+        table[slot, K_PENDING] = 0
+        table[slot, K_ACCOUNT] = o.account
+        table[slot, K_INST] = o.instrument_id
+        table[slot, K_SIDE] = o.side
+        table[slot, K_PRICE] = o.price
+        table[slot, K_QTY] = o.qty
+        table[slot, K_FILLED] = o.filled
+        table[slot, K_LEAVES] = o.leaves
+        table[slot, K_STATUS] = o.status
+        table[slot, K_REASON] = o.reason
+        table[slot, K_STAMP] = 0
+        table[slot, K_OUT] = -1
+        for w in range(_CID_WORDS):
+            table[slot, K_CID + w] = cid[i, w]
+        scalars[S_HELD] += 1
+        added += 1
+    return added
+
+
 def client_id_words(client_ids, n: int) -> np.ndarray:
     """int64 [n, 4]: client order ids (str or bytes, ASCII, at most ``CLIENT_ID_BYTES``) as words.
 
@@ -445,6 +483,13 @@ class AuditTrail:
         audit["client_order_id"] = audit_cid[:n].view(f"S{CLIENT_ID_BYTES}")[:, 0]
         orders["client_order_id"] = order_cid[:m].view(f"S{CLIENT_ID_BYTES}")[:, 0]
         return audit, orders
+
+    def restore(self, orders: np.ndarray) -> int:
+        """Hold the terms of open orders again, from ORDER_STATE rows (a restarted store reads them back
+        from its ``orders`` table), so their later events restate them. Returns how many were added."""
+        self._make_room(len(orders))
+        cid = np.ascontiguousarray(orders["client_order_id"]).view(np.int64).reshape(len(orders), _CID_WORDS)
+        return int(restore_orders(orders, cid, self.table, self.scalars))
 
     def _make_room(self, inserts: int) -> None:
         """Grow the table so ``inserts`` more orders keep it at most half full."""

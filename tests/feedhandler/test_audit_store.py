@@ -178,6 +178,29 @@ def test_rows_sent_again_are_not_duplicated_and_seq_continues(stores, pg_conn, u
         (1, "filled", "alice"), (2, "filled", "bob")]
 
 
+def test_a_restarted_store_reads_open_orders_back(stores, pg_conn, unique_name):
+    m = MatchingEngine()
+    first = stores()
+    submit(first, m, new(1, BUY, 100, 18725, tif=TimeInForce.GTC, ts=10),
+           new(2, SELL, 10, typ=OrderType.STOP_LIMIT, stop=18000, price=17990, account=2, ts=11),
+           new(3, SELL, 5, 18800, account=2, ts=12), cancel(3, account=2, ts=13),
+           client_ids=["gtc-1", "stop-2", "gone-3", None])
+    assert first.flush(10)
+    first.close()
+    again = stores()  # a new process: the open orders come back from the orders table
+    assert again.counters["orders_restored"] == 2 and again.trail.orders_held == 2
+    submit(again, m, new(4, SELL, 30, 18700, account=2, ts=20))
+    assert again.flush(10)
+    assert q(pg_conn, f'SELECT order_id, client_order_id, order_type, tif, status, filled, leaves, ts_updated_ns '
+                      f'FROM "{unique_name}".orders ORDER BY 1') == [
+        (1, "gtc-1", "limit", "GTC", "open", 30, 70, 20), (2, "stop-2", "stop_limit", "DAY", "held", 0, 10, 11),
+        (3, "gone-3", "limit", "DAY", "cancelled", 0, 0, 13), (4, "", "limit", "DAY", "filled", 30, 0, 20)]
+    maker = q(pg_conn, f'SELECT ts_order_ns, client_order_id, liquidity FROM "{unique_name}".fills WHERE order_id = 1')
+    assert maker == [(10, "gtc-1", "maker")]
+    assert q(pg_conn, f'SELECT tif FROM "{unique_name}".audit_events WHERE order_id = 1 AND event = %s', "fill") == [
+        ("GTC",)]
+
+
 def test_reconnects_after_the_server_kills_the_connection(stores, pg_conn, unique_name):
     store = stores(retry_s=0.01)
     m = MatchingEngine()

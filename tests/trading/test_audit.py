@@ -241,6 +241,24 @@ def test_a_duplicate_new_leaves_the_held_order_alone(matcher):
                                  Reason.USER_CANCEL)
 
 
+def test_restored_orders_are_restated_by_a_new_trail(matcher):
+    first = AuditTrail()
+    _, orders = audited(matcher, first, new(1, BUY, 100, 1000, tif=GTC, ts=1), new(2, SELL, 40, 1000, account=8, ts=2),
+                        new(3, SELL, 10, typ=STOP, stop=900, ts=3), client_ids=["gtc", "s", "stop"])
+    still_open = orders[np.isin(orders["status"], [OrderStatus.OPEN, OrderStatus.HELD])]
+    assert sorted(still_open["order_id"].tolist()) == [1, 3]
+    restarted = AuditTrail(next_seq=50)  # a new process: its table starts empty
+    assert restarted.restore(still_open) == 2 and restarted.restore(still_open) == 0  # held once
+    audit, orders = audited(matcher, restarted, new(4, SELL, 60, 990, account=8, ts=4), cancel(3, ts=5))
+    assert states(orders) == {
+        1: (OrderStatus.FILLED, 100, 100, 0, 1000, None, LIMIT, GTC, "gtc", Reason.NONE),
+        3: (OrderStatus.CANCELLED, 10, 0, 0, None, 900, STOP, DAY, "stop", Reason.USER_CANCEL),
+        4: (OrderStatus.FILLED, 60, 60, 0, 990, None, LIMIT, DAY, "", Reason.NONE)}
+    maker = audit[(audit["order_id"] == 1)]
+    assert maker["ts_order"].tolist() == [1] and maker["client_order_id"].tolist() == [b"gtc"]
+    assert restarted.orders_held == 0
+
+
 def test_client_ids_are_checked():
     assert client_id_words(None, 2).tolist() == [[0] * 4] * 2
     words = client_id_words(["ab", "x" * CLIENT_ID_BYTES], 2)
