@@ -369,7 +369,8 @@ class AuditStore:
             got = dict(zip(columns, values))
             for name in ("qty", "filled", "leaves"):
                 row[name] = got[name]
-            row["ts_order"], row["ts_updated"], row["order_id"] = got["ts_order_ns"], got["ts_updated_ns"], got["order_id"]
+            row["ts_order"], row["ts_updated"] = got["ts_order_ns"], got["ts_updated_ns"]
+            row["order_id"] = got["order_id"]
             row["account"], row["instrument_id"] = got["account_id"], got["instrument_id"]
             for name in ("price", "stop_price"):
                 row[name] = UNDEF_PRICE if got[name] is None else int(got[name].scaleb(9))
