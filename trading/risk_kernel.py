@@ -106,7 +106,8 @@ _HALTED, _PAUSED, _QUOTE_ONLY = (np.int64(s) for s in (TradingState.HALTED, Trad
 _R = {r.name: np.uint8(r) for r in Reason}
 _R_OK = _R["NONE"]
 _R_INVALID, _R_QTY, _R_PRICE, _R_UNKNOWN = _R["INVALID_ORDER"], _R["BAD_QTY"], _R["BAD_PRICE"], _R["UNKNOWN_ORDER"]
-_R_SYMBOL, _R_HALTED, _R_HOURS, _R_SIZE = _R["UNKNOWN_SYMBOL"], _R["HALTED"], _R["OUTSIDE_MARKET_HOURS"], _R["SIZE_LIMIT"]
+_R_SYMBOL, _R_HALTED, _R_HOURS, _R_SIZE = (_R["UNKNOWN_SYMBOL"], _R["HALTED"], _R["OUTSIDE_MARKET_HOURS"],
+                                           _R["SIZE_LIMIT"])
 _R_NOTIONAL, _R_BAND, _R_SUSPENDED, _R_RATE = (_R["NOTIONAL_LIMIT"], _R["PRICE_BAND"], _R["USER_SUSPENDED"],
                                               _R["RATE_EXCEEDED"])
 _R_BP, _R_POSITION, _R_KILL = _R["BUYING_POWER"], _R["POSITION_LIMIT"], _R["KILL_SWITCH"]
