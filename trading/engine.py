@@ -93,7 +93,12 @@ _SIDE_NAMES = {int(v): k for k, v in _SIDES.items()}
 _EVENT_NAMES = {int(k): k.name.lower() for k in EventKind}
 _LIQUIDITY_NAMES = {int(Liquidity.MAKER): "maker", int(Liquidity.TAKER): "taker"}
 _REASON_NAMES = {int(r): r.name.lower() for r in Reason}
-_USER_KINDS = np.array([CommandKind.NEW, CommandKind.CANCEL, CommandKind.MODIFY], dtype=np.uint8)
+# ``Record.dtype`` builds a dtype on each access: the hot path compares against these.
+_COMMAND_DT, _EVENT_DT, _INPUT_DT, _STATUS_DT = COMMAND.dtype, ORDER_EVENT.dtype, MARKET_INPUT.dtype, STATUS.dtype
+_NO_ROWS = MARKET_INPUT.empty(0)
+_NO_EVENTS = ORDER_EVENT.empty(0)
+_NO_ROWS.flags.writeable = False
+_NO_EVENTS.flags.writeable = False
 
 
 def parse_price(value) -> int:
@@ -221,9 +226,9 @@ class Engine:
     def _apply_record(self, payload: bytes) -> np.ndarray:
         kind, value, n_rows, n_cmds, n_status, n_names = _HEADER.unpack_from(payload, 0)
         at = _HEADER.size
-        rows, at = _section(payload, at, MARKET_INPUT.dtype, n_rows)
-        commands, at = _section(payload, at, COMMAND.dtype, n_cmds)
-        status, at = _section(payload, at, STATUS.dtype, n_status)
+        rows, at = _section(payload, at, _INPUT_DT, n_rows)
+        commands, at = _section(payload, at, _COMMAND_DT, n_cmds)
+        status, at = _section(payload, at, _STATUS_DT, n_status)
         names = bytes(payload[at:at + n_names])
         kind = RecordKind(kind)
         if kind == RecordKind.SUBMIT:
@@ -239,7 +244,7 @@ class Engine:
     def _match(self, commands: np.ndarray, market: np.ndarray | None = None) -> np.ndarray:
         """Users' events of ``commands`` through the matcher (``market``: the market commands among them)."""
         if not len(commands):
-            return ORDER_EVENT.empty(0)
+            return _NO_EVENTS
         events = self.matcher.submit(commands)
         return self.mirror.settle(events, commands if market is None else market)
 
@@ -281,7 +286,8 @@ class Engine:
 
     def _reasons(self, commands: np.ndarray) -> np.ndarray:
         """A Reason per user command: the engine's own refusals, then the risk gate's (one call)."""
-        bad = ~np.isin(commands["kind"], _USER_KINDS) | (commands["order_id"] >= MARKET_ID_BASE)
+        kind = commands["kind"]  # NEW, CANCEL, MODIFY are 1, 2, 3
+        bad = (kind < CommandKind.NEW) | (kind > CommandKind.MODIFY) | (commands["order_id"] >= MARKET_ID_BASE)
         if not bad.any():
             return self.risk.check(commands)
         reasons = np.full(len(commands), Reason.INVALID_ORDER, dtype=np.uint8)
@@ -307,7 +313,7 @@ class Engine:
     def _apply_session_end(self, ts: int) -> np.ndarray:
         self.records += 1
         ids = np.flatnonzero(self.known)
-        cmds = COMMAND.empty(len(ids))
+        cmds = _commands(len(ids))
         cmds["ts"] = ts
         cmds["kind"] = CommandKind.SESSION_END
         cmds["instrument_id"] = ids
@@ -323,7 +329,7 @@ class Engine:
         self.records += 1
         target = None if account < 0 else account
         (self.risk.kill if kind == RecordKind.KILL else self.risk.release)(target)
-        return ORDER_EVENT.empty(0)
+        return _NO_EVENTS
 
     # -- the batch path ---------------------------------------------------------------------------
 
@@ -333,7 +339,7 @@ class Engine:
         Order ids must be below ``trading.market.MARKET_ID_BASE``. ``client_ids`` (optional, one per
         command, str or None) names NEW orders for the string API, the log and the audit.
         """
-        if commands.dtype != COMMAND.dtype:
+        if commands.dtype != _COMMAND_DT:
             raise ValueError(f"submit takes trading.orders.COMMAND rows, not {commands.dtype}")
         names = b""
         if client_ids is not None:
@@ -350,11 +356,11 @@ class Engine:
     def _read_for(self, commands: np.ndarray) -> np.ndarray:
         """MARKET_INPUT rows of the instruments ``commands`` need synced first (live only)."""
         if self.books is None or not len(commands):
-            return MARKET_INPUT.empty(0)
+            return _NO_ROWS
         valid = (commands["order_id"] < MARKET_ID_BASE).view(np.uint8)
         insts, reach, need = self.mirror.plan(commands, valid, self.known, self.matcher)
         if not len(insts):
-            return MARKET_INPUT.empty(0)
+            return _NO_ROWS
         return self.mirror.read(int(commands["ts"][0]), insts, self.books, self.matcher, reach, need)
 
     def _hand_off(self, commands: np.ndarray, events: np.ndarray, client_ids=None) -> None:
@@ -386,15 +392,15 @@ class Engine:
         touched = np.concatenate([events["instrument_id"], trades["instrument_id"]]).astype(np.int64)
         self.mirror.note_prints(trades)
         active = self.mirror.touched(touched)
-        rows = MARKET_INPUT.empty(0)
+        rows = _NO_ROWS
         if len(active):
             rows = np.concatenate([self.mirror.read(ts, active, self.books, self.matcher),
                                    self.mirror.trade_rows(trades, active)])
         if not len(rows) and not len(status):
-            return ORDER_EVENT.empty(0)
+            return _NO_EVENTS
         self._log(RecordKind.FEED, 0, rows, None, status)
         out = self._apply_feed(rows, status)
-        self._hand_off(COMMAND.empty(0), out)
+        self._hand_off(_commands(0), out)
         return out
 
     def mark(self, ts: int, prices: dict[str, object]) -> None:
@@ -411,7 +417,7 @@ class Engine:
         """DAY orders expire (GTC stay); today's equity becomes the prior close for day trading rules."""
         self._log(RecordKind.SESSION_END, int(ts))
         events = self._apply_session_end(int(ts))
-        self._hand_off(COMMAND.empty(0), events)
+        self._hand_off(_commands(0), events)
         return self._dicts(events)
 
     def kill(self, account: str | None = None) -> None:
@@ -439,7 +445,7 @@ class Engine:
         coid = str(client_order_id)
         if a is None:
             return [_early_reject(ts, account, coid, symbol, side, price, qty, Reason.UNKNOWN_ACCOUNT)]
-        row = COMMAND.empty(1)
+        row = _commands(1)
         r = row[0]
         r["ts"] = int(ts)
         r["kind"] = CommandKind.NEW
@@ -470,7 +476,7 @@ class Engine:
         if oid is None:
             reason = Reason.UNKNOWN_ACCOUNT if a is None else Reason.UNKNOWN_ORDER
             return [_early_reject(ts, account, coid, None, None, price, qty, reason)]
-        row = COMMAND.empty(1)
+        row = _commands(1)
         row["ts"] = int(ts)
         row["kind"] = kind
         row["order_id"] = oid
@@ -577,6 +583,14 @@ def _takes_three(fn) -> bool:
     return len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in params)
 
 
+def _commands(n: int) -> np.ndarray:
+    """``COMMAND.empty`` with prices set to UNDEF_PRICE, from the cached dtype."""
+    out = np.zeros(n, dtype=_COMMAND_DT)
+    out["price"] = UNDEF_PRICE
+    out["stop_price"] = UNDEF_PRICE
+    return out
+
+
 def _len(arr) -> int:
     return 0 if arr is None else len(arr)
 
@@ -628,7 +642,7 @@ def _price_or_bad(value) -> int:
 
 def _rejects(commands: np.ndarray, reasons: np.ndarray) -> np.ndarray:
     """REJECT events for refused commands (as the matcher writes its own)."""
-    out = ORDER_EVENT.empty(len(commands))
+    out = np.zeros(len(commands), dtype=_EVENT_DT)
     for name in ("ts", "order_id", "price", "qty", "account", "instrument_id", "side"):
         out[name] = commands[name]
     out["kind"] = EventKind.REJECT
@@ -639,7 +653,7 @@ def _rejects(commands: np.ndarray, reasons: np.ndarray) -> np.ndarray:
 def _joined(parts: list[np.ndarray]) -> np.ndarray:
     parts = [p for p in parts if len(p)]
     if not parts:
-        return ORDER_EVENT.empty(0)
+        return _NO_EVENTS
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 

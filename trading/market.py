@@ -101,6 +101,9 @@ MARKET_INPUT = Record(
     ),
 )
 
+_INPUT_DT = MARKET_INPUT.dtype  # ``Record.dtype`` builds a new dtype on each access
+_COMMAND_DT = COMMAND.dtype
+
 # Slots of ``MarketMirror.scalars``.
 S_NEXT_MIRROR = 0  # mirror orders handed out (ids MARKET_ID_BASE + 1 + n)
 S_NEXT_TAKER = 1  # IOC takers handed out (ids TAKER_ID_BASE + 1 + n)
@@ -751,7 +754,7 @@ class MarketMirror:
         self.last_px = np.full(n, UNDEF_PRICE, dtype=np.int64)
         self._flagged = np.zeros(n, dtype=np.uint8)
         self._slot = np.full(n, -1, dtype=np.int64)
-        self._cmds = COMMAND.empty(256)
+        self._cmds = np.zeros(256, dtype=_COMMAND_DT)
         self._events = None
 
     @property
@@ -793,7 +796,7 @@ class MarketMirror:
         in_feed = insts[insts < len(bk) // 2]
         rows = int(bk[2 * in_feed, 1].sum() + bk[2 * in_feed + 1, 1].sum()) if len(in_feed) else 0
         rows += int(self.cn[insts].sum()) + 3 * len(insts)
-        out = MARKET_INPUT.empty(rows)
+        out = np.zeros(rows, dtype=_INPUT_DT)
         n = extract(insts, reach, need, books.lv, bk, matcher.op, matcher.lv, matcher.ins, self.cu, self.cn,
                     self.depth, self.mark_kind, self.last_px, np.int64(ts), out, self.ws)
         self.synced[insts] = 1
@@ -809,7 +812,7 @@ class MarketMirror:
         priced = (trades["price"] > 0) & (trades["price"] != UNDEF_PRICE) & (trades["size"] > 0)
         executions = trades[mine & priced & (trades["action"] == Action.EXECUTE)]
         prints = trades[mine & priced & (trades["printable"] == 1)]
-        out = MARKET_INPUT.empty(len(executions) + len(prints))
+        out = np.zeros(len(executions) + len(prints), dtype=_INPUT_DT)
         for part, kind, at in ((executions, MarketInputKind.EXEC, 0), (prints, MarketInputKind.PRINT, len(executions))):
             view = out[at:at + len(part)]
             view["ts"] = part["ts_event"]
@@ -832,7 +835,7 @@ class MarketMirror:
             if code == DONE:
                 return self._cmds[:n].copy()
             self.scalars[[S_NEXT_MIRROR, S_NEXT_TAKER]] = saved
-            self._cmds = COMMAND.empty(2 * len(self._cmds))
+            self._cmds = np.zeros(2 * len(self._cmds), dtype=_COMMAND_DT)
 
     def settle(self, events: np.ndarray, commands: np.ndarray) -> np.ndarray:
         """Users' events of a matcher answer (market events dropped, consumed liquidity noted)."""
