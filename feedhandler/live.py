@@ -59,7 +59,7 @@ from publish.runner import SinkRunner
 log = logging.getLogger(__name__)
 
 TICK_S = 0.001  # longest wait for packets: the arbiter's timers (2 ms re-request delay) run this often
-BOOK_OUT_ROWS = 1024  # BookEngine output rows per batch to start with: live batches are small
+BOOK_OUT_ROWS = 256  # BookEngine output rows to start with: live batches are small (it grows them on demand)
 MAX_EVENTS_KEPT = 50  # latest arbiter events kept for the status page
 CLONE_NEWNET = 0x40000000
 LINE_LABELS = {LINE_A: "A", LINE_B: "B"}
@@ -192,6 +192,38 @@ def open_rerequest_client(cfg: LiveConfig):
         raise LiveError(str(exc)) from None
 
 
+def warm_up(venue: str = "nasdaq", depth: int = 10) -> float:
+    """Run every kernel of the loop once on a small generated day so the first live packet does not
+    pay for loading numba's cache (hundreds of ms). Returns the seconds it took."""
+    from captures.generator import generate
+    from parsers.moldudp64 import encode_packet
+
+    started = time.perf_counter()
+    day = generate(messages=400, symbols=4, seed=1)
+    packets = [encode_packet(b"WARMUP    ", 1 + i, [day.message(j) for j in range(i, min(i + 8, len(day)))])
+               for i in range(0, len(day), 8)]
+    data = np.frombuffer(b"".join(packets), np.uint8)
+    length = np.array([len(p) for p in packets], np.int32)
+    offset = np.zeros(len(packets), np.int64)
+    np.cumsum(length[:-1], out=offset[1:])
+    ts = np.full(len(packets), time.time_ns(), np.int64)
+    batch = PacketBatch(data, offset, length, ts, np.zeros(len(packets), np.uint32), np.zeros(len(packets), np.uint16))
+    v = VENUES_BY_NAME[venue]
+    arbiter = Arbiter(lines=2, expect_from=1)
+    normalizer = ItchNormalizer(clock=VenueClock(day.date, v.tz), venue=v.id)
+    engine = BookEngine(depth=depth, venue=v.id, out_rows=BOOK_OUT_ROWS)
+    latency = LatencyHistogram()
+    mask = batch.group == 0
+    for part in (PacketBatch(data, offset[mask], length[mask], ts[mask], batch.group[mask], batch.port[mask]), batch):
+        buf, frames = arbiter.feed(part, LINE_A)
+        engine.apply(normalizer.normalize(buf, frames).events)
+        latency.record(frames["ts_recv"], time.time_ns())
+    arbiter.feed(batch, LINE_B)
+    arbiter.poll(time.time_ns())
+    engine.finish()
+    return time.perf_counter() - started
+
+
 # ---------------------------------------------------------------------------------------------------
 # the handler
 
@@ -205,11 +237,13 @@ class LiveHandler:
         rerequest: a re-request client (or None); ``...`` (the default): open ``cfg``'s.
         runners: started sink runners (``feedhandler.sinks.build_runners``); the handler stops them.
         metrics: a ``MetricsServer`` to publish snapshots to (None: none; the CLI makes one).
+        warm: run ``warm_up`` first (before any source opens), so the first packets are not late.
     """
 
     def __init__(self, cfg: LiveConfig, sources: Sequence[FeedSource] | None = None, rerequest=...,
-                 runners: Sequence[SinkRunner] = (), metrics: MetricsServer | None = None) -> None:
+                 runners: Sequence[SinkRunner] = (), metrics: MetricsServer | None = None, warm: bool = True) -> None:
         self.cfg = cfg
+        self.warm_up_s = warm_up(cfg.venue, cfg.depth) if warm else 0.0
         self.venue = VENUES_BY_NAME[cfg.venue]
         self.sources = list(sources) if sources is not None else open_feed_sources(cfg)
         try:
