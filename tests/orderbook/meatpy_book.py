@@ -98,10 +98,7 @@ def _levels(levels) -> list[tuple[int, int, int]]:
 
 def reference_books(path: str | os.PathLike, date: dt.date = DEFAULT_DATE):
     """Our side, from the same file: (``ReferenceBooks`` at its end, {symbol: instrument id}, events)."""
-    try:  # beside this file on sys.path (pytest's default import mode), or from the repo root
-        from reference_book import ReferenceBooks
-    except ImportError:
-        from tests.orderbook.reference_book import ReferenceBooks
+    from tests.orderbook.reference_book import ReferenceBooks
 
     buf, frames = open_capture(path).frames()
     normalizer = ItchNormalizer(VenueClock(date))

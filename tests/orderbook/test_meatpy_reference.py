@@ -14,7 +14,7 @@ import pytest
 
 from captures.generator import generate
 from captures.pcap_writer import write_binaryfile
-from meatpy_book import meatpy_books, meatpy_l2, reference_books
+from tests.orderbook.meatpy_book import meatpy_books, meatpy_l2, reference_books
 from parsers.schema import Action
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings
 
-from event_streams import TICK, Op, build_events, event_streams, random_events
+from tests.orderbook.event_streams import TICK, Op, build_events, event_streams, random_events
 from parsers.schema import EVENT, PRICE_SCALE, UNDEF_PRICE, Action, Side
-from reference_book import EMPTY_BBO, ReferenceBooks
+from tests.orderbook.reference_book import EMPTY_BBO, ReferenceBooks
 
 UNDEF = int(UNDEF_PRICE)
 B, S = int(Side.BID), int(Side.ASK)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from parsers.schema import UNDEF_PRICE
-from reference_matching import EVENT_FIELDS, ReferenceMatcher
+from tests.trading.reference_matching import EVENT_FIELDS, ReferenceMatcher
 from trading.matching import MatchingEngine
 from trading.orders import (
     COMMAND,
