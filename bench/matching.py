@@ -17,12 +17,26 @@ What happens, in one run:
 3. Latency: a fresh engine takes the first half of the stream in one batch (untimed), then each of
    the next ``--latency-commands`` commands is submitted alone: ``submit`` of a one-row batch, timed
    with ``perf_counter_ns`` from the call to its return with the events (ACK first) in hand.
-   Percentiles of those single-command submits; no risk checks and no write-ahead log yet.
+   Percentiles of those single-command submits; the kernel alone: no risk checks, no log.
+4. The full order path, ``trading.engine.Engine.submit``: risk checks (``RiskGate``, one compiled call
+   per batch), the write-ahead log (one record and one group commit per submit), matching, settling,
+   portfolio and reservations (``RiskGate.on_events``). The same stream, its times moved into regular
+   trading hours (2024-03-15 from 10:30 EDT), over ``--instruments`` symbols marked at $100 and 17
+   margin accounts with room for everything (so risk checks every rule and refuses nothing); no feed
+   books (users trade with each other). For each fsync policy in ``--fsync``: throughput on the first
+   ``--engine-commands`` commands in batches of ``--engine-batch`` (one untimed warm-up run first,
+   best of ``--repeat``), then latency as in step 3 with a fresh engine and log: ``--latency-commands``
+   single-command submits with fsync ``never``, ``--fsync-latency-commands`` with ``batch`` (each one
+   an fdatasync). The log lives in ``--wal-root`` (a temporary directory by default); its file system
+   is printed. Peer: the kernel alone on the same commands (step 2), as a ratio.
 """
 from __future__ import annotations
 
 import argparse
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,7 +56,9 @@ from trading.orders import COMMAND, CommandKind, EventKind, OrderSide, OrderType
 
 TICK = 10_000_000  # one cent in 1e-9 units
 TARGET_ORDERS_PER_S = 1_000_000
+TARGET_ENGINE_ORDERS_PER_S = 300_000
 TARGET_P99_US = 50.0
+SESSION_NS = 1_710_513_000_000_000_000  # 2024-03-15 10:30 EDT
 
 
 def make_stream(n: int, instruments: int, seed: int = 6) -> np.ndarray:
@@ -140,6 +156,107 @@ def run_latency(stream: np.ndarray, count: int) -> dict:
             "target_p99_us": TARGET_P99_US, "resting_orders": engine.orders}
 
 
+# -- the full order path ------------------------------------------------------------------------
+
+
+def engine_stream(stream: np.ndarray) -> np.ndarray:
+    """The stream with its times in regular trading hours (the risk gate checks market hours)."""
+    out = stream.copy()
+    out["ts"] = SESSION_NS + np.arange(len(out), dtype=np.int64) * 1_000
+    return out
+
+
+def make_engine(instruments: int, wal_dir: Path, fsync: str):
+    from parsers.schema import PRICE_SCALE
+    from trading.engine import AccountConfig, Engine
+
+    symbols = {f"S{i}": i for i in range(instruments)}
+    accounts = {f"a{i}": AccountConfig(cash=10**8 * PRICE_SCALE, margin=True) for i in range(17)}
+    engine = Engine(symbols, accounts, wal_dir=wal_dir, fsync=fsync)
+    engine.mark(SESSION_NS - 1, {s: "100" for s in symbols})  # the LULD reference and the valuation price
+    return engine
+
+
+def run_engine(stream: np.ndarray, instruments: int, batch: int, fsync: str, root: Path) -> dict:
+    """Seconds for a fresh engine (and log) to take the stream in batches; events and rejects by kind."""
+    wal_dir = Path(tempfile.mkdtemp(dir=root))
+    engine = make_engine(instruments, wal_dir, fsync)
+    kinds = np.zeros(len(EventKind) + 1, dtype=np.int64)
+    reasons = np.zeros(256, dtype=np.int64)
+    t0 = time.perf_counter()
+    for start in range(0, len(stream), batch):
+        events = engine.submit(stream[start:start + batch])
+        kinds += np.bincount(events["kind"], minlength=len(kinds))
+        rejected = events["reason"][events["kind"] == EventKind.REJECT]
+        reasons += np.bincount(rejected, minlength=256)
+    seconds = time.perf_counter() - t0
+    wal_bytes = sum(f.stat().st_size for f in wal_dir.iterdir() if f.suffix == ".wal")
+    engine.close()
+    shutil.rmtree(wal_dir)
+    return {"seconds": seconds, "kinds": kinds, "reasons": reasons, "wal_bytes": wal_bytes}
+
+
+def run_engine_latency(stream: np.ndarray, instruments: int, count: int, fsync: str, root: Path) -> dict:
+    wal_dir = Path(tempfile.mkdtemp(dir=root))
+    engine = make_engine(instruments, wal_dir, fsync)
+    half = len(stream) // 2
+    engine.submit(stream[:half])
+    rows = [stream[i:i + 1] for i in range(half, min(len(stream), half + count))]
+    ns = np.empty(len(rows), dtype=np.int64)
+    clock = time.perf_counter_ns
+    for j, row in enumerate(rows):
+        t0 = clock()
+        events = engine.submit(row)
+        ns[j] = clock() - t0
+        assert events["kind"][0] in (EventKind.ACK, EventKind.REJECT, EventKind.CANCELLED, EventKind.MODIFIED)
+    live = engine.matcher.orders
+    engine.close()
+    shutil.rmtree(wal_dir)
+    us = ns / 1_000
+    return {"what": f"Engine.submit() of a one-command batch, fsync {fsync}: risk, log record + commit, "
+                    "matching, portfolio; call to return", "commands": len(rows),
+            "p50_us": float(np.percentile(us, 50)), "p99_us": float(np.percentile(us, 99)),
+            "p99_9_us": float(np.percentile(us, 99.9)), "max_us": float(us.max()),
+            "target_p99_us": TARGET_P99_US if fsync == "never" else None, "live_orders": live}
+
+
+def file_system(path: Path) -> str:
+    try:
+        out = subprocess.run(["df", "-T", str(path)], capture_output=True, text=True, timeout=10).stdout
+        fields = out.splitlines()[1].split()
+        return f"{fields[1]} on {fields[0]}"
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def engine_section(stream: np.ndarray, args, kernel_prefix_s: float) -> dict:
+    from trading.orders import Reason
+
+    root = Path(args.wal_root) if args.wal_root else Path(tempfile.mkdtemp(prefix="bench-wal-"))
+    root.mkdir(parents=True, exist_ok=True)
+    n = min(args.engine_commands, len(stream))
+    estream = engine_stream(stream[:n])
+    run_engine(estream[:20_000], args.instruments, args.engine_batch, "never", root)  # warm-up: numba caches
+    kernel_s = min(run_ours(stream[:n], args.engine_batch)[0] for _ in range(args.repeat))
+    out = {"commands": n, "batch": args.engine_batch, "wal_root": str(root), "file_system": file_system(root),
+           "kernel_seconds": kernel_s, "kernel_orders_per_s": _rate(n, kernel_s), "policies": {}}
+    for fsync in args.fsync:
+        best = min((run_engine(estream, args.instruments, args.engine_batch, fsync, root)
+                    for _ in range(args.repeat)), key=lambda r: r["seconds"])
+        count = args.latency_commands if fsync == "never" else args.fsync_latency_commands
+        rate = _rate(n, best["seconds"])
+        out["policies"][fsync] = {
+            "seconds": best["seconds"], "orders_per_s": rate, "ratio_to_kernel": best["seconds"] / kernel_s,
+            "events": int(best["kinds"].sum()), "wal_bytes": best["wal_bytes"],
+            "events_by_kind": {k.name: int(best["kinds"][k]) for k in EventKind},
+            "rejects_by_reason": {Reason(r).name: int(c) for r, c in enumerate(best["reasons"]) if c},
+            "target_orders_per_s": TARGET_ENGINE_ORDERS_PER_S, "meets_target": rate >= TARGET_ENGINE_ORDERS_PER_S,
+            "latency": run_engine_latency(estream, args.instruments, count, fsync, root)}
+    if not args.wal_root:
+        shutil.rmtree(root, ignore_errors=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--commands", type=int, default=2_000_000)
@@ -148,6 +265,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--peer-commands", type=int, default=100_000)
     ap.add_argument("--latency-commands", type=int, default=100_000)
+    ap.add_argument("--engine-commands", type=int, default=1_000_000, help="commands for the full order path")
+    ap.add_argument("--engine-batch", type=int, default=4096, help="commands per Engine.submit (one group commit)")
+    ap.add_argument("--fsync", nargs="+", default=["never", "batch"], choices=["never", "batch", "always"])
+    ap.add_argument("--fsync-latency-commands", type=int, default=5_000,
+                    help="single-command submits timed under fsync batch/always (each one an fdatasync)")
+    ap.add_argument("--wal-root", default=None, help="directory for the write-ahead logs (default: a temp dir)")
+    ap.add_argument("--no-engine", action="store_true", help="skip the full order path (step 4)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -178,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
                  "ratio_ours_over_peer": peer_s / prefix_s},
         "latency": run_latency(stream, args.latency_commands),
     }
+    if not args.no_engine:
+        report["engine"] = engine_section(stream, args, prefix_s)
     return emit(report, args.json, print_table)
 
 
@@ -203,6 +329,33 @@ def print_table(r: dict) -> None:
     print(f"  p50 {lat['p50_us']:.1f} us   p99 {lat['p99_us']:.1f} us   p99.9 {lat['p99_9_us']:.1f} us   "
           f"max {lat['max_us']:.1f} us   (target p99 <= {lat['target_p99_us']:.0f} us: "
           f"{'met' if lat['p99_us'] <= lat['target_p99_us'] else 'NOT met'})")
+    if "engine" in r:
+        print_engine(r["engine"])
+
+
+def print_engine(e: dict) -> None:
+    print()
+    print(f"full order path, Engine.submit: risk (RiskGate) + write-ahead log (one record and group commit per "
+          f"submit) + matching + portfolio")
+    print(f"{e['commands']:,} commands (the stream's first, same mix) in batches of {e['batch']:,}; "
+          f"log in {e['wal_root']} ({e['file_system']})")
+    print(f"{'':30} {'seconds':>8} {'orders/s':>12} {'vs kernel':>9} {'log MB':>8}")
+    print(f"{'peer: kernel alone (submit)':30} {e['kernel_seconds']:>8.3f} {e['kernel_orders_per_s']:>12,.0f}")
+    for fsync, p in e["policies"].items():
+        print(f"{'engine, fsync ' + fsync:30} {p['seconds']:>8.3f} {p['orders_per_s']:>12,.0f} "
+              f"{p['ratio_to_kernel']:>8.1f}x {p['wal_bytes'] / 1e6:>8.1f}")
+    for fsync, p in e["policies"].items():
+        print(f"fsync {fsync}: target >= {p['target_orders_per_s']:,} orders/s: "
+              f"{'met' if p['meets_target'] else 'NOT met'}; rejects: "
+              + (", ".join(f"{k.lower()} {v:,}" for k, v in p["rejects_by_reason"].items()) or "none"))
+    for fsync, p in e["policies"].items():
+        lat = p["latency"]
+        target = lat["target_p99_us"]
+        verdict = "" if target is None else (f"   (target p99 <= {target:.0f} us: "
+                                             f"{'met' if lat['p99_us'] <= target else 'NOT met'})")
+        print(f"order-to-ack, fsync {fsync} ({lat['commands']:,} single-command submits, "
+              f"{lat['live_orders']:,} live orders): p50 {lat['p50_us']:.1f} us   p99 {lat['p99_us']:.1f} us   "
+              f"p99.9 {lat['p99_9_us']:.1f} us   max {lat['max_us']:.1f} us{verdict}")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+import numba as nb
 import numpy as np
 
 from parsers.schema import PRICE_SCALE, STATUS, TRADE, UNDEF_PRICE
@@ -246,6 +247,8 @@ class Engine:
         if not len(commands):
             return _NO_EVENTS
         events = self.matcher.submit(commands)
+        if not self.mirror.ever_used:
+            return events  # no market order ever existed: nothing to drop or remember
         return self.mirror.settle(events, commands if market is None else market)
 
     def _sync(self, rows: np.ndarray, mode: SyncMode) -> np.ndarray:
@@ -273,7 +276,7 @@ class Engine:
                 self.risk.on_events(synced)
                 parts.append(synced)
         reasons = self._reasons(commands)
-        if reasons.any():
+        if np.count_nonzero(reasons):
             parts.append(_rejects(commands[reasons != 0], reasons[reasons != 0]))
             passed = commands[reasons == 0]
         else:
@@ -286,15 +289,13 @@ class Engine:
 
     def _reasons(self, commands: np.ndarray) -> np.ndarray:
         """A Reason per user command: the engine's own refusals, then the risk gate's (one call)."""
-        kind = commands["kind"]  # NEW, CANCEL, MODIFY are 1, 2, 3
-        bad = (kind < CommandKind.NEW) | (kind > CommandKind.MODIFY) | (commands["order_id"] >= MARKET_ID_BASE)
-        if not bad.any():
+        bad = np.zeros(len(commands), dtype=np.uint8)
+        if not refuse_commands(commands, bad):
             return self.risk.check(commands)
-        reasons = np.full(len(commands), Reason.INVALID_ORDER, dtype=np.uint8)
-        ok = ~bad
+        ok = bad == 0
         if ok.any():
-            reasons[ok] = self.risk.check(commands[ok])
-        return reasons
+            bad[ok] = self.risk.check(commands[ok])
+        return bad
 
     def _apply_feed(self, rows: np.ndarray, status: np.ndarray) -> np.ndarray:
         self.records += 1
@@ -572,6 +573,24 @@ class Engine:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+_R_INVALID = np.uint8(Reason.INVALID_ORDER)
+_K_NEW, _K_MODIFY = np.uint8(CommandKind.NEW), np.uint8(CommandKind.MODIFY)
+_USER_ID_END = np.uint64(MARKET_ID_BASE)
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def refuse_commands(commands, out):
+    """INVALID_ORDER into ``out`` for what users may not send: kinds other than NEW, CANCEL, MODIFY
+    (1..3), and order ids of the market account; returns how many."""
+    n = 0
+    for i in range(commands.shape[0]):
+        c = commands[i]
+        if c.kind < _K_NEW or c.kind > _K_MODIFY or c.order_id >= _USER_ID_END:
+            out[i] = _R_INVALID
+            n += 1
+    return n
 
 
 def _takes_three(fn) -> bool:

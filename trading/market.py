@@ -870,6 +870,11 @@ class MarketMirror:
     # -- views ------------------------------------------------------------------------------------
 
     @property
+    def ever_used(self) -> bool:
+        """Whether a market order was ever handed out (else the matcher's events need no settling)."""
+        return bool(self.scalars[S_NEXT_MIRROR] or self.scalars[S_NEXT_TAKER])
+
+    @property
     def market_rejects(self) -> int:
         """Market commands the matcher refused: always 0 unless the mirror has a bug."""
         return int(self.scalars[S_MARKET_REJECTS])

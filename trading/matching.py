@@ -760,6 +760,7 @@ class MatchingEngine:
         self.lv = np.zeros((levels, LV_COLUMNS), dtype=np.int64)
         self.ins = self._new_ins(instruments)
         self.out = np.zeros(out_rows, dtype=ORDER_EVENT.dtype)
+        self._void = np.dtype((np.void, self.out.dtype.itemsize))
 
     @staticmethod
     def _new_ins(n: int) -> np.ndarray:
@@ -834,8 +835,9 @@ class MatchingEngine:
         if n * 4 >= len(self.out):  # a big batch: hand the rows out and write on into a fresh buffer
             parts.append(self.out[:n])
             self.out = np.zeros(len(self.out), dtype=ORDER_EVENT.dtype)
-        else:
-            parts.append(self.out[:n].copy())
+        else:  # copied as plain bytes: a structured copy with the padding sub-array is ~3x slower
+            rows = self.out[:n]
+            parts.append(rows.view(self._void).copy().view(rows.dtype))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     @property
