@@ -195,6 +195,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", metavar="PATH", help="read this status file instead of the URL")
     p.add_argument("--json", action="store_true", help="print the status as one JSON object")
     p.set_defaults(run=_run_status)
+
+    p = verbs.add_parser(
+        "backtest", help="run a strategy's orders against a capture through the matching and risk core",
+        description="Replay a capture through the books and the trading engine, injecting each order of ORDERS.jsonl "
+        "at its timestamp (it sees every feed message stamped at or before it), and write fills.jsonl, "
+        "rejects.jsonl, events.jsonl, positions.json and summary.json (P&L per account) under --out. "
+        "Formats: docs/orders.md.",
+        epilog="examples:\n  feedhandler backtest captures/nasdaq-sample.pcap --orders examples/orders.jsonl "
+        "--accounts examples/accounts.toml --out out/backtest\n"
+        "  feedhandler backtest day.itch --date 2024-03-15 --orders orders.jsonl --out bt --mark last --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_capture_args(p)
+    p.add_argument("--orders", required=True, metavar="ORDERS.jsonl", help="one order, cancel or modify per line")
+    p.add_argument("--accounts", metavar="ACCOUNTS.toml",
+                   help="[accounts.NAME] tables: cash, margin, limits, suspended, fees (default: $1M cash each)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--mark", choices=["mid", "last"], default="mid",
+                   help="value open positions at the mid (default) or the last printed price")
+    p.add_argument("--wal", metavar="DIR", help="also write the engine's write-ahead log there (an empty directory)")
+    p.set_defaults(run=_run_backtest)
     return parser
 
 
@@ -356,6 +376,18 @@ def _run_live(args) -> int:
         print(json.dumps(final, separators=(",", ":")))
     else:
         print(format_status(final))
+    return 0
+
+
+def _run_backtest(args) -> int:
+    from feedhandler.backtest import BacktestError, backtest
+
+    try:
+        result = backtest(args.capture, args.orders, args.out, accounts=args.accounts, date=args.date,
+                          mark=args.mark, wal_dir=args.wal, venue=args.venue, udp_port=args.udp_port)
+    except BacktestError as exc:
+        raise UserError(str(exc)) from None
+    print(json.dumps(result.as_json(), separators=(",", ":")) if args.json else result.as_text())
     return 0
 
 
