@@ -40,6 +40,7 @@ import numpy as np
 
 from feedhandler.replay import DecodedCapture, ReplayError
 from orderbook.engine import BookEngine
+from parsers.venues import VENUES_BY_NAME
 from parsers.schema import EVENT, PRICE_SCALE, STATUS, TRADE, UNDEF_PRICE, StatusKind
 from trading import pdt
 from trading.engine import UNKNOWN_INSTRUMENT, AccountConfig, Engine, format_price, parse_price
@@ -489,12 +490,10 @@ class _Run:
         self.symbols = symbols
         self.instrument_of = np.array([symbols.get(s, UNKNOWN_INSTRUMENT) for s in self.orders.symbols] or [0],
                                       dtype=np.int64)
-        calendar = SessionCalendar(tz=self.source.venue.tz)
+        self.tiers = {s: self.tiers.get(s, int(LuldTier.TIER_2)) for s in symbols}
         try:
-            self.engine = Engine(symbols, self.cfg.accounts, books=self.books, wal_dir=self.wal_dir, fsync="never",
-                                 mark=self.mark, calendar=calendar, pdt_policy=pdt.make_policy(self.cfg.day_trading),
-                                 risk_config=self.cfg.risk_config(),
-                                 tiers={s: self.tiers.get(s, int(LuldTier.TIER_2)) for s in symbols})
+            self.engine = Engine(symbols, self.cfg.accounts, books=self.books, wal_dir=self.wal_dir,
+                                 **_engine_options(self.cfg, self.source.venue.tz, self.mark, self.tiers))
         except (WalError, OSError) as exc:
             raise BacktestError(f"write-ahead log {self.wal_dir}: {exc}") from None
         if self.early_status:
@@ -599,6 +598,9 @@ class _Run:
             by_id = np.argsort(cmds["order_id"])
             pos = np.searchsorted(cmds["order_id"], events["order_id"][rejects], sorter=by_id)
             origin[rejects] = sel[by_id[pos]]
+            # the engine answers its refusals first; the outputs keep time order (then the engine's)
+            order = np.argsort(events["ts"], kind="stable")
+            events, origin = events[order], origin[order]
         self._collect(events, origin)
 
     def _early_rejects(self, sel: np.ndarray) -> None:
@@ -644,6 +646,27 @@ class _Run:
         if not self.parts:
             return np.zeros(0, dtype=_EVENT_DT), np.zeros(0, dtype=np.int64)
         return np.concatenate([p[0] for p in self.parts]), np.concatenate([p[1] for p in self.parts])
+
+
+def _engine_options(cfg: AccountsFile, tz: str, mark: str, tiers: dict[str, int]) -> dict:
+    """The engine's settings besides symbols, accounts and books (a recovery needs the same ones).
+
+    fsync "never": the log of a backtest is for replaying its state (``recover_engine``), not for
+    surviving a power cut, and an fdatasync per feed batch would cost more than the backtest."""
+    return {"fsync": "never", "mark": mark, "calendar": SessionCalendar(tz=tz),
+            "pdt_policy": pdt.make_policy(cfg.day_trading), "risk_config": cfg.risk_config(), "tiers": tiers}
+
+
+def recover_engine(summary: str | Path, orders: str | Path, wal_dir: str | Path,
+                   accounts: str | Path | None = None) -> Engine:
+    """The engine of a finished ``backtest --wal`` rebuilt from its log alone (no capture): the same
+    ``state_hash()`` as summary.json's ``engine.state_hash``. Takes the run's summary.json, orders and
+    accounts files (the engine's configuration is not logged)."""
+    s = json.loads(Path(summary).read_text())
+    cfg = read_accounts(accounts, read_orders(orders).account_names)
+    venue = VENUES_BY_NAME[s["venue"]]
+    return Engine.recover(s["engine"]["symbols"], cfg.accounts, wal_dir=wal_dir,
+                          **_engine_options(cfg, venue.tz, s["mark"], s["engine"]["tiers"]))
 
 
 def _unique_runs(ids: np.ndarray) -> list[int]:
@@ -787,7 +810,7 @@ def _summary(run: _Run, events, origin, fees, counts, positions, out, seconds) -
         "commands": {name: int(np.count_nonzero(o.action == k)) for k, name in _ACTION_NAMES.items()},
         "counts": counts, "rejects_by_reason": by_reason, "open_orders": _open_orders(run),
         "accounts": per, "total": total, "positions": len(positions),
-        "engine": {"symbols": run.symbols, "tiers": {s: run.tiers.get(s, int(LuldTier.TIER_2)) for s in run.symbols},
+        "engine": {"symbols": run.symbols, "tiers": run.tiers,
                    "state_hash": engine.state_hash(), "wal": None if run.wal_dir is None else str(run.wal_dir)},
         "out": str(out), "seconds": round(seconds, 6),
         "msgs_per_s": round(messages / seconds, 1) if seconds > 0 else 0.0,
