@@ -173,6 +173,8 @@ class Engine:
         for s, i in self.symbols.items():
             self.risk.add_instrument(i, s, int(tiers.get(s, LuldTier.TIER_2)), int(prev_close.get(s, 0)))
         for name, cfg in accounts.items():
+            if not -(2**63) <= int(cfg.cash) < 2**63:
+                raise ValueError(f"account {name!r}: cash {cfg.cash} does not fit int64 1e-9 dollars")
             a = self.account_ids[str(name)]
             self.portfolio.deposit(a, int(cfg.cash))
             self.risk.add_account(a, str(name), bool(cfg.margin), cfg.limits, bool(cfg.suspended))
