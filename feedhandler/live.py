@@ -378,6 +378,8 @@ class LiveHandler:
         if len(feed.lines) == 1:  # no split (a ring's writer may not even fill in the destination)
             self._deliver(*self.arbiter.feed(batch, feed.lines[0]))
             return
+        # Line by line, A's packets of the batch before B's: one arbiter call per line, not per run of
+        # packets (first copies inside one batch are credited to A; nothing else depends on the order).
         picked = 0
         for line, group, port in zip(feed.lines, feed.groups, feed.ports):
             mask = (batch.group == group) & (batch.port == port)
