@@ -223,6 +223,7 @@ class Engine:
             engine._apply_record(payload)
         engine.audit = audit
         engine.recovery = reader.report
+        engine.mirror.reactivate(engine.matcher)  # resting orders keep meeting the feed
         engine._open_log(wal_dir, fresh=False)
         return engine
 

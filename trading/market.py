@@ -869,6 +869,14 @@ class MarketMirror:
 
     # -- views ------------------------------------------------------------------------------------
 
+    def reactivate(self, matcher) -> None:
+        """After a restart: instruments with live orders or consumed liquidity are active and dirty,
+        so the next feed batch or user command that touches them re-reads them."""
+        n = min(len(matcher.ins), self.instruments)
+        live = (matcher.ins[:n, mt.I_RESTING] > 0) | (matcher.ins[:n, mt.I_STOPS] > 0) | (self.cn[:n].sum(axis=1) > 0)
+        self.synced[:n] |= live
+        self.dirty[:n] |= live
+
     @property
     def ever_used(self) -> bool:
         """Whether a market order was ever handed out (else the matcher's events need no settling)."""

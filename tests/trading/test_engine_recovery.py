@@ -181,6 +181,34 @@ def test_recovered_engine_logs_on_and_recovers_again(tmp_path):
     third.close()
 
 
+def test_resting_orders_meet_the_feed_after_a_restart(tmp_path):
+    from parsers.schema import EVENT, Action, Side
+
+    def batch(*rows):
+        ev = EVENT.empty(len(rows))
+        for i, (oid, action, side, cents, size) in enumerate(rows):
+            ev[i]["sequence"], ev[i]["ts_event"], ev[i]["instrument_id"] = i + 1, SESSION + i, 1
+            ev[i]["order_id"], ev[i]["action"], ev[i]["side"] = oid, action, side
+            ev[i]["price"], ev[i]["size"] = cents * CENT, size
+        return ev
+
+    def feed(engine, books, ev):
+        books.apply(ev)
+        return engine.on_feed(SESSION + 10**6, ev, trades_from_events(ev, ev["size"].astype(np.uint64),
+                                                                       np.zeros(len(ev), np.uint8)))
+
+    books = BookEngine()
+    engine = Engine(SYMBOLS, ACCOUNTS, books=books, wal_dir=tmp_path, fsync="never")
+    feed(engine, books, batch((1, Action.ADD, Side.BID, 1000, 300), (2, Action.ADD, Side.ASK, 1001, 300)))
+    assert engine.order(SESSION + 10**7, "u1", "b", "A", "buy", "limit", 100, price="10.00")[0]["event"] == "ack"
+    engine.close()
+    again = Engine.recover(SYMBOLS, ACCOUNTS, wal_dir=tmp_path, books=books, fsync="never")
+    out = feed(again, books, batch((1, Action.EXECUTE, Side.BID, 1000, 300), (3, Action.ADD, Side.BID, 1000, 50),
+                                   (3, Action.EXECUTE, Side.BID, 1000, 40)))
+    assert [(e["event"], e["client_order_id"], e["qty"], e["liquidity"]) for e in out] == [("fill", "b", 40, "maker")]
+    again.close()
+
+
 def test_a_torn_tail_is_cut_and_damage_inside_the_log_is_refused(tmp_path):
     books = BookEngine()
     engine = Engine(SYMBOLS, ACCOUNTS, books=books, wal_dir=tmp_path, fsync="never")
