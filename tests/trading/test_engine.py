@@ -440,3 +440,13 @@ def test_constructor_refuses_bad_configuration(tmp_path):
         Engine({"A": 1}, {"a": AccountConfig(cash=0)}, mark="vwap")
     with pytest.raises(ValueError):
         Engine({"A": 1}, {"a": AccountConfig(cash=0)}).on_feed(T0, EVENT.empty(0))
+
+
+def test_an_audit_callable_with_three_parameters_gets_the_client_order_ids():
+    got = []
+    engine = Engine({"AAA": 1}, {"alice": AccountConfig(cash=CASH)},
+                    audit=lambda commands, events, client_ids: got.append((len(commands), len(events), client_ids)))
+    engine.mark(T0, {"AAA": "10"})
+    engine.order(T0, "alice", "first", "AAA", "buy", "limit", 5, price="9.99")
+    engine.cancel(T0 + 1, "alice", "first")
+    assert got == [(1, 1, ["first"]), (1, 1, None)]
