@@ -236,7 +236,7 @@ class Engine:
         names = bytes(payload[at:at + n_names])
         kind = RecordKind(kind)
         if kind == RecordKind.SUBMIT:
-            return self._apply_submit(rows, commands, _read_names(names, commands))
+            return self._apply_submit(rows, commands, _read_names(names))
         if kind == RecordKind.FEED:
             return self._apply_feed(rows, status)
         if kind == RecordKind.SESSION_END:
@@ -353,7 +353,7 @@ class Engine:
                                  if c is not None and commands["kind"][i] == CommandKind.NEW)
         rows = self._read_for(commands)
         self._log(RecordKind.SUBMIT, 0, rows, commands, None, names)
-        events = self._apply_submit(rows, commands, _read_names(names, commands) if names else [])
+        events = self._apply_submit(rows, commands, _read_names(names) if names else [])
         self._hand_off(commands, events, client_ids)
         return events
 
@@ -633,7 +633,7 @@ def _write_names(pairs) -> bytes:
     return bytes(out)
 
 
-def _read_names(blob: bytes, commands: np.ndarray) -> list[tuple[int, str]]:
+def _read_names(blob: bytes) -> list[tuple[int, str]]:
     out = []
     at = 0
     while at < len(blob):
