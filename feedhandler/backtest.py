@@ -427,7 +427,9 @@ class _Run:
         self.cfg = accounts
         self.mark = mark
         self.wal_dir = wal_dir
-        self.books = BookEngine(depth=1, venue=source.venue.id)  # L2 rows unused: the engine reads the levels
+        # L2 rows unused (the engine reads the levels): depth 1 and small output buffers, as a book
+        # cut at every order hands out (and replaces) its buffers each time
+        self.books = BookEngine(depth=1, venue=source.venue.id, out_rows=1024)
         self.engine: Engine | None = None
         self.tiers: dict[str, int] = {}
         self.early_status: list[np.ndarray] = []
@@ -463,8 +465,9 @@ class _Run:
         self.origin_of_id = np.array(origin, dtype=np.int64)
         # the symbol of each line: its own, or (cancels, modifies) that of the order it names, -1 if none
         own = o.symbol
-        self.line_symbol = np.where(own >= 0, own, o.symbol[self.origin_of_id[ids.astype(np.int64)]]) if len(o) \
-            else own
+        named = self.origin_of_id[ids.astype(np.int64)] if len(o) else np.zeros(0, dtype=np.int64)
+        self.line_symbol = np.where(own >= 0, own, o.symbol[named])
+        self.line_side = np.where(o.side > 0, o.side, o.side[named])
         self.known_account = self.account_id[o.account] < n_acct if len(o) else np.zeros(0, dtype=bool)
 
     # -- the engine ----------------------------------------------------------------------------------
@@ -738,7 +741,7 @@ def _write_outputs(run: _Run, events: np.ndarray, origin: np.ndarray, out: Path,
                 ts, _, _, price, qty, leaves, _, _, kind, side, liq, reason, _ = e
                 line = {"event": _EVENT_NAMES[kind], "ts": ts, "account": o.account_names[o.account[j]],
                         "client_order_id": o.client_order_id[j], "symbol": _symbol(o, int(run.line_symbol[j])),
-                        "side": _SIDE_NAMES.get(side), "price": format_price(price), "qty": qty, "leaves": leaves,
+                        "side": _SIDE_NAMES.get(side or int(run.line_side[j])), "price": format_price(price), "qty": qty, "leaves": leaves,
                         "liquidity": _LIQUIDITY_NAMES.get(liq), "reason": _REASON_NAMES[reason] if reason else None}
                 if kind == EventKind.FILL:
                     line["fee"] = format_price(fee)
