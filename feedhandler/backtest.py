@@ -431,9 +431,11 @@ class _Run:
         # cut at every order hands out (and replaces) its buffers each time
         self.books = BookEngine(depth=1, venue=source.venue.id, out_rows=1024)
         self.engine: Engine | None = None
+        self.directory: list[tuple[int, str, int, int]] = []
         self.tiers: dict[str, int] = {}
         self.early_status: list[np.ndarray] = []
         self.last_ts = 0
+        self.submits = 0  # Engine.submit calls (one per run of orders with no feed message between them)
         self.parts: list[tuple[np.ndarray, np.ndarray]] = []  # (ORDER_EVENT rows, order line index per row)
         self._assign_ids()
 
@@ -473,27 +475,26 @@ class _Run:
     # -- the engine ----------------------------------------------------------------------------------
 
     def _learn(self, definitions: np.ndarray) -> None:
-        """LULD tiers of the orders' symbols from the stock directory."""
+        """The stock directory entries of the orders' symbols: (ts_event, symbol, instrument id, LULD tier)."""
         if not len(definitions) or self.engine is not None:
             return
         names = np.char.strip(np.char.decode(definitions["symbol"], "ascii", "replace"))
-        wanted = np.isin(names, self.orders.symbols)
-        for sym, code in zip(names[wanted].tolist(), definitions["luld_tier"][wanted].tolist()):
-            tier = tier_from_code(code)
-            if tier is not None:
-                self.tiers[sym] = int(tier)
+        wanted = np.flatnonzero(np.isin(names, self.orders.symbols))
+        for k in wanted.tolist():
+            tier = tier_from_code(definitions["luld_tier"][k])
+            self.directory.append((int(definitions["ts_event"][k]), str(names[k]),
+                                   int(definitions["instrument_id"][k]), int(tier or LuldTier.TIER_2)))
 
-    def _start_engine(self) -> Engine:
+    def _start_engine(self, ts: int) -> Engine:
+        """The engine, started at ``ts`` with the orders' symbols the directory listed by then."""
         if self.engine is not None:
             return self.engine
-        listed = {}
-        if self.source.normalizer is not None:
-            listed = {sym: inst for inst, sym in self.source.normalizer.symbols.items()}
-        symbols = {s: listed[s] for s in self.orders.symbols if s in listed} or dict([PLACEHOLDER_SYMBOL])
+        listed = {sym: (inst, tier) for t, sym, inst, tier in self.directory if t <= ts}
+        symbols = {s: listed[s][0] for s in self.orders.symbols if s in listed} or dict([PLACEHOLDER_SYMBOL])
         self.symbols = symbols
         self.instrument_of = np.array([symbols.get(s, UNKNOWN_INSTRUMENT) for s in self.orders.symbols] or [0],
                                       dtype=np.int64)
-        self.tiers = {s: self.tiers.get(s, int(LuldTier.TIER_2)) for s in symbols}
+        self.tiers = {s: listed[s][1] if s in listed else int(LuldTier.TIER_2) for s in symbols}
         try:
             self.engine = Engine(symbols, self.cfg.accounts, books=self.books, wal_dir=self.wal_dir,
                                  **_engine_options(self.cfg, self.source.venue.tz, self.mark, self.tiers))
@@ -553,7 +554,7 @@ class _Run:
                 self._inject(k, end)
                 k = end
         self._inject(k, n)
-        engine = self._start_engine()
+        engine = self._start_engine(self.last_ts)
         end_ts = max(self.last_ts, int(o.ts[-1]) if n else 0)
         self._session_end(engine, end_ts)
 
@@ -562,7 +563,7 @@ class _Run:
     def _inject(self, k0: int, k1: int) -> None:
         if k1 <= k0:
             return
-        engine = self._start_engine()
+        engine = self._start_engine(int(self.orders.ts[k0]))
         o = self.orders
         sel = np.arange(k0, k1)
         early = ~self.known_account[sel] & (o.action[sel] != CommandKind.NEW)
@@ -593,6 +594,7 @@ class _Run:
         names = [o.client_order_id[j] if kind == CommandKind.NEW else None
                  for j, kind in zip(sel.tolist(), o.action[sel].tolist())]
         events = engine.submit(cmds, names)
+        self.submits += 1
         if not len(events):
             return
         origin = self.origin_of_id[events["order_id"].astype(np.int64)]
@@ -813,7 +815,7 @@ def _summary(run: _Run, events, origin, fees, counts, positions, out, seconds) -
         "commands": {name: int(np.count_nonzero(o.action == k)) for k, name in _ACTION_NAMES.items()},
         "counts": counts, "rejects_by_reason": by_reason, "open_orders": _open_orders(run),
         "accounts": per, "total": total, "positions": len(positions),
-        "engine": {"symbols": run.symbols, "tiers": run.tiers,
+        "engine": {"symbols": run.symbols, "tiers": run.tiers, "submits": run.submits,
                    "state_hash": engine.state_hash(), "wal": None if run.wal_dir is None else str(run.wal_dir)},
         "out": str(out), "seconds": round(seconds, 6),
         "msgs_per_s": round(messages / seconds, 1) if seconds > 0 else 0.0,

@@ -305,12 +305,28 @@ def test_orders_at_equal_times_go_in_file_order(tmp_path):
         order(2, "alice", "first", "buy", "market", 100),
         order(1, "carol", "earliest", "buy", "limit", 100, price="10.00"),  # earlier ts: goes first though last
     ])
-    backtest(capture, orders, tmp_path / "out")
+    result = backtest(capture, orders, tmp_path / "out")
+    assert result.summary["engine"]["submits"] == 1  # no feed message between them: one batch
     fills = jsonl(tmp_path / "out" / "fills.jsonl")
     assert [(f["client_order_id"], f["price"], f["qty"]) for f in fills] == [("second", "10.05", 100)]
     events = jsonl(tmp_path / "out" / "events.jsonl")
     assert [e["client_order_id"] for e in events if e["event"] == "ack"] == ["earliest", "second", "first"]
     assert [e for e in events if e["client_order_id"] == "first"][-1]["reason"] == "no_liquidity"
+
+
+def test_orders_before_the_stock_directory_find_no_symbol(tmp_path):
+    f = Itch()
+    f.directory(1, b"AAA")  # at 03:00
+    f.add(1, 1, b"S", 100, 1005)
+    capture = f.write(tmp_path / "day.pcap")
+    early = {**order(0, "a", "early", "buy", "limit", 100, price="10.05"), "ts": "2024-03-15T02:00:00-04:00"}
+    orders = write_lines(tmp_path / "o.jsonl", [early, order(2, "a", "later", "buy", "limit", 100, price="10.05")])
+    accounts = tmp_path / "a.toml"
+    accounts.write_text("[risk]\nmarket_hours = false\n[accounts.a]\ncash = 10000\n")
+    result = backtest(capture, orders, tmp_path / "out", accounts=accounts)
+    # the engine starts at the first order, knowing the symbols listed by then: none
+    assert [r["reason"] for r in jsonl(tmp_path / "out" / "rejects.jsonl")] == ["unknown_symbol"] * 2
+    assert result.summary["engine"]["symbols"] == {"-": 0}
 
 
 # -- the book an order sees, against `feedhandler book --at` --------------------------------------------
@@ -487,3 +503,17 @@ def test_cli_on_the_sample_with_the_examples(tmp_path, capsys):
     again = json.loads(capsys.readouterr().out)
     assert again["counts"] == summary["counts"] and again["mark"] == "last"
     assert jsonl(tmp_path / "bt2" / "fills.jsonl") == fills  # the mark changes valuation, never fills
+
+
+def test_the_readme_five_line_backtest_runs(tmp_path, monkeypatch, capsys):
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Backtest"):]
+    code = section[section.index("```python\n") + 10:section.index("```\n", section.index("```python\n") + 10)]
+    assert len(code.strip().splitlines()) == 5
+    (tmp_path / "captures").symlink_to(ROOT / "captures")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    assert "alice" in capsys.readouterr().out
+    fills = jsonl(tmp_path / "out" / "backtest" / "fills.jsonl")
+    assert {f["client_order_id"] for f in fills} == {f"crs-{h}" for h in range(10, 16)}
+    assert all(f["liquidity"] == "taker" for f in fills)
