@@ -38,10 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-from feedhandler.replay import DecodedCapture, ReplayError
+from feedhandler.replay import DecodedCapture
 from orderbook.engine import BookEngine
+from parsers.schema import EVENT, PRICE_SCALE, TRADE, UNDEF_PRICE, StatusKind
 from parsers.venues import VENUES_BY_NAME
-from parsers.schema import EVENT, PRICE_SCALE, STATUS, TRADE, UNDEF_PRICE, StatusKind
 from trading import pdt
 from trading.engine import UNKNOWN_INSTRUMENT, AccountConfig, Engine, format_price, parse_price
 from trading.luld import LuldTier, SessionCalendar, tier_from_code
@@ -207,8 +207,8 @@ def read_orders(path: str | Path) -> OrderFile:
                    CommandKind.MODIFY: _MODIFY_KEYS}[kind]
         unknown = sorted(set(obj) - allowed)
         if unknown:
-            raise line_error(f"unknown field{'s' if len(unknown) > 1 else ''} for {'an order' if kind == 1 else 'a ' + action}:"
-                             f" {', '.join(unknown)}")
+            what = "an order" if kind == CommandKind.NEW else f"a {action}"
+            raise line_error(f"unknown field{'s' if len(unknown) > 1 else ''} for {what}: {', '.join(unknown)}")
         required = ["ts", "account", "client_order_id"]
         if kind == CommandKind.NEW:
             required += ["symbol", "side", "type", "qty"]
@@ -350,7 +350,8 @@ def read_accounts(path: str | Path | None, names: list[str]) -> AccountsFile:
             raise BacktestError(f"{where}: must be a table ([accounts.{name}])")
         unknown = sorted(set(spec) - _ACCOUNT_KEYS)
         if unknown:
-            raise BacktestError(f"{where}: unknown key {', '.join(unknown)} (one of {', '.join(sorted(_ACCOUNT_KEYS))})")
+            raise BacktestError(f"{where}: unknown key {', '.join(unknown)} "
+                                f"(one of {', '.join(sorted(_ACCOUNT_KEYS))})")
         if "cash" not in spec:
             raise BacktestError(f"{where}: cash is required (dollars)")
         cash = _dollars(spec["cash"], f"{where}.cash")
@@ -407,7 +408,8 @@ class BacktestResult:
                          f"{_money(a['fees']):>11}{_money(a['net_pnl']):>14}{a['fills']:>8,}")
         if s["rejects_by_reason"]:
             lines.append("  rejects      " + ", ".join(f"{k} {v:,}" for k, v in s["rejects_by_reason"].items()))
-        lines.append(f"  wrote        fills.jsonl, rejects.jsonl, events.jsonl, positions.json, summary.json under {s['out']}/")
+        lines.append("  wrote        fills.jsonl, rejects.jsonl, events.jsonl, positions.json, summary.json "
+                     f"under {s['out']}/")
         lines.append(f"  time         {s['seconds']:.3f} s   {s['msgs_per_s']:,.0f} messages/s")
         return "\n".join(lines)
 
@@ -731,33 +733,20 @@ def _fees(run: _Run, events: np.ndarray) -> np.ndarray:
 
 
 def _write_outputs(run: _Run, events: np.ndarray, origin: np.ndarray, out: Path, seconds: float) -> dict:
-    o = run.orders
-    engine = run.engine
     fees = _fees(run, events)
-    kinds = events["kind"]
-    counts = {name: int(np.count_nonzero(kinds == k)) for k, name in _EVENT_NAMES.items()}
+    counts = {name: int(np.count_nonzero(events["kind"] == k)) for k, name in _EVENT_NAMES.items()}
     try:
         with open(out / "events.jsonl", "w") as ev_f, open(out / "fills.jsonl", "w") as fill_f, \
                 open(out / "rejects.jsonl", "w") as rej_f:
             for e, j, fee in zip(events.tolist(), origin.tolist(), fees.tolist()):
-                ts, _, _, price, qty, leaves, _, _, kind, side, liq, reason, _ = e
-                line = {"event": _EVENT_NAMES[kind], "ts": ts, "account": o.account_names[o.account[j]],
-                        "client_order_id": o.client_order_id[j], "symbol": _symbol(o, int(run.line_symbol[j])),
-                        "side": _SIDE_NAMES.get(side or int(run.line_side[j])), "price": format_price(price), "qty": qty, "leaves": leaves,
-                        "liquidity": _LIQUIDITY_NAMES.get(liq), "reason": _REASON_NAMES[reason] if reason else None}
-                if kind == EventKind.FILL:
+                line = _event_line(run, e, j)
+                if line["event"] == "fill":
                     line["fee"] = format_price(fee)
-                    fill_f.write(json.dumps(_fill_line(line)) + "\n")
-                elif kind == EventKind.REJECT:
-                    rej = {"ts": ts, "line": int(o.line[j]), "action": _ACTION_NAMES[int(o.action[j])],
-                           "account": line["account"], "client_order_id": line["client_order_id"],
-                           "symbol": line["symbol"], "side": line["side"],
-                           "type": _TYPE_NAMES.get(int(o.order_type[j])), "qty": int(o.qty[j]),
-                           "price": format_price(int(o.price[j])), "stop_price": format_price(int(o.stop_price[j])),
-                           "reason": line["reason"]}
-                    rej_f.write(json.dumps(rej) + "\n")
+                    fill_f.write(json.dumps({k: line[k] for k in _FILL_FIELDS}) + "\n")
+                elif line["event"] == "reject":
+                    rej_f.write(json.dumps(_reject_line(run, line, j)) + "\n")
                 ev_f.write(json.dumps(line) + "\n")
-        positions = engine.positions()
+        positions = run.engine.positions()
         summary = _summary(run, events, origin, fees, counts, positions, out, seconds)
         (out / "positions.json").write_text(json.dumps(positions, indent=1) + "\n")
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -766,13 +755,29 @@ def _write_outputs(run: _Run, events: np.ndarray, origin: np.ndarray, out: Path,
     return summary
 
 
-def _symbol(o: OrderFile, s: int) -> str | None:
-    return o.symbols[s] if s >= 0 else None
+_FILL_FIELDS = ("ts", "account", "client_order_id", "symbol", "side", "price", "qty", "leaves", "liquidity", "fee")
 
 
-def _fill_line(line: dict) -> dict:
-    return {k: line[k] for k in ("ts", "account", "client_order_id", "symbol", "side", "price", "qty", "leaves",
-                                 "liquidity", "fee")}
+def _event_line(run: _Run, e: tuple, j: int) -> dict:
+    """An events.jsonl line: an ORDER_EVENT row (as a tuple) named through order line ``j``."""
+    o = run.orders
+    ts, _, _, price, qty, leaves, _, _, kind, side, liq, reason, _ = e
+    s = int(run.line_symbol[j])
+    return {"event": _EVENT_NAMES[kind], "ts": ts, "account": o.account_names[o.account[j]],
+            "client_order_id": o.client_order_id[j], "symbol": o.symbols[s] if s >= 0 else None,
+            "side": _SIDE_NAMES.get(side or int(run.line_side[j])), "price": format_price(price), "qty": qty,
+            "leaves": leaves, "liquidity": _LIQUIDITY_NAMES.get(liq),
+            "reason": _REASON_NAMES[reason] if reason else None}
+
+
+def _reject_line(run: _Run, line: dict, j: int) -> dict:
+    """A rejects.jsonl line: the refused line as the file gave it, and why."""
+    o = run.orders
+    return {"ts": line["ts"], "line": int(o.line[j]), "action": _ACTION_NAMES[int(o.action[j])],
+            "account": line["account"], "client_order_id": line["client_order_id"], "symbol": line["symbol"],
+            "side": line["side"], "type": _TYPE_NAMES.get(int(o.order_type[j])), "qty": int(o.qty[j]),
+            "price": format_price(int(o.price[j])), "stop_price": format_price(int(o.stop_price[j])),
+            "reason": line["reason"]}
 
 
 def _summary(run: _Run, events, origin, fees, counts, positions, out, seconds) -> dict:
@@ -810,7 +815,8 @@ def _summary(run: _Run, events, origin, fees, counts, positions, out, seconds) -
     by_reason = {_REASON_NAMES[int(r)]: int(c) for r, c in zip(*np.unique(reasons, return_counts=True))}
     messages = run.source.capture.stats.messages
     return {
-        "capture": run.source.path, "date": run.source.normalizer.clock.date.isoformat(), "venue": run.source.venue.name,
+        "capture": run.source.path, "date": run.source.normalizer.clock.date.isoformat(),
+        "venue": run.source.venue.name,
         "orders_file": o.path, "mark": run.mark, "messages": messages, "orders": len(o),
         "commands": {name: int(np.count_nonzero(o.action == k)) for k, name in _ACTION_NAMES.items()},
         "counts": counts, "rejects_by_reason": by_reason, "open_orders": _open_orders(run),

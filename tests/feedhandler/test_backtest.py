@@ -384,7 +384,8 @@ def test_an_order_at_t_sweeps_exactly_the_book_at_t(generated_day, tmp_path, cap
 BAD_LINES = [
     ("{not json", "not JSON"),
     ("[1, 2]", "not a JSON object"),
-    ('{"ts": 1, "account": "a", "client_order_id": "x", "symbol": "AAA", "side": "buy", "type": "market"}', "missing qty"),
+    ('{"ts": 1, "account": "a", "client_order_id": "x", "symbol": "AAA", "side": "buy", "type": "market"}',
+     "missing qty"),
     ('{"ts": "10:30", "account": "a", "client_order_id": "x", "symbol": "AAA", "side": "buy", "type": "market", '
      '"qty": 1}', "ts:"),
     ('{"ts": "2024-03-15T10:30:00", "account": "a", "client_order_id": "x", "symbol": "AAA", "side": "buy", '
@@ -451,7 +452,8 @@ def test_accounts_file_values(tmp_path):
     assert cfg.taker_fee["a"] == 3_000_000 and cfg.maker_fee["a"] == 0
     assert not cfg.market_hours and cfg.luld and cfg.day_trading == "legacy"
     default = read_accounts(None, ["x", "y"])
-    assert list(default.accounts) == ["x", "y"] and default.accounts["x"].cash == 10**15 and not default.accounts["x"].margin
+    assert list(default.accounts) == ["x", "y"]
+    assert default.accounts["x"].cash == 10**15 and not default.accounts["x"].margin
 
 
 def test_times_in_both_forms():
@@ -473,8 +475,8 @@ def test_the_wal_directory_must_be_empty_and_other_setup_errors(tmp_path, capsys
             ([sample, "--orders", str(orders), "--out", str(tmp_path / "o1"), "--wal", str(tmp_path / "wal")],
              "is not empty"),
             ([sample, "--orders", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o2")], "no orders file"),
-            ([sample, "--orders", str(orders), "--accounts", str(tmp_path / "none.toml"), "--out", str(tmp_path / "o3")],
-             "no accounts file"),
+            ([sample, "--orders", str(orders), "--accounts", str(tmp_path / "none.toml"),
+              "--out", str(tmp_path / "o3")], "no accounts file"),
             ([str(tmp_path / "none.pcap"), "--orders", str(orders), "--out", str(tmp_path / "o4")], "none.pcap")):
         assert main(["backtest", *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -486,8 +488,9 @@ def test_the_wal_directory_must_be_empty_and_other_setup_errors(tmp_path, capsys
 
 def test_cli_on_the_sample_with_the_examples(tmp_path, capsys):
     out = tmp_path / "bt"
-    argv = ["backtest", str(ROOT / "captures" / "nasdaq-sample.pcap"), "--orders", str(ROOT / "examples" / "orders.jsonl"),
-            "--accounts", str(ROOT / "examples" / "accounts.toml"), "--out", str(out)]
+    argv = ["backtest", str(ROOT / "captures" / "nasdaq-sample.pcap"),
+            "--orders", str(ROOT / "examples" / "orders.jsonl"), "--accounts", str(ROOT / "examples" / "accounts.toml"),
+            "--out", str(out)]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "net P&L" in text and "total" in text and f"under {out}/" in text
