@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redis", metavar="URL", help="publish to Redis, e.g. redis://127.0.0.1:6379/0")
     p.add_argument("--timescale", metavar="DSN", help="write to TimescaleDB/PostgreSQL")
     p.add_argument("--ws", metavar="HOST:PORT", help="serve a WebSocket feed, e.g. 127.0.0.1:8765")
+    p.add_argument("--out", metavar="DIR", help="also write bbo, l2, trades and status Parquet files under DIR")
     p.add_argument("--metrics-port", type=int, metavar="N", help="port of /metrics and /status (default 9108; 0: any)")
     p.add_argument("--date", type=_date, help="session date YYYY-MM-DD (default: from the first packet's time)")
     p.add_argument("--depth", type=_depth, help="levels per side of the published depth (default 10)")
@@ -352,7 +353,7 @@ def _run_live(args) -> int:
 
     overrides = {"venue": args.venue, "group": args.group, "b_group": args.b_group, "iface": args.iface,
                  "source": args.source, "shm_path": args.shm_path, "rerequest": args.rerequest, "redis": args.redis,
-                 "timescale": args.timescale, "ws": args.ws, "metrics_port": args.metrics_port,
+                 "timescale": args.timescale, "ws": args.ws, "out": args.out, "metrics_port": args.metrics_port,
                  "date": args.date.isoformat() if args.date else None, "depth": args.depth, "conflate": args.conflate,
                  "expect_from": args.expect_from, "netns": args.netns, "drain": args.drain,
                  "status_file": args.status_file, "busy_poll": True if args.busy_poll else None}

@@ -588,8 +588,15 @@ def run_live(cfg: LiveConfig, stop: threading.Event, duration_s: float | None = 
     runners: list[SinkRunner] = []
     try:
         try:
-            runners = build_runners(cfg.sinks, venue_depth=cfg.depth)
+            others = {name: conf for name, conf in cfg.sinks.items() if name != "parquet"}
+            runners = build_runners(others, venue_depth=cfg.depth)
+            if "parquet" in cfg.sinks:
+                from feedhandler.parquet_sink import parquet_runner
+
+                runners.append(parquet_runner(cfg.sinks["parquet"], cfg.venue))
         except (ConfigError, KeyError, ValueError, TypeError) as exc:
+            for runner in runners:
+                runner.stop(0.5)
             raise LiveError(f"sink settings: {exc}") from None
         handler = LiveHandler(cfg, runners=runners, metrics=metrics)
         if on_ready is not None:

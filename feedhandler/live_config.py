@@ -139,7 +139,8 @@ def live_config(file_config: dict, overrides: dict | None = None) -> LiveConfig:
 
     ``overrides`` keys: any ``[live]`` key, plus ``group`` / ``b_group`` ("G:P" of lines A / B),
     ``shm_path`` (the ring of every line), ``metrics_port`` (the endpoint's port, on the configured
-    host) and ``redis`` / ``timescale`` / ``ws`` (sink addresses); None values are ignored.
+    host) and ``redis`` / ``timescale`` / ``ws`` / ``out`` (sink addresses, ``out`` the Parquet
+    directory); None values are ignored.
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     section = file_config.get("live", {})
@@ -156,7 +157,8 @@ def live_config(file_config: dict, overrides: dict | None = None) -> LiveConfig:
     lines = _lines(section.get("lines", {}), overrides)
     cfg = LiveConfig(lines=lines, **_checked(values))
     sinks = {name: dict(conf) for name, conf in file_config.get("sinks", {}).items()}
-    for name, key, flag in (("redis", "url", "redis"), ("timescale", "dsn", "timescale"), ("websocket", "listen", "ws")):
+    for name, key, flag in (("redis", "url", "redis"), ("timescale", "dsn", "timescale"), ("websocket", "listen", "ws"),
+                            ("parquet", "dir", "out")):
         if flag in overrides:
             sinks.setdefault(name, {})[key] = overrides[flag]
     return replace(cfg, sinks=sinks)

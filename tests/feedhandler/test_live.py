@@ -53,8 +53,10 @@ class Day:
         self.span_s = (int(session.ts_recv[-1]) - int(session.ts_recv[0])) / 1e9
         source = DecodedCapture(self.path)
         self.engine = BookEngine(depth=10)
+        self.trades = 0
         for batch in source.batches():
             self.engine.apply(batch.events)
+            self.trades += len(batch.trades)
         self.symbols = dict(source.normalizer.symbols)
         self.summary = source.summary()
         packets = capture_packets(open_capture(self.path))
@@ -397,3 +399,60 @@ def test_both_lines_in_one_shared_memory_ring_are_told_apart(day, tmp_path):
     assert final["books"]["other_packets"] == len(range(0, len(packets), 50))
     assert final["sources"][0]["kind"] == "shm" and final["sources"][0]["lines"] == "A+B"
     assert final["books"]["stale_instruments"] == 0
+
+
+def test_run_live_writes_parquet_through_its_sink_runner(day, tmp_path):
+    """`run_live` (the CLI's path) with the Parquet sink: stopped through its stop event once the
+    endpoint shows every message, it drains and finishes the files; the last BBO row of every
+    instrument is the replay's final BBO and every trade is there."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from feedhandler.live import run_live
+    from feedhandler.sources.base import PacketBatch, ipv4_to_int
+    from feedhandler.sources.shm_ring import ShmWriter
+
+    path = f"/dev/shm/fh-test-live-pq-{os.getpid()}"
+    packets = capture_packets(open_capture(day.path))
+    n = len(packets)
+    writer = ShmWriter(path, slot_count=1 << 16)
+    writer.write_batch(PacketBatch(packets.buf, packets.offset, packets.length.astype(np.int32),
+                                   np.full(n, time.time_ns(), np.int64), np.full(n, ipv4_to_int(GROUP_A), np.uint32),
+                                   np.full(n, PORT, np.uint16)))
+    writer.close()
+    out = tmp_path / "pq"
+    cfg = live_config({}, {"group": f"{GROUP_A}:{PORT}", "source": "shm", "shm_path": path, "metrics": "0",
+                           "out": str(out), "expect_from": 1})
+    stop, box = threading.Event(), {}
+    runner = threading.Thread(target=lambda: box.update(final=run_live(cfg, stop, on_ready=lambda h: box.update(h=h))))
+    try:
+        runner.start()
+        deadline = time.monotonic() + 60
+        while "h" not in box or fetch_status(box["h"].metrics.url).get("feed", {}).get("messages", 0) < MESSAGES:
+            assert runner.is_alive() and time.monotonic() < deadline
+            time.sleep(0.1)
+        stop.set()
+        runner.join(60)
+    finally:
+        stop.set()
+        os.unlink(path)
+    final = box["final"]
+    assert final["state"] == "stopped" and final["feed"]["messages"] == MESSAGES
+    sink = final["sinks"]["parquet"]
+    assert sink["written"] == sink["offered"] and "dropped_batches" not in sink
+    assert sorted(p.name for p in out.iterdir()) == ["bbo-0000.parquet", "l2-0000.parquet", "status-0000.parquet",
+                                                     "trades-0000.parquet"]
+    assert pq.read_table(out / "trades-0000.parquet").num_rows == day.trades
+    table = pq.read_table(out / "bbo-0000.parquet")
+    assert table.num_rows == final["books"]["bbo_rows"]
+    assert pq.read_table(out / "l2-0000.parquet").num_rows == final["books"]["l2_rows"]
+    cols = {name: table.column(name).to_numpy() for name in ("instrument_id", "bid_px", "bid_sz", "ask_px", "ask_sz")}
+    last = {int(iid): i for i, iid in enumerate(cols["instrument_id"])}  # the last row of each instrument
+    wrong = {}
+    for iid in day.symbols:
+        bid_px, bid_sz, _, ask_px, ask_sz, _ = day.engine.bbo(iid)
+        if iid in last:
+            got = tuple(int(cols[c][last[iid]]) for c in ("bid_px", "bid_sz", "ask_px", "ask_sz"))
+            if got != (bid_px, bid_sz, ask_px, ask_sz):
+                wrong[iid] = (got, (bid_px, bid_sz, ask_px, ask_sz))
+    assert not wrong and len(last) >= len(day.symbols) - 2
