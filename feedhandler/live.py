@@ -60,7 +60,7 @@ from publish.runner import SinkRunner
 log = logging.getLogger(__name__)
 
 TICK_S = 0.001  # longest wait for packets: the arbiter's timers (2 ms re-request delay) run this often
-BOOK_OUT_ROWS = 4096  # BookEngine output rows: measured best of 256..65536 for 16- and 8000-message batches
+BOOK_OUT_ROWS = 1024  # BookEngine output rows: of 256..65536, 1024 costs least for 16- and 8000-message batches alike
 MAX_EVENTS_KEPT = 50  # latest arbiter events kept for the status page
 CLONE_NEWNET = 0x40000000
 LINE_LABELS = {LINE_A: "A", LINE_B: "B"}
