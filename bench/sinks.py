@@ -169,30 +169,38 @@ class Reader:
 
 
 # ===================================================================== 2. replays with sinks
-def make_runners(names: list[str], redis_url: str, dsn: str, depth: int) -> tuple[list, list[str]]:
-    from publish.redis_pub import RedisPublisher
-    from publish.runner import SinkRunner
-    from publish.timescale import TimescaleSink
-    from publish.websocket_server import WebSocketServer
+def make_runners(names: list[str], redis_url: str, dsn: str, depth: int, mode: str = "process",
+                 nice: int = 0) -> tuple[list, list[str]]:
+    """The runners ``feedhandler replay --redis ... --timescale ... --ws ...`` builds
+    (``feedhandler.sinks.build_runners``): each sink in a process of its own, or with ``mode="thread"``
+    (``process = false``) on a thread of the feed's process, as before."""
+    from feedhandler.sinks import build_runners
 
-    runners, schemas = [], []
+    settings, schemas = {}, []
     for name in names:
         if name == "redis":
-            sink = RedisPublisher(redis_url, venue_depth=depth)
+            conf = {"url": redis_url}
         elif name == "timescale":
             schemas.append(f"bench_{uuid.uuid4().hex[:10]}")
-            sink = TimescaleSink(dsn, schema=schemas[-1])
+            conf = {"dsn": dsn, "schema": schemas[-1]}
         else:
-            sink = WebSocketServer("127.0.0.1", 0, depth=depth)
-        runners.append(SinkRunner(sink))
-    return runners, schemas
+            conf = {"listen": "127.0.0.1:0"}
+        conf["process"] = mode == "process"
+        if mode == "process":
+            conf["nice"] = nice
+        settings[name] = conf
+    return build_runners(settings, venue_depth=depth), schemas
 
 
 def wait_open(runners, timeout: float = 30.0) -> None:
-    """Until each sink is open (its runner opens it on its own thread)."""
+    """Until each sink is open (its runner opens it on its own thread, or in its own process)."""
     deadline = time.monotonic() + timeout
     for r in runners:
         sink = r.sink
+        if hasattr(sink, "wait_open"):  # a sink in a child process
+            if not sink.wait_open(max(0.0, deadline - time.monotonic())):
+                raise SystemExit(f"sink {sink.name} did not open: {r.last_error}")
+            continue
         while not (getattr(sink, "client", None) is not None or getattr(sink, "conn", None) is not None
                    or getattr(sink, "_loop", None) is not None):
             if time.monotonic() > deadline:
@@ -205,21 +213,27 @@ def wait_open(runners, timeout: float = 30.0) -> None:
 def ws_applied(runner, timeout: float = 1800.0) -> None:
     """Until the WebSocket server's loop has applied every batch handed to it.
 
-    ``SinkRunner.stop`` closes the server, and ``WebSocketServer.close`` waits only ``close_timeout`` + 5 s
-    for its loop: a loop still busy with queued batches would go on after the runner reported.
+    ``stop`` closes the server, and ``WebSocketServer.close`` waits only ``close_timeout`` + 5 s for
+    its loop: a loop still busy with queued batches would go on after the runner reported. A server in
+    a child process gets one write per merged run of batches (``writes``); its counters come back
+    through the status the child publishes every 50 ms or so.
     """
     deadline = time.monotonic() + timeout
-    counters = runner.sink.counters
-    while runner.queued() or counters["batches"] + counters["batches_conflated"] < runner.counts["written"]:
+    writes = "writes" if hasattr(runner.sink, "wait_open") else "written"
+    while True:
+        counters = runner.sink.counters
+        if not runner.queued() and (counters.get("batches", 0) + counters.get("batches_conflated", 0)
+                                    >= runner.counts[writes]):
+            return
         if time.monotonic() > deadline:
             raise SystemExit(f"the WebSocket server did not apply its batches in {timeout:g} s: {counters}")
         time.sleep(0.01)
 
 
-def run_replay(path: Path, names: list[str], args, redis_url: str) -> dict:
+def run_replay(path: Path, names: list[str], args, redis_url: str, mode: str = "process") -> dict:
     from feedhandler.replay import replay
 
-    runners, schemas = make_runners(names, redis_url, args.pg, args.depth)
+    runners, schemas = make_runners(names, redis_url, args.pg, args.depth, mode, args.nice)
     reader = None
     try:
         wait_open(runners)
@@ -240,7 +254,8 @@ def run_replay(path: Path, names: list[str], args, redis_url: str) -> dict:
             r.stop(0)
         for schema in schemas:
             drop_schema(args.pg, schema)
-    result = {"sinks": "+".join(names) or "null", "messages": summary.messages, "feed_seconds": feed,
+    result = {"sinks": "+".join(names) or "null", "mode": mode if names else "", "messages": summary.messages,
+              "feed_seconds": feed,
               "e2e_seconds": e2e, "feed_per_s": summary.messages / feed, "e2e_per_s": summary.messages / e2e,
               "rows": {k: summary.rows.get(k, 0) for k in ("bbo", "l2", "trades", "status")},
               "reports": reports}
@@ -393,6 +408,12 @@ def main(argv=None) -> int:
     ap.add_argument("--pg-batch", type=int, default=50_000, help="rows per TimescaleSink.write (default 50k)")
     ap.add_argument("--redis-benchmark-n", type=int, default=2_000_000, help="PUBLISH requests of the peer")
     ap.add_argument("--only", default="replay,redis,pg", help="parts to run: replay, redis, pg (default all)")
+    ap.add_argument("--sets", default="redis,timescale,websocket,all",
+                    help="replays with these sinks on (all: the three at once; default every one)")
+    ap.add_argument("--modes", default="process",
+                    help="how sinks run: process (each in its own, the default), thread (in the feed's "
+                         "process, as before), or both: process,thread")
+    ap.add_argument("--nice", type=int, default=0, help="niceness added to sink processes (default 0)")
     ap.add_argument("--regenerate", action="store_true")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     ap.add_argument("--ws-reader", metavar="URL", help=argparse.SUPPRESS)  # the reader subprocess
@@ -425,11 +446,12 @@ def main(argv=None) -> int:
     try:
         if "replay" in parts:
             runs = []
-            for names in ([], ["redis"], ["timescale"], ["websocket"], ["redis", "timescale", "websocket"]):
+            sets = [["redis", "timescale", "websocket"] if s == "all" else [s] for s in args.sets.split(",")]
+            for mode, names in [("", [])] + [(m, n) for m in args.modes.split(",") for n in sets]:
                 best = None
                 for _ in range(args.repeat):
-                    log(f"replay, sinks: {'+'.join(names) or 'null'} ...")
-                    r = run_replay(path, names, args, redis_url)
+                    log(f"replay, sinks: {'+'.join(names) or 'null'} {mode} ...")
+                    r = run_replay(path, names, args, redis_url, mode)
                     if best is None or r["feed_seconds"] < best["feed_seconds"]:
                         best = r
                 runs.append(best)
@@ -468,7 +490,7 @@ def print_tables(report: dict) -> None:
     if "replay" in report:
         print()
         print("replay(path, None, conflate_ns=..., runners=[...]): feed = the call; end to end = until every sink drained")
-        head = (f"{'sinks':<26} {'feed s':>7} {'feed msg/s':>11} {'/null':>6} {'target':<9} {'e2e s':>7} "
+        head = (f"{'sinks':<34} {'feed s':>7} {'feed msg/s':>11} {'/null':>6} {'target':<9} {'e2e s':>7} "
                 f"{'e2e msg/s':>11} {'/null':>6}  sink counters")
         print(head)
         print("-" * (len(head) + 40))
@@ -477,14 +499,16 @@ def print_tables(report: dict) -> None:
             counters = []
             for name, rep in r["reports"].items():
                 keep = {k: v for k, v in rep.items() if k in (
-                    "written", "conflated", "dropped_batches", "failures", "redis_published", "timescale_rows_trades",
+                    "written", "writes", "conflated", "dropped_batches", "failures", "redis_published",
+                    "timescale_rows_trades",
                     "timescale_rows_bbo", "websocket_messages_sent", "websocket_batches_conflated",
                     "websocket_dropped", "websocket_disconnects_slow")}
                 counters.append(f"{name}: " + " ".join(f"{k.split('_', 1)[-1] if k.startswith(name) else k}={v:,}"
                                                        for k, v in keep.items()))
             if "ws_client" in r:
                 counters.append(f"client read {sum(r['ws_client'].values()):,}")
-            print(f"{r['sinks']:<26} {r['feed_seconds']:>7.2f} {r['feed_per_s']:>11,.0f} {r['feed_over_null']:>6.2f} "
+            label = r["sinks"] + (f" ({r['mode']})" if r.get("mode") else "")
+            print(f"{label:<34} {r['feed_seconds']:>7.2f} {r['feed_per_s']:>11,.0f} {r['feed_over_null']:>6.2f} "
                   f"{target:<9} {r['e2e_seconds']:>7.2f} {r['e2e_per_s']:>11,.0f} {r['e2e_over_null']:>6.2f}  "
                   + "; ".join(counters) + ("  PROBLEMS: " + ", ".join(r["problems"]) if r["problems"] else ""))
         rows = report["replay"][0]["rows"]

@@ -10,7 +10,10 @@
     [sinks.redis]
     url = "redis://127.0.0.1:6379/0"
     policy = "conflate"       # or "drop-oldest": what a full queue does
-    queue_batches = 64        # batches the runner's queue holds
+    queue_batches = 64        # batches waiting before the policy applies
+    process = true            # run the sink in a process of its own (false: a thread of the feed's)
+    queue_mb = 64             # process: the shared-memory queue between the feed and the sink
+    nice = 0                  # process: added to the sink process's niceness
 
     [sinks.timescale]
     dsn = "postgresql://postgres@127.0.0.1:5432/marketdata"
@@ -24,6 +27,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+from publish.process_runner import ProcessSinkRunner
 from publish.runner import SinkRunner
 
 DEFAULT_CONFIG = "feedhandler.toml"
@@ -46,31 +50,62 @@ def load_config(path: str | None) -> dict:
         raise ConfigError(f"cannot read config {p}: {exc}") from None
 
 
-def build_runners(settings: dict[str, dict], venue_depth: int = 10) -> list[SinkRunner]:
-    """One started ``SinkRunner`` per configured sink (``redis``, ``timescale``, ``websocket``)."""
+def build_runners(settings: dict[str, dict], venue_depth: int = 10) -> list[SinkRunner | ProcessSinkRunner]:
+    """One started runner per configured sink (``redis``, ``timescale``, ``websocket``).
+
+    Each sink runs in a process of its own (``publish.process_runner``) unless ``process = false``:
+    then on a thread of the feed's process (``publish.runner``), sharing its interpreter lock.
+    """
     runners = []
-    for name, conf in settings.items():
-        conf = dict(conf)
-        policy = conf.pop("policy", "conflate")
-        max_batches = int(conf.pop("queue_batches", 64))  # the runner's queue; sinks keep their own settings
-        runners.append(SinkRunner(_sink(name, conf, venue_depth), max_batches=max_batches, policy=policy))
+    try:
+        for name, conf in settings.items():
+            conf = dict(conf)
+            policy = conf.pop("policy", "conflate")
+            max_batches = int(conf.pop("queue_batches", 64))  # the runner's; sinks keep their own settings
+            in_process = _flag(name, conf.pop("process", True))
+            queue_mb = float(conf.pop("queue_mb", 64))
+            nice = int(conf.pop("nice", 0))
+            factory, kwargs, attrs = _sink(name, conf, venue_depth)
+            if in_process:
+                runners.append(ProcessSinkRunner(factory, kwargs, max_batches=max_batches, policy=policy,
+                                                 queue_bytes=_queue_bytes(name, queue_mb), nice=nice, attrs=attrs))
+            else:
+                runners.append(SinkRunner(factory(**kwargs), max_batches=max_batches, policy=policy))
+    except BaseException:
+        for runner in runners:  # the ones already started must not outlive a refused setting
+            runner.stop(0)
+        raise
     return runners
 
 
-def _sink(name: str, conf: dict, depth: int):
+def _flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"sinks.{name}.process must be true or false")
+    return value
+
+
+def _queue_bytes(name: str, megabytes: float) -> int:
+    if not 1 <= megabytes <= 16384:
+        raise ConfigError(f"sinks.{name}.queue_mb must be from 1 to 16384")
+    return int(megabytes * 2**20) // 4096 * 4096
+
+
+def _sink(name: str, conf: dict, depth: int) -> tuple[type, dict, dict]:
+    """(sink class, its keyword arguments, attributes known before it opens) of a configured sink."""
     if name == "redis":
         from publish.redis_pub import RedisPublisher
 
         conf.setdefault("venue_depth", depth)
-        return RedisPublisher(conf["url"], **{k: v for k, v in conf.items() if k != "url"})
+        return RedisPublisher, {"url": conf.pop("url"), **conf}, {}
     if name == "timescale":
         from publish.timescale import TimescaleSink
 
-        return TimescaleSink(conf["dsn"], **{k: v for k, v in conf.items() if k != "dsn"})
+        return TimescaleSink, {"dsn": conf.pop("dsn"), **conf}, {}
     if name == "websocket":
         from publish.websocket_server import WebSocketServer
 
-        host, _, port = str(conf.get("listen", "127.0.0.1:8765")).rpartition(":")
+        host, _, port = str(conf.pop("listen", "127.0.0.1:8765")).rpartition(":")
         conf.setdefault("depth", depth)
-        return WebSocketServer(host or "127.0.0.1", int(port), **{k: v for k, v in conf.items() if k != "listen"})
+        host = host or "127.0.0.1"
+        return WebSocketServer, {"host": host, "port": int(port), **conf}, {"host": host, "port": int(port)}
     raise ConfigError(f"unknown sink {name!r} (redis, timescale, websocket)")

@@ -52,3 +52,31 @@ def conflate(older: MarketBatch, newer: MarketBatch) -> MarketBatch:
         ohlcv={**older.ohlcv, **newer.ohlcv},
         final=older.final or newer.final,
     )
+
+
+def concat(batches: list[MarketBatch]) -> MarketBatch:
+    """One batch holding every row of ``batches`` in order (nothing conflated): a sink that fell behind
+    writes what piled up in one go. The newest batch's venue and symbols stand for all."""
+    if len(batches) == 1:
+        return batches[0]
+    last = batches[-1]
+    ohlcv: dict[str, np.ndarray] = {}
+    for b in batches:
+        ohlcv.update(b.ohlcv)
+    return MarketBatch(
+        venue=last.venue,
+        symbols=last.symbols,
+        bbo=_joined([b.bbo for b in batches]),
+        l2=_joined([b.l2 for b in batches]),
+        trades=_joined([b.trades for b in batches]),
+        status=_joined([b.status for b in batches]),
+        ohlcv=ohlcv,
+        final=any(b.final for b in batches),
+    )
+
+
+def _joined(arrays: list[np.ndarray]) -> np.ndarray:
+    full = [a for a in arrays if len(a)]
+    if len(full) == 1:
+        return full[0]
+    return np.concatenate(full) if full else arrays[-1]

@@ -204,8 +204,12 @@ class WsRecorder(threading.Thread):
         assert self.pong.wait(timeout), "no pong from the WebSocket server"
 
 
-def ws_port(runner: SinkRunner, timeout: float = 10.0) -> int:
-    """The port the runner's WebSocketServer bound (``listen = "...:0"``), once it is serving."""
+def ws_port(runner, timeout: float = 20.0) -> int:
+    """The port the runner's WebSocketServer bound (``listen = "...:0"``), once it is serving: in the
+    sink's own process (``ProcessSinkRunner``) or on a thread of ours (``SinkRunner``)."""
+    if hasattr(runner.sink, "wait_open"):
+        assert runner.sink.wait_open(timeout), f"WebSocket server did not start: {runner.last_error}"
+        return runner.sink.port
     deadline = time.monotonic() + timeout
     while runner.sink.port == 0 or runner.sink._loop is None:
         assert time.monotonic() < deadline, f"WebSocket server did not start: {runner.last_error}"

@@ -1,0 +1,142 @@
+"""``MarketBatch`` <-> records of a ``publish.shm_queue.ShmQueue``: raw numpy bytes, no Python object per row.
+
+A record's body: eight int64 words (flags, the feed's hand-off time, rows of bbo, l2, trades, status,
+bytes of extras, 0), then each array's raw bytes (every record dtype is a multiple of 8 bytes) and the
+extras: a pickled dict, present only when something in it changed (``venue``, the ``symbols`` that are
+new or changed since the last record, ``ohlcv`` bars at the end of a replay).
+
+Rules this module keeps:
+- The symbol directory crosses once: ``BatchWriter`` sends each instrument's symbol when it first
+  appears or changes; ``BatchReader`` keeps the whole directory and hands every batch the same dict
+  (replaced, never mutated, when it grows: sinks compare it by identity to see that it changed).
+- A batch too big for one record (``ShmQueue.max_record``) goes as several parts, every array cut at
+  the same fractions; all parts but the last carry ``FLAG_MORE`` and the reader joins them into one
+  batch again, so an update's L2 rows are never split between two batches.
+- Reading copies the rows out, so the queue's space can be released at once.
+"""
+from __future__ import annotations
+
+import pickle
+import time
+
+import numpy as np
+
+from orderbook.records import BBO, L2
+from parsers.schema import STATUS, TRADE
+from publish.batch import MarketBatch, concat
+from publish.shm_queue import ShmQueue
+
+KIND_BATCH = 2
+FLAG_MORE = 1  # more parts of the same batch follow
+FLAG_FINAL = 2  # batch.final
+_HEAD_WORDS = 8
+_HEAD_BYTES = 8 * _HEAD_WORDS
+# (field, dtype) in record order.
+ARRAYS = (("bbo", BBO.dtype), ("l2", L2.dtype), ("trades", TRADE.dtype), ("status", STATUS.dtype))
+
+
+class BatchWriter:
+    """Producer side: ``put(batch)`` -> records written (0: no room now, nothing written)."""
+
+    def __init__(self, queue: ShmQueue, symbols: dict[int, str] | None = None) -> None:
+        self.queue = queue
+        self._venue: str | None = None
+        self._symbols_obj: object = None
+        self._sent: dict[int, str] = dict(symbols or {})  # what the reader knows
+
+    def put(self, batch: MarketBatch) -> int:
+        extras = self._extras(batch)
+        arrays = [np.ascontiguousarray(getattr(batch, name)) for name, _ in ARRAYS]
+        raw = sum(a.nbytes for a in arrays) + len(extras)
+        room = self.queue.max_record - 256
+        parts = max(1, -(-raw // room))
+        if parts > 1 and not self._room_for(raw + parts * 256):
+            return 0  # all parts or none: a half-written batch would reach the sink split
+        for k in range(parts):
+            cut = [a[len(a) * k // parts:len(a) * (k + 1) // parts] for a in arrays]
+            last = k == parts - 1
+            flags = (0 if last else FLAG_MORE) | (FLAG_FINAL if batch.final and last else 0)
+            extra = extras if last else b""
+            head = np.array([flags, time.monotonic_ns(), *(len(c) for c in cut), len(extra), 0], dtype=np.int64)
+            if not self.queue.write([head.view(np.uint8), *(c.view(np.uint8) for c in cut), extra], KIND_BATCH):
+                if k:  # cannot happen after the room check; never leave a batch half-sent
+                    raise RuntimeError("sink queue filled while writing a split batch")
+                return 0
+        self._commit()
+        return parts
+
+    def restarted(self) -> tuple[str, dict[int, str]]:
+        """A new reader: the venue and directory to start it with (then only what is new is sent)."""
+        self._symbols_obj = None
+        return self._venue or "", dict(self._sent)
+
+    def _room_for(self, nbytes: int) -> bool:
+        return self.queue.capacity - self.queue.unread_bytes() >= 2 * nbytes
+
+    def _extras(self, batch: MarketBatch) -> bytes:
+        extras: dict = {}
+        self._pending = None
+        if batch.venue != self._venue:
+            extras["venue"] = batch.venue
+        if batch.symbols is not self._symbols_obj:
+            sent = self._sent
+            new = {i: s for i, s in batch.symbols.items() if sent.get(i) != s}
+            if new:
+                extras["symbols"] = new
+            self._pending = (batch.venue, batch.symbols, new)
+        elif batch.venue != self._venue:
+            self._pending = (batch.venue, self._symbols_obj, {})
+        if batch.ohlcv:
+            extras["ohlcv"] = batch.ohlcv
+        return pickle.dumps(extras, protocol=pickle.HIGHEST_PROTOCOL) if extras else b""
+
+    def _commit(self) -> None:
+        if self._pending is not None:
+            venue, obj, new = self._pending
+            self._venue, self._symbols_obj = venue, obj
+            self._sent.update(new)
+            self._pending = None
+
+
+class BatchReader:
+    """Consumer side: turns records into ``MarketBatch`` objects (joining split batches)."""
+
+    def __init__(self, venue: str = "", symbols: dict[int, str] | None = None) -> None:
+        self.venue = venue
+        self.symbols: dict[int, str] = dict(symbols or {})
+        self._parts: list[MarketBatch] = []
+        self.last_handed_ns = 0  # when the feed handed the newest batch read (CLOCK_MONOTONIC)
+
+    def read(self, body: np.ndarray) -> MarketBatch | None:
+        """One record's body -> a batch, or None while parts of a split batch are still to come."""
+        head = body[:_HEAD_BYTES].view(np.int64)
+        flags, handed, extra_len = int(head[0]), int(head[1]), int(head[6])
+        pos = _HEAD_BYTES
+        arrays = {}
+        for k, (name, dtype) in enumerate(ARRAYS):
+            n = int(head[2 + k])
+            nbytes = n * dtype.itemsize
+            if pos + nbytes > len(body):
+                raise ValueError("corrupt batch record (arrays overrun the record)")
+            arrays[name] = np.frombuffer(body, dtype=dtype, count=n, offset=pos).copy() if n else _EMPTY[name]
+            pos += nbytes
+        ohlcv = {}
+        if extra_len:
+            extras = pickle.loads(body[pos:pos + extra_len].tobytes())
+            self.venue = extras.get("venue", self.venue)
+            if "symbols" in extras:
+                self.symbols = {**self.symbols, **extras["symbols"]}
+            ohlcv = extras.get("ohlcv", {})
+        self.last_handed_ns = handed
+        part = MarketBatch(venue=self.venue, symbols=self.symbols, ohlcv=ohlcv, final=bool(flags & FLAG_FINAL),
+                           **arrays)
+        if flags & FLAG_MORE:
+            self._parts.append(part)
+            return None
+        if self._parts:
+            part = concat([*self._parts, part])
+            self._parts = []
+        return part
+
+
+_EMPTY = {"bbo": BBO.empty(0), "l2": L2.empty(0), "trades": TRADE.empty(0), "status": STATUS.empty(0)}

@@ -1,0 +1,533 @@
+"""Sinks in processes of their own: the feed only copies a batch's arrays into shared memory.
+
+``ProcessSinkRunner`` has ``SinkRunner``'s interface (``offer``, ``queued``, ``stop``, ``report``,
+``counts``, ``last_error``, ``sink``), so the replay, the live handler and the CLI drive either. The
+sink itself (``RedisPublisher``, ``WebSocketServer``, ``TimescaleSink``, or any picklable factory of a
+sink) is built and run in a child process started with ``spawn``: its JSON encoding, event loop and
+client library never hold the feed's interpreter lock.
+
+Rules this module keeps:
+- ``offer(batch)`` never blocks and never raises: it copies the arrays into a ``ShmQueue``
+  (``publish.batch_wire``) and writes an eventfd only when the child sleeps. When the queue is full,
+  the batch waits in a short list in the feed process under the overflow policy (``conflate``: the
+  two oldest waiting batches merge, ``publish.batch.conflate``; ``drop-oldest``), counted; a helper
+  thread moves waiting batches into the queue as the child frees room.
+- The child takes everything the queue holds at once and writes it to the sink as one batch (rows
+  concatenated, nothing lost: ``publish.batch.concat``), so a sink that fell behind catches up with
+  bigger writes instead of a longer queue. Over ``max_batches`` waiting in the child, the same policy
+  applies there. A failing sink is closed, counted (``failures``) and reopened with a doubling
+  backoff while the child keeps draining the queue; the batch it failed on is retried once after
+  the reopen (the same object: ``RedisPublisher`` re-sends the same commands), then dropped and counted.
+- A child that dies is restarted (``process_restarts``, with a doubling backoff), given the symbol
+  directory as the feed knows it; batches it had taken and not written are counted as dropped.
+- ``stop(deadline_s)`` moves what waits into the queue, asks the child to drain by the deadline, and
+  waits for it (plus ``STOP_GRACE_S`` for the sink's own close); a child still alive then is killed
+  and what it had not written is counted as dropped. The child ignores SIGINT and SIGTERM: the
+  parent decides when it ends (a terminal's ^C reaches the whole process group), and a child whose
+  parent is gone ends by itself.
+- Counters: ``offered`` = ``written`` + ``conflated`` + ``dropped_batches`` once everything drained.
+  ``writes`` counts sink writes (one per merged run of batches). The sink's own counters come back
+  through the queue's status blob, prefixed with the sink's name, as ``SinkRunner.report`` gives them.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from publish.batch import MarketBatch, concat, conflate
+from publish.batch_wire import BatchReader, BatchWriter, KIND_BATCH
+from publish.runner import POLICIES
+from publish.shm_queue import ShmQueue
+
+STOP_GRACE_S = 8.0  # after the drain deadline: the sink's close (WebSocketServer waits close_timeout + 5 s)
+STATUS_EVERY_S = 0.05  # the child republishes its sink's counters at most this often while busy
+MERGE_MAX_ROWS = 1 << 20  # rows of one merged write; what is left waits for the next write
+MONITOR_S = 0.05
+
+# Child counter words (ShmQueue.counters()).
+C_TAKEN, C_WRITTEN, C_WRITES, C_CONFLATED, C_DROPPED_BATCHES, C_DROPPED_ROWS, C_FAILURES, C_RESTARTS, \
+    C_OPENED, C_TAKEN_ROWS, C_WRITTEN_ROWS, C_CONFLATED_ROWS = range(12)
+_CHILD_COUNTS = {"written": C_WRITTEN, "writes": C_WRITES, "conflated": C_CONFLATED,
+                 "dropped_batches": C_DROPPED_BATCHES, "dropped_rows": C_DROPPED_ROWS, "failures": C_FAILURES,
+                 "restarts": C_RESTARTS}
+
+
+class SinkHandle:
+    """The feed process's view of a sink running in a child: its name, counters and where it serves."""
+
+    def __init__(self, runner: ProcessSinkRunner, name: str, attrs: dict) -> None:
+        self._runner = runner
+        self.name = name
+        self._attrs = attrs  # what the parent knows before the child tells (host, port as configured)
+
+    @property
+    def counters(self) -> dict:
+        return self._runner._sink_counters()
+
+    def wait_open(self, timeout: float = 30.0) -> bool:
+        """True once the child opened the sink (a WebSocket server listens: ``port`` is the bound one)."""
+        deadline = time.monotonic() + timeout
+        while not self._runner._status().get("opened"):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def __getattr__(self, name: str):
+        attrs = self._runner._status().get("attrs") or self._attrs
+        if name in attrs:
+            return attrs[name]
+        raise AttributeError(f"{self.name} sink in a child process has no attribute {name!r}")
+
+
+class ProcessSinkRunner:
+    """One sink in one child process, fed through one shared-memory queue (see the module rules).
+
+    Args:
+        factory: makes the sink in the child (a class, or any picklable callable); ``factory(**kwargs)``.
+        kwargs: its arguments (picklable). The parent builds one sink too, at once, to check them and
+            to learn the sink's name; it is never opened.
+        max_batches: batches waiting, in the parent when the queue is full and in the child, before
+            the overflow policy applies.
+        policy: ``conflate`` or ``drop-oldest``.
+        queue_bytes: the shared-memory queue's size.
+        nice: added to the child's scheduling niceness (the feed keeps its core when they compete).
+        backoff_s, max_backoff_s: sink reopens and process restarts wait this long, doubling to the cap.
+        attrs: names the handle answers before the child reports (e.g. ``host``, ``port``).
+    """
+
+    def __init__(self, factory: Callable, kwargs: dict | None = None, *, max_batches: int = 64,
+                 policy: str = "conflate", queue_bytes: int = 64 << 20, nice: int = 0, backoff_s: float = 0.05,
+                 max_backoff_s: float = 2.0, attrs: dict | None = None) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"overflow policy must be one of {POLICIES}")
+        if max_batches < 2:
+            raise ValueError("max_batches must be at least 2")
+        self.factory = factory
+        self.kwargs = dict(kwargs or {})
+        probe = factory(**self.kwargs)  # bad arguments fail here, in the caller, as one line
+        self.sink = SinkHandle(self, probe.name, dict(attrs or {}))
+        del probe
+        self.max_batches = max_batches
+        self.policy = policy
+        self.nice = int(nice)
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.last_error: str | None = None
+        self._counts = collections.Counter()  # parent side: offered, conflated, dropped_*, process_*
+        self._queue = ShmQueue.create(queue_bytes)
+        self._writer = BatchWriter(self._queue)
+        self._rows_in_queue: collections.deque[tuple[int, int]] = collections.deque()  # (record number, rows)
+        self._records = 0
+        self._pending: collections.deque[MarketBatch] = collections.deque()
+        self._lock = threading.Lock()  # one producer at a time: the feed's offer or the helper's flush
+        self._carried: collections.Counter = collections.Counter()  # sink counters of children that died
+        self._status_cache: tuple[float, dict] = (0.0, {})
+        self._final: collections.Counter | None = None
+        self._sink_final: dict | None = None
+        self._stopping = threading.Event()
+        self._ctx = multiprocessing.get_context("spawn")
+        self._proc = None
+        self._next_start = 0.0
+        self._restart_delay = backoff_s
+        self._start_child()
+        self._monitor = threading.Thread(target=self._watch, name=f"sink-{self.sink.name}-watch", daemon=True)
+        self._monitor.start()
+
+    # -- feed side ----------------------------------------------------------------------------------
+
+    def offer(self, batch: MarketBatch) -> None:
+        """Copy the batch into the queue; never blocks (when it is full, the overflow policy decides)."""
+        with self._lock:
+            self._counts["offered"] += 1
+            if self._pending:
+                self._flush_pending()
+            if self._pending or not self._put(batch):
+                self._wait_in_parent(batch)
+
+    def queued(self) -> int:
+        """Batches offered and not yet written, dropped or merged (in the parent, the queue, the child)."""
+        if self._final is not None:
+            return 0
+        counts = self.counts
+        return max(0, counts["offered"] - counts["written"] - counts["conflated"] - counts["dropped_batches"])
+
+    @property
+    def counts(self) -> collections.Counter:
+        """``SinkRunner.counts``: offered, written, conflated, dropped_batches, dropped_rows, failures, ..."""
+        if self._final is not None:
+            return collections.Counter(self._final)
+        out = collections.Counter(self._counts)
+        for name, value in self._child_counts().items():
+            out[name] += value
+        return out
+
+    def report(self) -> dict:
+        out = {k: v for k, v in self.counts.items() if v}
+        out.update({f"{self.sink.name}_{k}": v for k, v in self._sink_counters().items() if v})
+        return out
+
+    def stop(self, deadline_s: float = 5.0) -> dict:
+        """Drain until ``deadline_s`` from now (the child writes what it holds), then end it; the counts."""
+        if self._final is not None:
+            return self.report()
+        deadline = time.monotonic() + max(deadline_s, 0.0)
+        while True:
+            with self._lock:
+                self._flush_pending()
+                left = len(self._pending)
+            if not left or time.monotonic() >= deadline or not self._alive():
+                break
+            time.sleep(0.002)
+        self._stopping.set()
+        self._monitor.join(2.0)
+        with self._lock:
+            for batch in self._pending:
+                self._count_dropped(batch.rows)
+            self._pending.clear()
+        proc = self._proc
+        if proc is not None and proc.is_alive():
+            self._queue.request_stop(int(deadline * 1e9) if deadline_s > 0 else time.monotonic_ns())
+            proc.join(max(0.0, deadline - time.monotonic()) + STOP_GRACE_S)
+            if proc.is_alive():
+                self.last_error = f"sink process {proc.pid} did not end in time: killed"
+                proc.kill()
+                proc.join(5.0)
+        self._reap()
+        self._count_unread()
+        sink_counters = self._sink_counters()
+        final = self.counts
+        self._final = final  # from here on the counts are frozen: the queue goes
+        self._sink_final = sink_counters
+        self._queue.close()
+        return self.report()
+
+    # -- the queue ----------------------------------------------------------------------------------
+
+    def _put(self, batch: MarketBatch) -> bool:
+        records = self._writer.put(batch)
+        if not records:
+            self._counts["queue_full"] += 1
+            return False
+        self._records += records
+        rows = self._rows_in_queue
+        rows.append((self._records, batch.rows))
+        taken = self._records - self._queue.records_unread()
+        while rows and rows[0][0] <= taken:  # only what the child has not taken yet is kept
+            rows.popleft()
+        return True
+
+    def _wait_in_parent(self, batch: MarketBatch) -> None:
+        pending = self._pending
+        pending.append(batch)
+        if len(pending) > self.max_batches:
+            if self.policy == "conflate":
+                first = pending.popleft()
+                pending[0] = conflate(first, pending[0])
+                self._counts["conflated"] += 1
+            else:
+                self._count_dropped(pending.popleft().rows)
+
+    def _flush_pending(self) -> None:
+        pending = self._pending
+        while pending and self._put(pending[0]):
+            pending.popleft()
+
+    def _count_dropped(self, rows: int) -> None:
+        self._counts["dropped_batches"] += 1
+        self._counts["dropped_rows"] += rows
+
+    # -- the child ----------------------------------------------------------------------------------
+
+    def _start_child(self) -> None:
+        mem, wake = self._queue.handles()
+        venue, symbols = self._writer.restarted()
+        proc = self._ctx.Process(
+            target=child_main, name=f"feedhandler-sink-{self.sink.name}", daemon=True,
+            args=(self.factory, self.kwargs, mem, wake, venue, symbols, self.policy,
+                  self.max_batches, self.nice, self.backoff_s, self.max_backoff_s, os.getpid()))
+        proc.start()
+        self._proc = proc
+
+    def _alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive()
+
+    def _watch(self) -> None:
+        """Helper thread: move waiting batches into the queue as room appears; restart a dead child."""
+        while not self._stopping.wait(MONITOR_S):
+            if self._pending:
+                with self._lock:
+                    self._flush_pending()
+            if self._alive():
+                continue
+            now = time.monotonic()
+            if self._proc is not None:
+                self._reap()
+                self._next_start = now + self._restart_delay
+                self._restart_delay = min(2 * self._restart_delay, self.max_backoff_s)
+            if now >= self._next_start and not self._stopping.is_set():
+                self._counts["process_restarts"] += 1
+                self._start_child()
+
+    def _reap(self) -> None:
+        """Account for a child that ended: keep its sink counters, note how it ended."""
+        proc = self._proc
+        if proc is None or proc.is_alive():
+            return
+        proc.join()
+        status = self._status(fresh=True)
+        self._carried.update(status.get("counters", {}))
+        if proc.exitcode != 0:
+            self._counts["process_deaths"] += 1
+            self.last_error = status.get("last_error") or f"sink process exited with {proc.exitcode}"
+        self._status_cache = (0.0, {})
+        self._queue.put_status(b"")  # the next child starts with a clean blob
+        self._count_lost()
+        self._proc = None
+
+    def _count_lost(self) -> None:
+        """Batches a dead child had taken and not written or dropped: lost with it, counted dropped."""
+        c = self._queue.counters()
+        lost = int(c[C_TAKEN]) - int(c[C_WRITTEN]) - int(c[C_CONFLATED]) - int(c[C_DROPPED_BATCHES])
+        if lost > 0:
+            lost_rows = int(c[C_TAKEN_ROWS]) - int(c[C_WRITTEN_ROWS]) - int(c[C_CONFLATED_ROWS]) - int(c[C_DROPPED_ROWS])
+            # The parent owns the words while no child runs: book the loss as the child's drops.
+            c[C_DROPPED_BATCHES] += np.uint64(lost)
+            c[C_DROPPED_ROWS] += np.uint64(max(0, lost_rows))
+
+    def _count_unread(self) -> None:
+        """At the end: records the child never took are dropped (with their rows, known per batch)."""
+        unread = self._queue.records_unread()
+        first_unread = self._records - unread
+        batches = rows = 0
+        for end, n in self._rows_in_queue:
+            if end > first_unread:
+                batches += 1
+                rows += n
+        self._rows_in_queue.clear()
+        if batches:
+            self._count_dropped(rows)
+            self._counts["dropped_batches"] += batches - 1
+
+    def _child_counts(self) -> dict[str, int]:
+        if self._queue.hdr is None:
+            return {}
+        c = self._queue.counters()
+        return {name: int(c[word]) for name, word in _CHILD_COUNTS.items()}
+
+    def _status(self, fresh: bool = False) -> dict:
+        when, cached = self._status_cache
+        now = time.monotonic()
+        if fresh or now - when > 0.01:
+            if self._queue.hdr is None:
+                return cached
+            blob = self._queue.get_status()
+            cached = json.loads(blob) if blob else {}
+            self._status_cache = (now, cached)
+        return cached
+
+    def _sink_counters(self) -> dict:
+        if self._sink_final is not None:
+            return dict(self._sink_final)
+        out = collections.Counter(self._carried)
+        out.update(self._status().get("counters", {}))
+        return dict(out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the child process
+
+
+def child_main(factory, kwargs, mem_fd, wake_fd, venue, symbols, policy, max_batches, nice, backoff_s,
+               max_backoff_s, parent_pid) -> None:
+    """The sink process: read batches from the queue, write them to the sink, until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent drains us; ^C reaches the whole group
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if nice:
+        os.nice(nice)
+    queue = ShmQueue.attach(mem_fd, wake_fd)
+    loop = _ChildLoop(factory(**kwargs), queue, BatchReader(venue, symbols), policy, max_batches, backoff_s,
+                      max_backoff_s, parent_pid)
+    try:
+        loop.run()
+    except BaseException as exc:
+        loop.error(exc)
+        loop.publish_status(force=True)
+        raise
+    queue.close()
+
+
+class _ChildLoop:
+    def __init__(self, sink, queue: ShmQueue, reader: BatchReader, policy: str, max_batches: int, backoff_s: float,
+                 max_backoff_s: float, parent_pid: int) -> None:
+        self.sink = sink
+        self.queue = queue
+        self.reader = reader
+        self.policy = policy
+        self.max_batches = max_batches
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.parent_pid = parent_pid
+        self.c = queue.counters()
+        self.backlog: collections.deque[MarketBatch] = collections.deque()
+        self.retry: tuple[MarketBatch, int] | None = None  # a batch whose write failed, and its batch count
+        self.opened = False
+        self.ever_opened = False
+        self.next_open = 0.0
+        self.delay = backoff_s
+        self.last_error: str | None = None
+        self._status_at = 0.0
+
+    def run(self) -> None:
+        queue = self.queue
+        while True:
+            self._intake()
+            stop = queue.stop_deadline_ns()
+            if stop and time.monotonic_ns() > stop:
+                break  # out of time: what is left is counted by _abandon
+            if not self.opened:
+                self._try_open()
+            busy = self.retry is not None or bool(self.backlog)
+            if busy and self.opened:
+                self._write_some()
+                self.publish_status()
+                continue
+            if stop and not busy and not queue.has_data():
+                break  # drained
+            self.publish_status()
+            queue.wait(0.2 if self.opened else max(0.0, min(self.next_open - time.monotonic(), 0.2)))
+            if os.getppid() != self.parent_pid:
+                break  # the feed is gone: nobody to publish for
+        self._abandon()
+        try:
+            self.sink.close()
+        except Exception as exc:
+            self.error(exc)
+        self.publish_status(force=True)
+
+    # -- intake -------------------------------------------------------------------------------------
+
+    def _intake(self) -> None:
+        records = self.queue.take()
+        if not records:
+            return
+        backlog, c = self.backlog, self.c
+        for kind, body in records:
+            if kind != KIND_BATCH:
+                continue
+            batch = self.reader.read(body)
+            if batch is None:
+                continue
+            c[C_TAKEN] += 1
+            c[C_TAKEN_ROWS] += batch.rows
+            backlog.append(batch)
+            if len(backlog) > self.max_batches:
+                if self.policy == "conflate":
+                    first = backlog.popleft()
+                    rows = first.rows + backlog[0].rows
+                    backlog[0] = conflate(first, backlog[0])
+                    c[C_CONFLATED] += 1
+                    c[C_CONFLATED_ROWS] += rows - backlog[0].rows
+                else:
+                    dropped = backlog.popleft()
+                    c[C_DROPPED_BATCHES] += 1
+                    c[C_DROPPED_ROWS] += dropped.rows
+        self.queue.release()
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    def _write_some(self) -> None:
+        if self.retry is not None:
+            batch, n = self.retry
+            self.retry = None
+            self._write(batch, n, attempt=2)
+            return
+        take, rows = [], 0
+        backlog = self.backlog
+        while backlog and (not take or rows + backlog[0].rows <= MERGE_MAX_ROWS):
+            batch = backlog.popleft()
+            rows += batch.rows
+            take.append(batch)
+        self._write(concat(take), len(take), attempt=1)
+
+    def _write(self, batch: MarketBatch, n: int, attempt: int) -> None:
+        c = self.c
+        try:
+            self.sink.write(batch)
+        except Exception as exc:  # a sink must never take the pipeline down
+            self._failed(exc)
+            if attempt == 1:
+                self.retry = (batch, n)
+            else:
+                c[C_DROPPED_BATCHES] += n
+                c[C_DROPPED_ROWS] += batch.rows
+            return
+        c[C_WRITES] += 1
+        c[C_WRITTEN] += n
+        c[C_WRITTEN_ROWS] += batch.rows
+
+    def _try_open(self) -> bool:
+        if time.monotonic() < self.next_open:
+            return False
+        try:
+            self.sink.open()
+        except Exception as exc:
+            self._failed(exc)
+            self.next_open = time.monotonic() + self.delay
+            self.delay = min(2 * self.delay, self.max_backoff_s)
+            return False
+        if self.ever_opened:
+            self.c[C_RESTARTS] += 1
+        self.ever_opened = self.opened = True
+        self.delay = self.backoff_s
+        self.c[C_OPENED] = 1
+        self.publish_status(force=True)  # the parent may be waiting for the port
+        return True
+
+    def _failed(self, exc: BaseException) -> None:
+        self.c[C_FAILURES] += 1
+        self.error(exc)
+        self.opened = False
+        try:
+            self.sink.close()
+        except Exception:
+            pass
+
+    def _abandon(self) -> None:
+        """Out of time or out of parent: count what was not written."""
+        c = self.c
+        pending = list(self.backlog)
+        if self.retry is not None:
+            c[C_DROPPED_BATCHES] += self.retry[1]
+            c[C_DROPPED_ROWS] += self.retry[0].rows
+            self.retry = None
+        for batch in pending:
+            c[C_DROPPED_BATCHES] += 1
+            c[C_DROPPED_ROWS] += batch.rows
+        self.backlog.clear()
+
+    # -- status -------------------------------------------------------------------------------------
+
+    def error(self, exc: BaseException) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"
+
+    def publish_status(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._status_at < STATUS_EVERY_S:
+            return
+        self._status_at = now
+        sink = self.sink
+        attrs = {k: getattr(sink, k) for k in ("host", "port", "url", "dsn", "schema") if hasattr(sink, k)}
+        status = {"pid": os.getpid(), "opened": self.ever_opened, "last_error": self.last_error,
+                  "counters": {k: v for k, v in getattr(sink, "counters", {}).items()
+                               if isinstance(v, (int, float, np.integer, np.floating))},
+                  "attrs": attrs}
+        self.queue.put_status(json.dumps(status, default=float).encode())
