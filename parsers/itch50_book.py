@@ -89,7 +89,8 @@ def decode_book_events(buf, frames, selected, offset, width, action_lut, known_l
         venue: venue id for every row.
         events: ``schema.EVENT`` rows to fill (len(selected)); wide_size: uint64 per row, the full
             wire size (crosses carry 8 bytes); cross_type: uint8 per row (0 when not a cross).
-        counts: int64 [bad timestamps, unknown instruments], incremented.
+        counts: int64 [bad timestamps, unknown instruments, least ts_event, greatest ts_event]: the
+            counts incremented, the span widened by every row with a good timestamp.
     """
     for j in range(selected.shape[0]):
         fr = frames[selected[j]]
@@ -102,6 +103,9 @@ def decode_book_events(buf, frames, selected, offset, width, action_lut, known_l
             flags |= _BAD_TS
             counts[0] += 1
         ev.ts_event = midnight + local - (offset_after if local >= change_local else offset_before)
+        if local < NANOS_PER_DAY:
+            counts[2] = min(counts[2], ev.ts_event)
+            counts[3] = max(counts[3], ev.ts_event)
         ev.ts_recv = fr.ts_recv
         ev.sequence = fr.sequence
         locate = np.uint32(_be(buf, pos + _LOCATE_OFFSET, 2))

@@ -27,6 +27,9 @@ from parsers.schema import UNDEF_PRICE, Action, Flag, Side, StatusKind, TradingS
 _STATUS_CODES = (b"H", b"Y", b"V", b"W", b"K", b"J", b"h")
 _TRADING_STATE = {b"H": TradingState.HALTED, b"P": TradingState.PAUSED, b"Q": TradingState.QUOTE_ONLY, b"T": TradingState.TRADING}
 _FRAME_FLAG_MASK = np.uint16(Flag.LAST | Flag.RECOVERED | Flag.BAD_TS_RECV)
+_NO_SPAN = (np.iinfo(np.int64).max, np.iinfo(np.int64).min)  # (least, greatest) before any timestamp
+_EMPTY_ROWS = {r.name: r.empty(0) for r in schema.RECORDS}  # shared: a zero-length array holds nothing to change
+_NO_TYPED: dict = {}  # a batch without non-book messages (never written to)
 
 
 @dataclass
@@ -65,10 +68,11 @@ class ItchNormalizer:
     clock: VenueClock
     venue: int = 1
     orders: OrderRefTable = field(default_factory=OrderRefTable)
-    by_type: Counter = field(default_factory=Counter)
+    _type_counts: np.ndarray = field(default_factory=lambda: np.zeros(256, dtype=np.int64))  # decoded, by type byte
     anomalies: Counter = field(default_factory=Counter)
     symbols: dict[int, str] = field(default_factory=dict)  # instrument id (locate) -> symbol
     _known_locate: np.ndarray = field(default_factory=lambda: np.zeros(1 << 16, dtype=bool))
+    _unknown_counts: np.ndarray = field(default_factory=lambda: np.zeros(256, dtype=np.int64))  # per batch
     _ref_anomalies: np.ndarray = field(default_factory=lambda: np.zeros(len(ANOMALY_NAMES), dtype=np.int64))
     first_ts_event: int | None = None
     last_ts_event: int | None = None
@@ -94,6 +98,11 @@ class ItchNormalizer:
         self._count_unknown_instruments(typed)
         return out
 
+    @property
+    def by_type(self) -> dict[str, int]:
+        """Messages decoded so far, by type letter."""
+        return {chr(c): int(self._type_counts[c]) for c in np.flatnonzero(self._type_counts)}
+
     def anomaly_counts(self) -> dict[str, int]:
         counts = Counter(self.anomalies)
         for name, n in zip(ANOMALY_NAMES, self._ref_anomalies):
@@ -106,16 +115,18 @@ class ItchNormalizer:
         """Validate lengths; decode the non-book messages by type; return them and the book frames' indexes."""
         if len(frames) == 0:
             return {}, np.empty(0, dtype=np.int64)
-        book, rest, counts, unknown, short, longer = classify_frames(
-            buf, frames, itch50.SIZE_BY_CODE, itch50_book.BOOK_ACTION)
-        for c in np.flatnonzero(unknown):
-            self.anomalies[f"unknown_type_{_letter(c)}"] += int(unknown[c])
+        book, rest, n_unknown, short, longer = classify_frames(
+            buf, frames, itch50.SIZE_BY_CODE, itch50_book.BOOK_ACTION, self._type_counts, self._unknown_counts)
+        if n_unknown:
+            for c in np.flatnonzero(self._unknown_counts):
+                self.anomalies[f"unknown_type_{_letter(c)}"] += int(self._unknown_counts[c])
+            self._unknown_counts[:] = 0
         if short:
             self.anomalies["truncated_message"] += int(short)
         if longer:
             self.anomalies["longer_than_spec"] += int(longer)
-        for c in np.flatnonzero(counts):
-            self.by_type[chr(c)] += int(counts[c])
+        if not len(rest):  # the common case live: book messages only
+            return _NO_TYPED, book
         # The few non-book messages, grouped by type in sequence order (stable radix sort on uint8).
         rest_types = buf[frames["offset"][rest]]
         order = rest[np.argsort(rest_types, kind="stable")]
@@ -171,7 +182,7 @@ class ItchNormalizer:
         cross_type = np.empty(len(book), dtype=np.uint8)
         if not len(book):
             return rows, wide_size, cross_type
-        counts = np.zeros(2, dtype=np.int64)
+        counts = np.array([0, 0, _NO_SPAN[0], _NO_SPAN[1]], dtype=np.int64)
         itch50_book.decode_book_events(
             buf, frames, book, itch50_book.BOOK_OFFSET, itch50_book.BOOK_WIDTH, itch50_book.BOOK_ACTION,
             self._known_locate, *self.clock.kernel_params(), self.venue, rows, wide_size, cross_type, counts,
@@ -180,9 +191,8 @@ class ItchNormalizer:
             self.anomalies["bad_timestamp"] += int(counts[0])
         if counts[1]:
             self.anomalies["unknown_instrument"] += int(counts[1])
-        ts = rows["ts_event"][(rows["flags"] & np.uint16(Flag.BAD_TS_EVENT)) == 0]
-        if len(ts):
-            self._note_span(int(ts.min()), int(ts.max()))
+        if counts[2] <= counts[3]:
+            self._note_span(int(counts[2]), int(counts[3]))
         enrich_all(self.orders, rows, self._ref_anomalies)
         return rows, wide_size, cross_type
 
@@ -208,7 +218,7 @@ class ItchNormalizer:
 
     def _definitions(self, t: _Typed | None) -> np.ndarray:
         if t is None:
-            return schema.DEFINITION.empty(0)
+            return _EMPTY_ROWS[schema.DEFINITION.name]
         m = t.msgs
         rows = self._common(schema.DEFINITION, t)
         rows["symbol"] = np.char.rstrip(m["stock"])
@@ -223,7 +233,7 @@ class ItchNormalizer:
     def _status(self, typed: dict[bytes, _Typed]) -> np.ndarray:
         parts = [(code, typed[code]) for code in _STATUS_CODES if code in typed]
         if not parts:
-            return schema.STATUS.empty(0)
+            return _EMPTY_ROWS[schema.STATUS.name]
         rows = np.concatenate([self._status_rows(code, t) for code, t in parts])
         index = np.concatenate([t.index for _, t in parts])
         return rows[np.argsort(index, kind="stable")]
@@ -272,7 +282,7 @@ class ItchNormalizer:
 
     def _imbalance(self, t: _Typed | None) -> np.ndarray:
         if t is None:
-            return schema.IMBALANCE.empty(0)
+            return _EMPTY_ROWS[schema.IMBALANCE.name]
         m = t.msgs
         rows = self._common(schema.IMBALANCE, t)
         rows["paired_size"] = m["paired_shares"]
@@ -287,7 +297,7 @@ class ItchNormalizer:
 
     def _price_discovery(self, t: _Typed | None) -> np.ndarray:
         if t is None:
-            return schema.PRICE_DISCOVERY.empty(0)
+            return _EMPTY_ROWS[schema.PRICE_DISCOVERY.name]
         m = t.msgs
         rows = self._common(schema.PRICE_DISCOVERY, t)
         for out, wire in (("min_price", "min_allowable_price"), ("max_price", "max_allowable_price"),
@@ -300,44 +310,44 @@ class ItchNormalizer:
 
     def _retail_interest(self, t: _Typed | None) -> np.ndarray:
         if t is None:
-            return schema.RETAIL_INTEREST.empty(0)
+            return _EMPTY_ROWS[schema.RETAIL_INTEREST.name]
         rows = self._common(schema.RETAIL_INTEREST, t)
         rows["interest"] = t.msgs["interest_flag"]
         return rows
 
     def _broken(self, t: _Typed | None) -> np.ndarray:
         if t is None:
-            return schema.BROKEN_TRADE.empty(0)
+            return _EMPTY_ROWS[schema.BROKEN_TRADE.name]
         rows = self._common(schema.BROKEN_TRADE, t)
         rows["match_id"] = t.msgs["match_number"]
         return rows
 
     def _system(self, t: _Typed | None) -> np.ndarray:
         if t is None:
-            return schema.SYSTEM_EVENT.empty(0)
+            return _EMPTY_ROWS[schema.SYSTEM_EVENT.name]
         rows = self._common(schema.SYSTEM_EVENT, t)
         rows["code"] = t.msgs["event_code"]
         return rows
 
 
 @nb.njit(cache=True, nogil=True)
-def classify_frames(buf, frames, size_by_code, book_lut):
+def classify_frames(buf, frames, size_by_code, book_lut, counts, unknown):
     """Sort frames into decodable book messages, other decodable messages, and anomalies.
 
     Args:
         buf, frames: the batch; size_by_code: ``itch50.SIZE_BY_CODE``; book_lut: nonzero for book types.
+        counts, unknown: int64 [256], incremented by type byte: decodable messages, unknown types.
 
     Returns:
-        (book frame indexes, other frame indexes, decodable count by type byte, unknown count by
-        type byte, messages shorter than specified, messages longer than specified).
+        (book frame indexes, other frame indexes, unknown-type messages, messages shorter than
+        specified, messages longer than specified).
     """
     n = frames.shape[0]
     book = np.empty(n, dtype=np.int64)
     rest = np.empty(n, dtype=np.int64)
-    counts = np.zeros(256, dtype=np.int64)
-    unknown = np.zeros(256, dtype=np.int64)
     n_book = 0
     n_rest = 0
+    n_unknown = 0
     short = 0
     longer = 0
     for i in range(n):
@@ -346,6 +356,7 @@ def classify_frames(buf, frames, size_by_code, book_lut):
         length = frames[i].length
         if spec == 0:
             unknown[t] += 1
+            n_unknown += 1
             continue
         if length < spec:
             short += 1
@@ -359,7 +370,7 @@ def classify_frames(buf, frames, size_by_code, book_lut):
         else:
             rest[n_rest] = i
             n_rest += 1
-    return book[:n_book], rest[:n_rest], counts, unknown, short, longer
+    return book[:n_book], rest[:n_rest], n_unknown, short, longer
 
 
 def _letter(code: int) -> str:

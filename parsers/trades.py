@@ -15,6 +15,10 @@ _EXECUTE = np.uint8(Action.EXECUTE)
 _TRADE = np.uint8(Action.TRADE)
 _CROSS = np.uint8(Action.CROSS)
 _NON_PRINTABLE = np.uint16(Flag.NON_PRINTABLE)
+# TRADE rows with the one-byte code columns seen as uint8, so the kernel can write them.
+_TRADE_CODES = np.dtype({name: (np.uint8 if schema.TRADE.dtype.fields[name][0] == np.dtype("S1") else
+                                schema.TRADE.dtype.fields[name][0], schema.TRADE.dtype.fields[name][1])
+                         for name in schema.TRADE.dtype.names})
 
 
 @nb.njit(cache=True, nogil=True)
@@ -31,7 +35,7 @@ def _trade_index(action, wide_size):
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
-def _fill_trades(events, wide_size, idx, out):
+def _fill_trades(events, wide_size, cross_type, idx, out):
     for j in range(idx.shape[0]):
         e = events[idx[j]]
         t = out[j]
@@ -48,14 +52,12 @@ def _fill_trades(events, wide_size, idx, out):
         t.action = e.action
         t.side = e.side
         t.printable = 1 if (e.flags & _NON_PRINTABLE) == 0 else 0
+        t.cross_type = cross_type[idx[j]] if e.action == _CROSS else 0
 
 
 def trades_from_events(events: np.ndarray, wide_size: np.ndarray, cross_type: np.ndarray) -> np.ndarray:
     """``schema.TRADE`` rows for the trades among ``events`` (``cross_type``: a venue code byte per event)."""
     idx = _trade_index(events["action"], wide_size)
     rows = schema.TRADE.empty(len(idx))
-    _fill_trades(events, wide_size, idx, rows)
-    crosses = rows["action"] == Action.CROSS
-    if crosses.any():
-        rows["cross_type"][crosses] = cross_type[idx[crosses]].view("S1")
+    _fill_trades(events, wide_size, cross_type, idx, rows.view(_TRADE_CODES))
     return rows
