@@ -44,7 +44,7 @@ def price_decimal(price: int) -> Decimal:
 
 def book_at(source: DecodedCapture, symbol: str, depth: int = 10, at=None) -> BookView:
     """Replay ``source`` through every message stamped at or before ``at`` (all if None)."""
-    engine = BookEngine(depth=depth, venue=source.venue.id)
+    engine = BookEngine(depth=depth, venue=source.venue.id, outputs=False)  # reads the book, not its changes
     cutoff = None
     last_ts = 0
     for batch in source.batches():

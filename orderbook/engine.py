@@ -33,16 +33,20 @@ class BookEngine:
             in the window, its BBO and how its top N changed, as they stood at the window's end.
         venue: venue id written on output rows.
         instruments, orders, levels, out_rows: starting sizes (everything grows on demand).
+        outputs: False keeps the books only (``apply`` returns no rows): for book queries and
+            backtests, which read the books and not their changes.
     """
 
     def __init__(self, depth: int = 10, conflate_ns: int = 0, venue: int = 1, instruments: int = 1024,
-                 orders: int = 1 << 16, levels: int = 1 << 16, out_rows: int = 1 << 16) -> None:
+                 orders: int = 1 << 16, levels: int = 1 << 16, out_rows: int = 1 << 16,
+                 outputs: bool = True) -> None:
         if not 1 <= depth <= 255:
             raise ValueError("depth must be within 1..255")
         self.depth = depth
         self.conflate_ns = int(conflate_ns)
+        self._kernel_conflate = self.conflate_ns if outputs else k.NO_OUTPUTS
         self.venue = venue
-        self.out_rows = out_rows
+        self.out_rows = out_rows if outputs else 0
         self.scalars = np.zeros(7, dtype=np.int64)
         self._orders_alloc(_pow2(orders))
         self.lv = np.zeros((levels, 4), dtype=np.int64)
@@ -80,7 +84,7 @@ class BookEngine:
         self.st[:, k.ST_BBO + 3] = UNDEF_PRICE
         self.dirty = np.zeros(instruments, dtype=np.int64)
         # The top N as last sent per book side: only conflation reads it.
-        books = 2 * instruments if self.conflate_ns else 1
+        books = 2 * instruments if self._kernel_conflate > 0 else 1
         self.emitted = np.zeros((books, self.depth, 3), dtype=np.int64)
         self.emitted_n = np.zeros(books, dtype=np.int64)
 
@@ -137,7 +141,7 @@ class BookEngine:
         """Apply a batch of events; return the BBO and L2 rows it produced."""
         i = 0
         while True:
-            code, i = k.apply_events(i, events, self.venue, self.depth, self.conflate_ns, self.od, self.lv, self.bk,
+            code, i = k.apply_events(i, events, self.venue, self.depth, self._kernel_conflate, self.od, self.lv, self.bk,
                                      self.st, self.dirty, self.emitted, self.emitted_n, self._bbo, self._l2,
                                      self.scalars)
             if code == k.DONE:
@@ -153,7 +157,7 @@ class BookEngine:
 
     def finish(self) -> BookOutput:
         """Emit what the open conflation window holds (call once at the end of a replay)."""
-        while not k.flush(self.venue, self.depth, self.lv, self.bk, self.st, self.dirty, self.emitted,
+        while self._kernel_conflate > 0 and not k.flush(self.venue, self.depth, self.lv, self.bk, self.st, self.dirty, self.emitted,
                           self.emitted_n, self._bbo, self._l2, self.scalars):
             self._make_room()
         return self._collect()

@@ -33,6 +33,8 @@ from parsers.schema import UNDEF_PRICE, Action, Flag, Side
 _LOW32 = np.int64(0xFFFFFFFF)
 _PRIO_MASK = np.int64((1 << 56) - 1)
 
+NO_OUTPUTS = -1  # conflate_ns meaning: keep the books, emit no BBO or L2 rows (book queries, backtests)
+
 # Return codes of ``apply_events`` (with the index of the next event to apply).
 DONE = 0
 NEED_ORDERS = 1  # grow the order table
@@ -354,7 +356,7 @@ def _settle(lv, bk, st, dirty, bbo_out, scalars, inst, flags, top_changed, ts, r
     if conflate_ns == 0:
         if changed:
             _emit_bbo(bbo_out, scalars, st, inst, ts, recv, seq, venue, flags)
-    elif changed or top_changed:
+    elif conflate_ns > 0 and (changed or top_changed):
         st[inst, ST_EV] = ts
         st[inst, ST_EV + 1] = recv
         st[inst, ST_EV + 2] = np.int64(seq)
@@ -387,7 +389,7 @@ def apply_events(start, events, venue, depth, conflate_ns, od, lv, bk, st, dirty
     Args:
         events: ``parsers.schema.EVENT`` rows in sequence order, as the normalizer enriched them.
         venue, depth, conflate_ns: venue id for outputs; top-N depth (<= 255); conflation window in
-            ns (0: every update is emitted).
+            ns (0: every update is emitted; NO_OUTPUTS: books only, nothing emitted).
         od, lv, bk, st: order table, level pool, book runs, per-instrument state (module docstring).
         dirty: conflation: instruments changed in the current window.
         emitted, emitted_n: conflation: int64 [book, depth, (price, size, count)] and level counts of

@@ -87,6 +87,21 @@ def test_random_streams_match_the_reference(seed):
         assert rebuilt.get((inst, Side.ASK), []) == [(p, s, c) for p, s, c in asks]
 
 
+@pytest.mark.parametrize("seed", [4, 5])
+def test_books_only_engine_keeps_the_same_books_and_emits_nothing(seed):
+    events = random_events(seed, 20_000, instruments=7, invalid=True)
+    ref = ReferenceBooks()
+    ref.bbo_changes(events)
+    engine = BookEngine(depth=5, instruments=2, orders=16, levels=16, outputs=False)
+    bbo, l2 = apply_in_batches(engine, events, 997)
+    assert len(bbo) == 0 and len(l2) == 0
+    assert_same_books(engine, ref, range(1, 8))
+    with_outputs = BookEngine(depth=5)
+    apply_in_batches(with_outputs, events, 997)
+    assert engine.integrity_by_instrument() == with_outputs.integrity_by_instrument()
+    assert sum(engine.integrity().values()) > 0  # the stream holds invalid events: the counts are exercised
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(event_streams(instruments=(1, 2, 3), max_events=150))
 def test_hypothesis_streams_match_the_reference(events):
