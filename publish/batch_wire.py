@@ -43,25 +43,39 @@ class BatchWriter:
         self._venue: str | None = None
         self._symbols_obj: object = None
         self._sent: dict[int, str] = dict(symbols or {})  # what the reader knows
+        self._room = queue.max_record - 256
+        self._head = np.zeros(_HEAD_WORDS, dtype=np.int64)
+        self._head_bytes = self._head.view(np.uint8)
 
     def put(self, batch: MarketBatch) -> int:
         extras = self._extras(batch)
+        bbo, l2, trades, status = (_u8(batch.bbo), _u8(batch.l2), _u8(batch.trades), _u8(batch.status))
+        raw = len(bbo) + len(l2) + len(trades) + len(status) + len(extras)
+        if raw <= self._room:  # the usual case: one record
+            head = self._head
+            head[0] = FLAG_FINAL if batch.final else 0
+            head[1] = time.monotonic_ns()
+            head[2], head[3], head[4], head[5], head[6] = (len(batch.bbo), len(batch.l2), len(batch.trades),
+                                                           len(batch.status), len(extras))
+            if not self.queue.write((self._head_bytes, bbo, l2, trades, status, extras), KIND_BATCH):
+                return 0
+            self._commit()
+            return 1
+        return self._put_parts(batch, extras, raw)
+
+    def _put_parts(self, batch: MarketBatch, extras: np.ndarray, raw: int) -> int:
         arrays = [np.ascontiguousarray(getattr(batch, name)) for name, _ in ARRAYS]
-        raw = sum(a.nbytes for a in arrays) + len(extras)
-        room = self.queue.max_record - 256
-        parts = max(1, -(-raw // room))
-        if parts > 1 and not self._room_for(raw + parts * 256):
+        parts = max(1, -(-raw // self._room))
+        if not self._room_for(raw + parts * 256):
             return 0  # all parts or none: a half-written batch would reach the sink split
         for k in range(parts):
             cut = [a[len(a) * k // parts:len(a) * (k + 1) // parts] for a in arrays]
             last = k == parts - 1
             flags = (0 if last else FLAG_MORE) | (FLAG_FINAL if batch.final and last else 0)
-            extra = extras if last else b""
+            extra = extras if last else _NO_BYTES
             head = np.array([flags, time.monotonic_ns(), *(len(c) for c in cut), len(extra), 0], dtype=np.int64)
-            if not self.queue.write([head.view(np.uint8), *(c.view(np.uint8) for c in cut), extra], KIND_BATCH):
-                if k:  # cannot happen after the room check; never leave a batch half-sent
-                    raise RuntimeError("sink queue filled while writing a split batch")
-                return 0
+            if not self.queue.write((head.view(np.uint8), *(_u8(c) for c in cut), extra), KIND_BATCH):
+                raise RuntimeError("sink queue filled while writing a split batch")  # the room was checked
         self._commit()
         return parts
 
@@ -88,7 +102,9 @@ class BatchWriter:
             self._pending = (batch.venue, self._symbols_obj, {})
         if batch.ohlcv:
             extras["ohlcv"] = batch.ohlcv
-        return pickle.dumps(extras, protocol=pickle.HIGHEST_PROTOCOL) if extras else b""
+        if not extras:
+            return _NO_BYTES
+        return np.frombuffer(bytearray(pickle.dumps(extras, protocol=pickle.HIGHEST_PROTOCOL)), dtype=np.uint8)
 
     def _commit(self) -> None:
         if self._pending is not None:
@@ -139,4 +155,12 @@ class BatchReader:
         return part
 
 
+_NO_BYTES = np.zeros(0, dtype=np.uint8)
+
+
+def _u8(rows: np.ndarray) -> np.ndarray:
+    """The rows' bytes, without a copy when they are contiguous already."""
+    if not rows.flags.c_contiguous:
+        rows = np.ascontiguousarray(rows)
+    return rows.view(np.uint8)
 _EMPTY = {"bbo": BBO.empty(0), "l2": L2.empty(0), "trades": TRADE.empty(0), "status": STATUS.empty(0)}

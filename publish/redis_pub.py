@@ -13,26 +13,35 @@ Names (docs/redis.md has the message shapes and how clients use them):
 | every trade | stream | ``md:{venue}:trades`` (``publish.redis_sink``) |
 
 Rules this module keeps:
-- A sink for ``publish.runner.SinkRunner``: it runs on the runner's thread, behind its bounded queue;
-  ``write`` raises on any Redis error and the runner reopens with backoff and retries the batch once.
-- One pipeline (no MULTI) per batch: one round trip. The commands of a batch are built once: a retry
-  of the same batch re-sends them, so the top-N state is never applied twice.
+- A sink for ``publish.runner.SinkRunner`` or ``publish.process_runner.ProcessSinkRunner``: ``write``
+  raises on any Redis error and the runner reopens with backoff and retries the batch once.
+- One buffer of raw RESP per batch (``publish.resp``), sent on one connection, replies read back in
+  bulk: one round trip, no MULTI, no Python object per command. JSON messages are written by the
+  compiled writers of ``publish.json_rows`` (the same bytes as ``publish.encoding``'s); msgpack ones
+  come from ``publish.encoding.Encoder``. A batch's commands are built once: a retry of the same
+  batch re-sends the same bytes, so the top-N state is never applied twice.
 - Every BBO row, L2 update, trade and status row is published; per symbol only the batch's last BBO
   and top N are written to ``:last`` keys. A batch the runner conflated simply has fewer rows.
 - Rows of an instrument without a symbol yet (a capture joined mid-session) are not published on
   symbol channels (counted ``no_symbol_rows``); their trades still go to the stream, symbol "".
-- Redis-py's own retries are off: a half-sent pipeline retried underneath would publish twice.
+- The connection never retries underneath: a half-sent buffer retried by a library would publish twice.
 """
 from __future__ import annotations
 
 import numpy as np
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.connection import parse_url
 
 from publish.batch import MarketBatch
-from publish.encoding import Encoder, TopBooks, bbo_hash_fields, symbols_for
-from publish.redis_sink import DEFAULT_MAXLEN, trades_key, xadd_commands
+from publish.encoding import Encoder, TopBooks, symbols_for
+from publish.json_rows import L2Books, Messages, SymbolCache, bbo_messages, trade_messages
+from publish.redis_sink import DEFAULT_MAXLEN, TRADE_STREAM_FIELD, trades_key
+from publish.resp import RespBuffer, RespConnection, bbo_hash_kernel, bulk, command_head, keyed_kernel
+
+_PUBLISH = command_head("PUBLISH", 2)
+_SET = command_head("SET", 2)
+_XADD = command_head("XADD", 7)
+_NOTHING = np.zeros(0, dtype=np.uint8)
+_NO_SYMBOLS = np.zeros((1, 1), dtype=np.uint8), np.zeros(1, dtype=np.int64)
 
 
 def _last_per_instrument(instrument_ids: np.ndarray) -> np.ndarray:
@@ -42,6 +51,35 @@ def _last_per_instrument(instrument_ids: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     _, first_from_end = np.unique(ids[::-1], return_index=True)
     return np.sort(len(ids) - 1 - first_from_end)
+
+
+def _text(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode(), dtype=np.uint8).copy()
+
+
+class _Payloads:
+    """Messages as one byte buffer with each one's start and end (what the RESP kernels read)."""
+
+    def __init__(self, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
+        self.buf, self.starts, self.ends = buf, starts, ends
+
+    @classmethod
+    def of_messages(cls, m: Messages) -> _Payloads:
+        off = m.offsets[:m.count + 1]
+        return cls(m.buf, off[:-1], off[1:])
+
+    @classmethod
+    def of_list(cls, payloads: list) -> _Payloads:
+        data = [p.encode() if isinstance(p, str) else p for p in payloads]
+        ends = np.cumsum([len(d) for d in data], dtype=np.int64)
+        buf = np.frombuffer(b"".join(data), dtype=np.uint8) if data else _NOTHING
+        return cls(buf, ends - np.array([len(d) for d in data], dtype=np.int64), ends)
+
+    def take(self, which: np.ndarray) -> _Payloads:
+        return _Payloads(self.buf, self.starts[which], self.ends[which])
+
+    def __len__(self) -> int:
+        return len(self.starts)
 
 
 class RedisPublisher:
@@ -63,48 +101,49 @@ class RedisPublisher:
                  connect_timeout: float = 2.0) -> None:
         if stream_maxlen <= 0:
             raise ValueError("stream_maxlen must be positive")
+        if venue_depth < 1:
+            raise ValueError("venue_depth must be at least 1")
+        parse_url(url)  # a bad URL fails here, as one line
         self.url = url
         self.venue_depth = venue_depth
         self.encoder = Encoder(encoding)
         self.stream_maxlen = stream_maxlen
         self.socket_timeout = socket_timeout
         self.connect_timeout = connect_timeout
-        self.books: dict[str, TopBooks] = {}  # venue -> top-N state, kept across reconnects
+        self.books: dict[str, L2Books | TopBooks] = {}  # venue -> top-N state, kept across reconnects
         self.counters: dict[str, int] = {"published": 0, "stream_entries": 0, "batches": 0, "reconnects": 0,
                                          "no_symbol_rows": 0}
-        self.client: redis.Redis | None = None
+        self.client: RespConnection | None = None
         self._opens = 0
-        self._pending: tuple[MarketBatch, list[tuple], int, int] | None = None
+        self._pending: tuple[MarketBatch, bytes, int, int, int] | None = None
+        self._symbols = SymbolCache()
+        self._resp = RespBuffer()
+        self._messages = {"bbo": Messages(), "l2": Messages(), "trades": Messages()}
+        self._keys: dict[str, dict[str, np.ndarray]] = {}
+        self._xadd_mid = np.concatenate([bulk("MAXLEN"), bulk("~"), bulk(str(stream_maxlen)), bulk("*"),
+                                         bulk(TRADE_STREAM_FIELD)])
 
     # -- sink protocol ------------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Connect and PING; raises if Redis does not answer."""
+        """Connect (AUTH, SELECT, PING); raises if Redis does not answer."""
         self.close()
-        client = redis.Redis.from_url(self.url, socket_timeout=self.socket_timeout,
-                                      socket_connect_timeout=self.connect_timeout, retry=Retry(NoBackoff(), 0))
-        try:
-            client.ping()
-        except Exception:
-            client.close()
-            raise
+        client = RespConnection(self.url, socket_timeout=self.socket_timeout, connect_timeout=self.connect_timeout)
+        client.connect()
         self.client = client
         self._opens += 1
         if self._opens > 1:
             self.counters["reconnects"] += 1
 
     def write(self, batch: MarketBatch) -> None:
-        """Send the batch in one pipeline; raises on connection and server errors."""
+        """Send the batch in one round trip; raises on connection and server errors."""
         if self.client is None:
-            raise redis.ConnectionError("RedisPublisher is not open")
+            raise ConnectionError("RedisPublisher is not open")
         if self._pending is None or self._pending[0] is not batch:
-            self._pending = (batch, *self.commands(batch))
-        _, commands, published, stream_entries = self._pending
+            self._pending = (batch, *self.encode(batch))
+        _, data, commands, published, stream_entries = self._pending
         if commands:
-            pipe = self.client.pipeline(transaction=False)
-            for args in commands:
-                pipe.execute_command(*args)
-            pipe.execute()
+            self.client.execute(data, commands)
         self._pending = None
         self.counters["published"] += published
         self.counters["stream_entries"] += stream_entries
@@ -117,65 +156,86 @@ class RedisPublisher:
 
     # -- commands -----------------------------------------------------------------------------------
 
-    def commands(self, batch: MarketBatch) -> tuple[list[tuple], int, int]:
-        """The Redis commands of one batch, applying its L2 rows to the top-N state.
+    def encode(self, batch: MarketBatch) -> tuple[bytes, int, int, int]:
+        """The RESP bytes of one batch, applying its L2 rows to the top-N state.
 
         Returns:
-            (commands, messages published, stream entries added).
+            (bytes, commands in them, messages published, stream entries added).
         """
-        venue, symbols, enc = batch.venue, batch.symbols, self.encoder
-        out: list[tuple] = []
+        venue, symbols = batch.venue, batch.symbols
+        keys = self._venue_keys(venue)
+        resp = self._resp
+        resp.clear()
+        symtab = self._symbols.get(symbols)
+        as_json = self.encoder.encoding == "json"
         published = 0
-        prefix = f"md:{venue}:"
 
         if len(batch.status):
-            payloads = enc.status(batch.status, symbols)
-            channel = f"{prefix}status"
-            out.extend(("PUBLISH", channel, p) for p in payloads)
-            published += len(payloads)
+            payloads = _Payloads.of_list(self.encoder.status(batch.status, symbols))
+            published += self._commands(_PUBLISH, keys["status"], _NOTHING, _NOTHING, None, payloads, symtab)
 
         stream_entries = 0
         if len(batch.trades):
-            syms = symbols_for(batch.trades["instrument_id"], symbols)
-            payloads = enc.trades(batch.trades, syms)
-            out.extend(xadd_commands(trades_key(venue), payloads, self.stream_maxlen))
+            trades = batch.trades
+            if as_json:
+                payloads = _Payloads.of_messages(trade_messages(trades, symtab, into=self._messages["trades"]))
+            else:
+                payloads = _Payloads.of_list(self.encoder.trades(trades, symbols_for(trades["instrument_id"], symbols)))
+            self._commands(_XADD, keys["stream"], _NOTHING, self._xadd_mid, None, payloads, symtab)
             stream_entries = len(payloads)
-            published += self._publish_by_symbol(out, prefix, ":trades", syms, payloads)
+            published += self._commands(_PUBLISH, keys["prefix"], keys[":trades"], _NOTHING,
+                                        symtab.indexes(trades["instrument_id"]), payloads, symtab)
 
         if len(batch.l2):
             books = self.books.get(venue)
             if books is None:
-                books = self.books[venue] = TopBooks(self.venue_depth)
-            syms = symbols_for(batch.l2["instrument_id"], symbols)
-            payloads, last_rows = enc.l2(books, batch.l2, syms)
-            update_syms = syms[last_rows]
-            published += self._publish_by_symbol(out, prefix, ":l2", update_syms, payloads)
-            for k in _last_per_instrument(batch.l2["instrument_id"][last_rows]).tolist():
-                if update_syms[k]:
-                    out.append(("SET", f"{prefix}{update_syms[k]}:l2:last", payloads[k]))
+                books = self.books[venue] = L2Books(self.venue_depth) if as_json else TopBooks(self.venue_depth)
+            if as_json:
+                m, last_rows, _, syms = books.apply(batch.l2, symtab, into=self._messages["l2"])
+                payloads = _Payloads.of_messages(m)
+            else:
+                texts, last_rows = self.encoder.l2(books, batch.l2, symbols_for(batch.l2["instrument_id"], symbols))
+                payloads = _Payloads.of_list(texts)
+                syms = symtab.indexes(batch.l2["instrument_id"][last_rows])
+            published += self._commands(_PUBLISH, keys["prefix"], keys[":l2"], _NOTHING, syms, payloads, symtab)
+            last = _last_per_instrument(batch.l2["instrument_id"][last_rows])
+            self._commands(_SET, keys["prefix"], keys[":l2:last"], _NOTHING, syms[last], payloads.take(last), symtab,
+                           count_skipped=False)
 
         if len(batch.bbo):
-            syms = symbols_for(batch.bbo["instrument_id"], symbols)
-            payloads = enc.bbo(batch.bbo, syms)
-            published += self._publish_by_symbol(out, prefix, ":bbo", syms, payloads)
-            last = _last_per_instrument(batch.bbo["instrument_id"])
-            for k, fields in zip(last.tolist(), bbo_hash_fields(batch.bbo[last])):
-                if syms[k]:
-                    out.append(("HSET", f"{prefix}{syms[k]}:bbo:last", *(x for kv in fields.items() for x in kv)))
-        return out, published, stream_entries
+            bbo = batch.bbo
+            syms = symtab.indexes(bbo["instrument_id"])
+            if as_json:
+                payloads = _Payloads.of_messages(bbo_messages(bbo, symtab, into=self._messages["bbo"]))
+            else:
+                payloads = _Payloads.of_list(self.encoder.bbo(bbo, symbols_for(bbo["instrument_id"], symbols)))
+            published += self._commands(_PUBLISH, keys["prefix"], keys[":bbo"], _NOTHING, syms, payloads, symtab)
+            last = _last_per_instrument(bbo["instrument_id"])
+            resp.run(bbo_hash_kernel, bbo, last, syms[last], symtab.sym_raw, symtab.sym_raw_len, keys["prefix"],
+                     keys[":bbo:last"])
+        return resp.data(), resp.commands, published, stream_entries
 
-    def _publish_by_symbol(self, out: list[tuple], prefix: str, suffix: str, syms: np.ndarray,
-                           payloads: list) -> int:
-        """PUBLISH each payload on ``{prefix}{symbol}{suffix}``; rows without a symbol are counted, not sent."""
-        channels = np.char.add(np.char.add(prefix, syms), suffix).tolist()
-        known = (syms != "").tolist()
-        sent = 0
-        for channel, payload, ok in zip(channels, payloads, known):
-            if ok:
-                out.append(("PUBLISH", channel, payload))
-                sent += 1
-        self.counters["no_symbol_rows"] += len(payloads) - sent
-        return sent
+    def _commands(self, head: np.ndarray, key_prefix: np.ndarray, key_suffix: np.ndarray, mid: np.ndarray,
+                  syms: np.ndarray | None, payloads: _Payloads, symtab, count_skipped: bool = True) -> int:
+        """One command per payload (keys with the payload's symbol when ``syms`` is given); returns how many."""
+        resp = self._resp
+        before, skipped = resp.commands, resp.skipped
+        sym_raw, sym_raw_len = (symtab.sym_raw, symtab.sym_raw_len) if syms is not None else _NO_SYMBOLS
+        resp.run(keyed_kernel, head, key_prefix, key_suffix, mid, syms is not None,
+                 syms if syms is not None else np.zeros(0, dtype=np.int64), sym_raw, sym_raw_len, payloads.buf,
+                 np.ascontiguousarray(payloads.starts), np.ascontiguousarray(payloads.ends))
+        if count_skipped:
+            self.counters["no_symbol_rows"] += resp.skipped - skipped
+        return resp.commands - before
+
+    def _venue_keys(self, venue: str) -> dict[str, np.ndarray]:
+        keys = self._keys.get(venue)
+        if keys is None:
+            prefix = f"md:{venue}:"
+            keys = self._keys[venue] = {
+                "prefix": _text(prefix), "status": _text(f"{prefix}status"), "stream": _text(trades_key(venue)),
+                **{suffix: _text(suffix) for suffix in (":trades", ":l2", ":bbo", ":l2:last", ":bbo:last")}}
+        return keys
 
     # -- helpers for tests and tools ----------------------------------------------------------------
 
@@ -192,4 +252,3 @@ class RedisPublisher:
     def last_key(venue: str, symbol: str, kind: str) -> str:
         """``md:{venue}:{symbol}:bbo:last`` (hash) or ``md:{venue}:{symbol}:l2:last`` (string)."""
         return f"md:{venue}:{symbol}:{kind}:last"
-

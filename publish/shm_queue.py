@@ -102,6 +102,47 @@ def _publish(hdr, write_pos, records):
 
 
 @nb.njit(cache=True, nogil=True)
+def _write_record(hdr, data, w, records, kind, parts, max_record):
+    """Producer: copy ``parts`` (a tuple of uint8 arrays, each padded to 8) as one record at ``w``.
+
+    Returns (new write position, or -1 when the ring has no room, -2 when the record is bigger than
+    ``max_record``: nothing written either way; wake the consumer).
+    """
+    cap = data.shape[0]
+    size = RECORD_HEADER
+    for part in parts:
+        size += (part.shape[0] + 7) & ~7
+    if size > max_record:
+        return -2, False
+    off = w % cap
+    filler = cap - off if off + size > cap else 0
+    r = hdr[_W_READ]
+    _acquire_fence()  # what the consumer released is done being read
+    if cap - (w - r) < filler + size:
+        return -1, False
+    if filler:
+        head = data[off:off + 8].view(np.uint32)
+        head[0] = filler
+        head[1] = KIND_WRAP
+        w += filler
+        off = 0
+    head = data[off:off + 8].view(np.uint32)
+    head[0] = size
+    head[1] = kind
+    pos = off + RECORD_HEADER
+    for part in parts:
+        n = part.shape[0]
+        data[pos:pos + n] = part
+        pos += (n + 7) & ~7
+    w += size
+    _release_fence()  # the record before the position that publishes it
+    hdr[_W_RECORDS] = records
+    hdr[_W_WRITE] = w
+    _full_fence()  # the store above before the load below (Dekker with ``_prepare_sleep``)
+    return w, hdr[_W_SLEEPING] != 0
+
+
+@nb.njit(cache=True, nogil=True)
 def _prepare_sleep(hdr, read_pos):
     """Consumer: announce it is about to block; returns True if records arrived meanwhile (do not block)."""
     hdr[_W_SLEEPING] = 1
@@ -197,37 +238,21 @@ class ShmQueue:
 
     # -- producer -----------------------------------------------------------------------------------
 
-    def write(self, parts: list, kind: int) -> bool:
-        """Copy ``parts`` (uint8 arrays or bytes, each padded to 8 bytes) as one record of ``kind``.
+    def write(self, parts: tuple, kind: int) -> bool:
+        """Copy ``parts`` (a tuple of uint8 arrays, each padded to 8 bytes) as one record of ``kind``.
 
         Returns False, writing nothing, when the ring has no room now. Raises QueueFull if the record
         could never fit (``max_record``).
         """
-        sizes = [(len(p) + 7) & ~7 for p in parts]
-        size = RECORD_HEADER + sum(sizes)
-        if size > self.max_record:
-            raise QueueFull(f"record of {size} bytes exceeds {self.max_record}")
-        cap, w = self.capacity, self._w
-        off = w % cap
-        filler = cap - off if off + size > cap else 0
-        r = int(_load_acquire(self.hdr, _W_READ))
-        if cap - (w - r) < filler + size:
+        w, wake = _write_record(self.hdr, self.data, np.uint64(self._w), np.uint64(self._records + 1), kind, parts,
+                                self.max_record)
+        if w < 0:
+            if w == -2:
+                raise QueueFull(f"record exceeds {self.max_record} bytes")
             return False
-        data = self.data
-        if filler:
-            data[off:off + 8].view(np.uint32)[:] = (filler, KIND_WRAP)
-            w += filler
-            off = 0
-        data[off:off + 8].view(np.uint32)[:] = (size, kind)
-        pos = off + RECORD_HEADER
-        for part, padded in zip(parts, sizes):
-            n = len(part)
-            if n:
-                data[pos:pos + n] = np.frombuffer(part, dtype=np.uint8) if isinstance(part, bytes) else part
-            pos += padded
-        self._w = w + size
+        self._w = int(w)
         self._records += 1
-        if _publish(self.hdr, np.uint64(self._w), np.uint64(self._records)):
+        if wake:
             self.wake()
         return True
 

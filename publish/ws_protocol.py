@@ -49,7 +49,18 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from publish.encoding import TopBooks, bbo_dicts, dumps, status_dicts, trade_dicts
+import numpy as np
+
+from publish.encoding import dumps, status_dicts
+from publish.json_rows import (
+    TAIL_UPDATE,
+    L2Books,
+    Messages,
+    SymbolCache,
+    SymbolTable,
+    bbo_messages,
+    trade_messages,
+)
 
 CHANNELS = ("bbo", "l2", "trades", "status")
 STATE_CHANNELS = frozenset({"bbo", "l2"})  # latest state wins; the others are events
@@ -59,6 +70,7 @@ CLOSE_POLICY_VIOLATION = 1008  # auth refused or missing, malformed use of the p
 CLOSE_TRY_AGAIN_LATER = 1013  # too many connections; a client too slow to keep up
 
 Key = tuple[str, str]  # (channel, symbol)
+_UPDATE_END, _SNAPSHOT_END = '"snapshot":false}', '"snapshot":true}'  # how an update / a snapshot ends
 
 
 # -- one client -----------------------------------------------------------------------------------
@@ -122,9 +134,12 @@ class Hub:
         self._clients: dict[int, _Client] = {}
         self._next_id = 1
         self._seq: dict[Key, int] = {}
-        self._bbo: dict[str, dict] = {}  # symbol -> last bbo message (without "snapshot")
-        self._l2: dict[str, dict] = {}  # symbol -> last l2 message: the complete top N
-        self._top_books: dict[str, TopBooks] = {}  # per venue: L2 rows -> top N
+        # symbol -> the last bbo / l2 update as sent (text ending in ``"snapshot":false}``)
+        self._bbo: dict[str, str] = {}
+        self._l2: dict[str, str] = {}  # the complete top N
+        self._top_books: dict[str, L2Books] = {}  # per venue: L2 rows -> top N
+        self._symtab = SymbolCache()
+        self._messages = Messages()
         self._subscribers: dict[Key, set[int]] = {}
         self._wild: dict[str, set[int]] = {ch: set() for ch in CHANNELS}
         self.users = dict(users or {})
@@ -332,9 +347,9 @@ class Hub:
                 continue
             names = (self._bbo if channel == "bbo" else self._l2) if symbols == WILDCARD else symbols
             for symbol in list(names):
-                message = self._snapshot(channel, symbol)
-                if message is not None:
-                    self._push(client, _STATE, (channel, symbol), dumps(message), now)
+                text = self._snapshot_text(channel, symbol)
+                if text is not None:
+                    self._push(client, _STATE, (channel, symbol), text, now)
 
     def _op_unsubscribe(self, client: _Client, request: dict, now: float) -> None:
         parsed = self._parse_selection(client, request)
@@ -404,28 +419,16 @@ class Hub:
         """Apply a ``MarketBatch``: update the state, queue updates to subscribers; returns the clients woken.
 
         Within a batch, messages go out channel by channel (bbo, l2, trades, status), rows in order.
+        Messages are written by ``publish.json_rows``' compiled writers (one Python str each).
         """
         woken: set[int] = set()
         symbols: Mapping[int, str] = batch.symbols
         if len(batch.bbo):
-            for message in bbo_dicts(batch.bbo, symbols):
-                if self._stamp("bbo", message):
-                    self._bbo[message["symbol"]] = message
-                    self._fan_out(("bbo", message["symbol"]), message, now, woken)
+            self._apply_rows("bbo", batch.bbo, self._symtab.get(symbols), now, woken)
         if len(batch.l2):
-            books = self._top_books.get(batch.venue)
-            if books is None:
-                books = self._top_books[batch.venue] = TopBooks(self.depth)
-            messages, _ = books.apply(batch.l2, symbols)
-            last = {m["symbol"]: m for m in messages}  # the state after the batch's last update per symbol
-            for message in last.values():
-                if self._stamp("l2", message):
-                    self._l2[message["symbol"]] = message
-                    self._fan_out(("l2", message["symbol"]), message, now, woken)
+            self._apply_l2(batch, self._symtab.get(symbols), now, woken)
         if len(batch.trades):
-            for message in trade_dicts(batch.trades, symbols):
-                if self._stamp("trades", message):
-                    self._fan_out(("trades", message["symbol"]), message, now, woken)
+            self._apply_rows("trades", batch.trades, self._symtab.get(symbols), now, woken)
         if len(batch.status):
             instruments = batch.status["instrument_id"].tolist()
             for iid, message in zip(instruments, status_dicts(batch.status, symbols)):
@@ -434,6 +437,83 @@ class Hub:
                 elif self._stamp("status", message):
                     self._fan_out(("status", message["symbol"]), message, now, woken)
         return woken
+
+    def _known(self, sym: np.ndarray, symtab: SymbolTable) -> np.ndarray:
+        """Rows whose instrument has a (non-empty) symbol; the others are counted."""
+        known = (sym >= 0) & (symtab.sym_raw_len[np.maximum(sym, 0)] > 0)
+        self.counters["unknown_instrument"] += int(len(sym) - np.count_nonzero(known))
+        return known
+
+    def _next_seqs(self, channel: str, sym: np.ndarray, names: list[str]) -> np.ndarray:
+        """This hub's seq for each row (``sym``: symbol indexes), counting on per (channel, symbol)."""
+        seq = self._seq
+        if len(sym) == 1:
+            key = (channel, names[sym[0]])
+            seq[key] = value = seq.get(key, 0) + 1
+            return np.array([value], dtype=np.uint64)
+        unique, inverse, counts = np.unique(sym, return_inverse=True, return_counts=True)
+        inverse = inverse.reshape(-1)
+        keys = [(channel, names[u]) for u in unique.tolist()]
+        base = np.array([seq.get(k, 0) for k in keys], dtype=np.int64)
+        order = np.argsort(inverse, kind="stable")
+        rank = np.empty(len(sym), dtype=np.int64)
+        rank[order] = np.arange(len(sym)) - np.repeat(np.cumsum(counts) - counts, counts)
+        for k, b, c in zip(keys, base.tolist(), counts.tolist()):
+            seq[k] = b + c
+        return (base[inverse] + rank + 1).astype(np.uint64)
+
+    def _apply_rows(self, channel: str, rows: np.ndarray, symtab: SymbolTable, now: float, woken: set[int]) -> None:
+        """bbo or trade rows: one message per row, stamped with the hub's seq."""
+        sym = symtab.indexes(rows["instrument_id"])
+        known = self._known(sym, symtab)
+        if not known.all():
+            rows, sym = rows[known], sym[known]
+            if not len(rows):
+                return
+        names = symtab.names
+        seqs = self._next_seqs(channel, sym, names)
+        if channel == "bbo":
+            texts = bbo_messages(rows, symtab, seqs, tail=TAIL_UPDATE, into=self._messages).texts()
+            state, kind = self._bbo, _STATE
+        else:
+            texts = trade_messages(rows, symtab, seqs, into=self._messages).texts()
+            state, kind = None, _EVENT
+        wild = self._wild[channel]
+        subscribers = self._subscribers
+        for s, text in zip(sym.tolist(), texts):
+            symbol = names[s]
+            if state is not None:
+                state[symbol] = text
+            if wild or (channel, symbol) in subscribers:
+                self._fan_out_text((channel, symbol), text, kind, now, woken)
+
+    def _apply_l2(self, batch, symtab: SymbolTable, now: float, woken: set[int]) -> None:
+        """L2 rows: the top N of each symbol after the batch's last update of it, one message per symbol."""
+        books = self._top_books.get(batch.venue)
+        if books is None:
+            books = self._top_books[batch.venue] = L2Books(self.depth)
+        _, upd_row, upd_slot, upd_sym = books.apply(batch.l2, symtab, write=False)
+        known = self._known(upd_sym, symtab)
+        if not known.any():
+            return
+        rows, slots, sym = upd_row[known], upd_slot[known], upd_sym[known]
+        # The last update of each symbol, in the order the symbols first appear in the batch.
+        _, first = np.unique(sym, return_index=True)
+        _, last_from_end = np.unique(sym[::-1], return_index=True)
+        last = len(sym) - 1 - last_from_end
+        pick = last[np.argsort(first, kind="stable")]
+        rows, slots, sym = rows[pick], slots[pick], sym[pick]
+        names = symtab.names
+        seqs = self._next_seqs("l2", sym, names)
+        l2 = batch.l2
+        texts = books.state_messages(slots, sym, seqs, l2["ts_event"][rows], l2["ts_recv"][rows], symtab,
+                                     tail=TAIL_UPDATE, into=self._messages).texts()
+        wild = self._wild["l2"]
+        for s, text in zip(sym.tolist(), texts):
+            symbol = names[s]
+            self._l2[symbol] = text
+            if wild or ("l2", symbol) in self._subscribers:
+                self._fan_out_text(("l2", symbol), text, _STATE, now, woken)
 
     def _stamp(self, channel: str, message: dict) -> bool:
         """Give ``message`` its per-(channel, symbol) ``seq``; False (counted) if its instrument has no symbol."""
@@ -459,14 +539,13 @@ class Hub:
                 woken.add(client.id)
 
     def _fan_out(self, key: Key, message: dict, now: float, woken: set[int]) -> None:
+        if not self._wild[key[0]] and key not in self._subscribers:
+            return
+        self._fan_out_text(key, dumps(message), _EVENT, now, woken)
+
+    def _fan_out_text(self, key: Key, text: str, kind: int, now: float, woken: set[int]) -> None:
         wild = self._wild[key[0]]
         explicit = self._subscribers.get(key, ())
-        if not wild and not explicit:
-            return
-        if key[0] in STATE_CHANNELS:
-            message = {**message, "snapshot": False}
-        text = dumps(message)
-        kind = _STATE if key[0] in STATE_CHANNELS else _EVENT
         for cid in (*wild, *(c for c in explicit if c not in wild)):
             client = self._clients[cid]
             if client.close is None:
@@ -475,9 +554,13 @@ class Hub:
 
     # -- state ------------------------------------------------------------------------------------
 
-    def _snapshot(self, channel: str, symbol: str) -> dict | None:
+    def _snapshot_text(self, channel: str, symbol: str) -> str | None:
         last = (self._bbo if channel == "bbo" else self._l2 if channel == "l2" else {}).get(symbol)
-        return None if last is None else {**last, "snapshot": True}
+        return None if last is None else last[:-len(_UPDATE_END)] + _SNAPSHOT_END
+
+    def _snapshot(self, channel: str, symbol: str) -> dict | None:
+        text = self._snapshot_text(channel, symbol)
+        return None if text is None else json.loads(text)
 
     def bbo(self, symbol: str) -> dict | None:
         """The last bbo message of ``symbol`` as a snapshot, or None."""
