@@ -49,7 +49,8 @@ import numpy as np
 
 from parsers.schema import PRICE_SCALE, STATUS, TRADE, UNDEF_PRICE
 from trading.luld import LuldTier, SessionCalendar
-from trading.market import MARKET_ACCOUNT, MARKET_ID_BASE, MARKET_INPUT, MarketInputKind, MarketMirror, SyncMode
+from trading.market import (MARKET_ACCOUNT, MARKET_ID_BASE, MARKET_INPUT, S_EXECS, MarketInputKind, MarketMirror,
+                            SyncMode)
 from trading.matching import MatchingEngine
 from trading.orders import (COMMAND, ORDER_EVENT, CommandKind, EventKind, Liquidity, OrderSide, OrderType, Reason,
                             TimeInForce)
@@ -98,8 +99,11 @@ _REASON_NAMES = {int(r): r.name.lower() for r in Reason}
 _COMMAND_DT, _EVENT_DT, _INPUT_DT, _STATUS_DT = COMMAND.dtype, ORDER_EVENT.dtype, MARKET_INPUT.dtype, STATUS.dtype
 _NO_ROWS = MARKET_INPUT.empty(0)
 _NO_EVENTS = ORDER_EVENT.empty(0)
-_NO_ROWS.flags.writeable = False
-_NO_EVENTS.flags.writeable = False
+_NO_COMMANDS = COMMAND.empty(0)
+_NO_TRADES = TRADE.empty(0)
+_NO_STATUS = STATUS.empty(0)
+for _empty in (_NO_ROWS, _NO_EVENTS, _NO_COMMANDS, _NO_TRADES, _NO_STATUS):
+    _empty.flags.writeable = False
 
 
 def parse_price(value) -> int:
@@ -178,6 +182,8 @@ class Engine:
             a = self.account_ids[str(name)]
             self.portfolio.deposit(a, int(cfg.cash))
             self.risk.add_account(a, str(name), bool(cfg.margin), cfg.limits, bool(cfg.suspended))
+        self._mark_ids = np.zeros(64, dtype=np.int64)  # collect_marks' output
+        self._mark_px = np.zeros(64, dtype=np.int64)
         self._ids: dict[tuple[int, str], int] = {}  # (account, client order id) -> order id
         self._names: dict[int, tuple[int, str]] = {}  # order id -> (account, client order id)
         self._next_api_id = API_ID_BASE
@@ -259,11 +265,12 @@ class Engine:
         return self._match(market, market)
 
     def _apply_marks(self, rows: np.ndarray) -> None:
-        marks = rows[rows["kind"] == MarketInputKind.MARK]
-        if len(marks):
-            ids = marks["instrument_id"].astype(np.int64)
-            ok = (ids < len(self.known)) & (self.known[np.minimum(ids, len(self.known) - 1)] == 1)
-            ids, px = ids[ok], marks["price"][ok]
+        if len(rows) > len(self._mark_ids):
+            self._mark_ids = np.zeros(len(rows), dtype=np.int64)
+            self._mark_px = np.zeros(len(rows), dtype=np.int64)
+        n = collect_marks(rows, self.known, self._mark_ids, self._mark_px)
+        if n:
+            ids, px = self._mark_ids[:n], self._mark_px[:n]
             self.portfolio.set_marks(ids, px)
             self.risk.set_reference(ids, px)
 
@@ -300,16 +307,18 @@ class Engine:
             bad[ok] = self.risk.check(commands[ok])
         return bad
 
-    def _apply_feed(self, rows: np.ndarray, status: np.ndarray) -> np.ndarray:
+    def _apply_feed(self, rows: np.ndarray, status: np.ndarray, executions: bool | None = None) -> np.ndarray:
         self.records += 1
         if len(status):
             self.risk.on_status(status)
-        parts = []
-        if (rows["kind"] == MarketInputKind.EXEC).any():
-            parts.append(self._sync(rows, SyncMode.PRE))
-        parts.append(self._sync(rows, SyncMode.POST))
+        if not len(rows):
+            return _NO_EVENTS
+        if executions is None:
+            executions = bool((rows["kind"] == MarketInputKind.EXEC).any())
+        pre = self._sync(rows, SyncMode.PRE) if executions else _NO_EVENTS
+        post = self._sync(rows, SyncMode.POST)
         self._apply_marks(rows)
-        events = _joined(parts)
+        events = _joined([pre, post]) if len(pre) else post
         if len(events):
             self.risk.on_events(events)
         return events
@@ -391,20 +400,14 @@ class Engine:
         """``on_feed`` returning ``ORDER_EVENT`` rows."""
         if self.books is None:
             raise ValueError("on_feed needs the engine's books (Engine(books=BookEngine(...)))")
-        trades = TRADE.empty(0) if trades is None else trades
-        status = STATUS.empty(0) if status is None else status
-        touched = np.concatenate([events["instrument_id"], trades["instrument_id"]]).astype(np.int64)
-        self.mirror.note_prints(trades)
-        active = self.mirror.touched(touched)
-        rows = _NO_ROWS
-        if len(active):
-            rows = np.concatenate([self.mirror.read(ts, active, self.books, self.matcher),
-                                   self.mirror.trade_rows(trades, active)])
+        trades = _NO_TRADES if trades is None else trades
+        status = _NO_STATUS if status is None else status
+        rows = self.mirror.feed_rows(ts, events, trades, self.books, self.matcher, self.portfolio.holders)
         if not len(rows) and not len(status):
             return _NO_EVENTS
         self._log(RecordKind.FEED, 0, rows, None, status)
-        out = self._apply_feed(rows, status)
-        self._hand_off(_commands(0), out)
+        out = self._apply_feed(rows, status, int(self.mirror.scalars[S_EXECS]) > 0)
+        self._hand_off(_NO_COMMANDS, out)
         return out
 
     def mark(self, ts: int, prices: dict[str, object]) -> None:
@@ -415,7 +418,8 @@ class Engine:
                 raise ValueError(f"unknown symbol {symbol!r}")
             rows[j] = (ts, parse_price(price), 0, self.symbols[symbol], MarketInputKind.MARK, 0, (0, 0))
         self._log(RecordKind.FEED, 0, rows, None, None)
-        self._apply_feed(rows, STATUS.empty(0))
+        self._apply_feed(rows, _NO_STATUS)
+        self.mirror.forget_mark(rows["instrument_id"])  # the feed's next read writes its own mark again
 
     def end_session(self, ts: int) -> list[dict]:
         """DAY orders expire (GTC stay); today's equity becomes the prior close for day trading rules."""
@@ -581,6 +585,24 @@ class Engine:
 _R_INVALID = np.uint8(Reason.INVALID_ORDER)
 _K_NEW, _K_MODIFY = np.uint8(CommandKind.NEW), np.uint8(CommandKind.MODIFY)
 _USER_ID_END = np.uint64(MARKET_ID_BASE)
+
+
+_K_MARK = np.uint8(MarketInputKind.MARK)
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def collect_marks(rows, known, ids, prices):
+    """The MARK rows of instruments the engine trades, in order, into ``ids`` / ``prices`` (room for
+    ``len(rows)``); returns how many."""
+    n = 0
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        inst = np.int64(r.instrument_id)
+        if r.kind == _K_MARK and inst < known.shape[0] and known[inst] == 1:
+            ids[n] = inst
+            prices[n] = r.price
+            n += 1
+    return n
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)

@@ -34,22 +34,35 @@ crossed by levels we do not mirror), the limit prices of incoming orders (on bot
 joins behind the size displayed at its price, and may take from the other side down to it) and the
 size of incoming market orders. Mirror orders outside the window are removed.
 
-When instruments are synced: an instrument is *active* once a user command named it. Before a batch
-of user commands, each active instrument it names is synced if the feed changed it since its last sync
-(``mark_feed`` says so) or the window must reach further; after each feed batch (``Engine.on_feed``),
-every active instrument the batch touched is synced, its executions and prints applied. A sync reads
-the feed's book into ``MARKET_INPUT`` rows (``extract``), and only those rows are the input of what
-follows (``market_commands``): the engine logs them, so replaying the write-ahead log rebuilds the
-same state with no feed at hand.
+When instruments are synced. An instrument is *synced* once a user command named it (its first sync),
+and *watched* while it holds users' interest: a live user order (resting or a held stop) or consumed
+liquidity. After each feed batch (``Engine.feed``), every watched instrument the batch touched is
+synced, its executions and prints applied (``feed_rows``); one the batch touched that is not watched is
+only marked *dirty* (nothing of a user can meet its liquidity), and its MARK is read if an account
+holds a position in it. Before a batch of user commands, each instrument it names is synced if it
+is dirty or its window must reach further (``plan_sync``). A sync reads the feed's book into
+``MARKET_INPUT`` rows (``extract``), and only those rows are the input of what follows
+(``market_commands``): the engine logs them, so replaying the write-ahead log rebuilds the same state
+with no feed at hand. When to sync is decided live only and never logged.
+
+A sync reads only what changed. Per instrument side, the levels last read are kept (``snap``, live
+only); a sync writes a ``WINDOW`` row whose ``size`` says how to read the LEVEL rows after it: DIFF (1):
+only the levels inside the window whose displayed size differs from the last read, those new to the
+window, and those that left the feed (size 0); a level not listed is as it was. FULL (0): every level
+inside the window; one not listed is gone. A side is read FULL at its first sync, after a restart,
+when its snapshot outgrew its room, and after mirror orders traded with each other (a crossed or
+locked feed book: ``stale``); levels a batch executed at are always listed. The MARK row is written
+when the mark changed. So a sync costs what changed in the feed, not the size of the window.
 
 A feed sync runs in two steps: ``PRE``: levels reconciled to the sizes they had before the batch's
 executions (displayed now + executed in the batch), then the executions as IOC takers; ``POST``: levels
 reconciled to the sizes displayed now, then the prints as SWEEPs. A sync before user commands is a
 ``POST`` without executions or prints.
 
-Rules the kernels keep: no allocation, no I/O, no clock; ``market_commands`` only reads the matcher
-(the commands it writes change it), and changes nothing but the consumed table, idempotently, so
-growing its output and calling again is safe.
+Rules the kernels keep: no allocation, no I/O, no clock; work proportional to the rows of a sync (a
+binary search per level, never a scan of the sync per level); ``market_commands`` only reads the
+matcher (the commands it writes change it), and changes nothing but the consumed table, idempotently,
+so growing its output and calling again is safe.
 """
 from __future__ import annotations
 
@@ -60,7 +73,7 @@ import numpy as np
 
 from parsers.schema import UNDEF_PRICE, Action, Record, Side, _c, _pad, _price
 from trading import matching as mt
-from trading.orders import COMMAND, CommandKind, EventKind, Liquidity, OrderSide, OrderType, TimeInForce
+from trading.orders import COMMAND, ORDER_EVENT, CommandKind, EventKind, Liquidity, OrderSide, OrderType, TimeInForce
 
 MARKET_ACCOUNT = 0xFFFF_FFFF  # the feed's liquidity; user accounts are below it
 MARKET_ID_BASE = 1 << 62  # order ids from here up are the market's; users' must be below
@@ -71,12 +84,19 @@ DEFAULT_DEPTH = 10
 DONE = 0
 NEED_OUTPUT = 1  # market_commands: more command rows
 NEED_CONSUMED = 2  # settle: a consumed table (instrument, side) is full, or the instrument beyond it
+NEED_INSTRUMENTS = 3  # market_commands: an instrument id beyond the per-instrument arrays
+
+# ``size`` of a WINDOW row: how its side's LEVEL rows are read (module docstring).
+WINDOW_FULL = 0  # every level inside the window is listed; a level not listed is gone
+WINDOW_DIFF = 1  # only changed levels are listed; a level not listed is as it was
 
 
 class MarketInputKind(enum.IntEnum):
-    WINDOW = 1  # side, price: the side's mirrored window reaches this price (UNDEF_PRICE: mirror nothing)
-    LEVEL = 2  # side, price, size: a feed level inside the window (best first after its WINDOW row)
-    DEPTH = 3  # side, price, size: the feed's size (0: no level) where liquidity was consumed, outside the window
+    WINDOW = 1  # side, price: the side's mirrored window reaches this price (UNDEF_PRICE: mirror nothing);
+    #             size: WINDOW_FULL or WINDOW_DIFF
+    LEVEL = 2  # side, price, size: a feed level inside the window (best first after its WINDOW row; 0: gone)
+    DEPTH = 3  # side, price, size: the feed's size (0: no level) where liquidity was consumed (FULL windows written
+    #            before DIFF ones existed list only those outside the window)
     EXEC = 4  # side (the resting side), price, size: an execution of the feed's book
     PRINT = 5  # price: a printed trade
     MARK = 6  # price: the instrument's mark (mid or last, as configured) for valuation and risk
@@ -93,7 +113,7 @@ MARKET_INPUT = Record(
     (
         _c("ts", "<i8", "unix_nanos", "EXEC/PRINT: the trade's ts_event; else the sync's time"),
         _price("price", "the level's, trade's or mark's price; WINDOW: the window's last price"),
-        _c("size", "<u8", "shares", "LEVEL/DEPTH: displayed size; EXEC/PRINT: shares traded"),
+        _c("size", "<u8", "shares", "LEVEL/DEPTH: displayed size; EXEC/PRINT: shares traded; WINDOW: FULL 0 / DIFF 1"),
         _c("instrument_id", "<u4", "id", "instrument"),
         _c("kind", "u1", "MarketInputKind", "what the row is"),
         _c("side", "u1", "Side", "WINDOW/LEVEL/DEPTH: the book side; EXEC: the resting order's side"),
@@ -109,13 +129,16 @@ S_NEXT_MIRROR = 0  # mirror orders handed out (ids MARKET_ID_BASE + 1 + n)
 S_NEXT_TAKER = 1  # IOC takers handed out (ids TAKER_ID_BASE + 1 + n)
 S_ROWS = 2  # rows written by the current call
 S_MARKET_REJECTS = 3  # market commands the matcher refused (always 0 unless something is wrong)
-SCALARS = 4
+S_SNAP_FULL = 4  # a read found a side with more levels than the snapshot holds (grow it)
+S_EXECS = 5  # EXEC rows written by the last ``feed_rows``
+SCALARS = 6
 
 # Columns of ``MarketMirror.ws`` (live only, never logged: when a sync is due).
 W_KEY = 0  # the window's last key per side (bid: price, ask: -price): columns 0, 1
 W_MORE = 2  # 1 if the feed showed levels beyond the window: columns 2, 3
 W_SUM = 4  # displayed size inside the window: columns 4, 5
 WS_COLUMNS = 6
+SNAP_LEVELS = 32  # levels per side a snapshot starts with room for (``MarketMirror.snap``; grows)
 
 _UNDEF = np.int64(UNDEF_PRICE)
 _NO_WINDOW = np.int64(2**63 - 1)  # a window key no level reaches
@@ -139,9 +162,14 @@ _T_LIMIT = np.uint8(OrderType.LIMIT)
 _T_STOP = np.int64(OrderType.STOP)
 _GTC = np.uint8(TimeInForce.GTC)
 _IOC = np.uint8(TimeInForce.IOC)
+_ACK = np.uint8(EventKind.ACK)
 _FILL = np.uint8(EventKind.FILL)
 _REJECT = np.uint8(EventKind.REJECT)
+_CANCELLED = np.uint8(EventKind.CANCELLED)
 _MAKER = np.uint8(Liquidity.MAKER)
+_A_EXECUTE = np.uint8(Action.EXECUTE)
+_FULL = np.uint64(WINDOW_FULL)
+_DIFF = np.uint64(WINDOW_DIFF)
 MARK_MID, MARK_LAST = 1, 2
 
 
@@ -228,8 +256,174 @@ def _feed_size(feed_lv, start, n, key):
 # -- reading the feed ---------------------------------------------------------------------------
 
 
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _put(out, n, ts, price, size, inst, kind, side):
+    """Write one MARKET_INPUT row at ``n``; returns ``n + 1``."""
+    r = out[n]
+    r.ts = ts
+    r.price = price
+    r.size = size
+    r.instrument_id = inst
+    r.kind = kind
+    r.side = side
+    return n + 1
+
+
 @nb.njit(cache=True, nogil=True, _nrt=False)
-def extract(insts, reach, need_qty, feed_lv, feed_bk, op, lv, ins, cu, cn, depth, mark_kind, last_px, ts, out, ws):
+def users_interest(ins, mirror_live, cn, inst):
+    """Whether ``inst`` holds users' interest: a live user order (resting or held) or consumed liquidity."""
+    if inst < cn.shape[0] and cn[inst, 0] + cn[inst, 1] > 0:
+        return True
+    if inst >= ins.shape[0]:
+        return False
+    mirrored = mirror_live[inst] if inst < mirror_live.shape[0] else np.int64(0)
+    return ins[inst, mt.I_RESTING] + ins[inst, mt.I_STOPS] > mirrored
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _window(feed_lv, fs, fn, op, lv, ins, cu, cn, inst, s, depth, reach, need):
+    """Key of the last level of side ``s``'s window (module docstring); ``_NO_WINDOW``: nothing to mirror."""
+    lim = _NO_WINDOW
+    if fn > 0:
+        lim = feed_lv[fs + fn - min(depth, fn), 0]
+    worst_user = user_edge(op, lv, ins, inst, s, False)
+    if worst_user != _MIN and worst_user < lim:
+        lim = worst_user
+    other = user_edge(op, lv, ins, inst, 1 - s, True)  # the other side's best user price
+    if other != _MIN:
+        k = _key(s, _price_of(1 - s, other))
+        if k < lim:
+            lim = k
+    if reach < lim:
+        lim = reach
+    if need > 0 and fn > 0:
+        want = need + _consumed_total(cu, cn, inst, s)
+        got = np.int64(0)
+        pos = fs + fn - 1
+        while pos >= fs:
+            got += feed_lv[pos, 2]
+            if got >= want:
+                break
+            pos -= 1
+        k = feed_lv[max(pos, fs), 0]
+        if k < lim:
+            lim = k
+    return lim
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _mark_of(inst, feed_lv, feed_bk, mark_kind, last_px):
+    """The instrument's mark: mid or last (the other when it has none), UNDEF_PRICE if neither."""
+    bid = _UNDEF
+    ask = _UNDEF
+    if 2 * inst + 1 < feed_bk.shape[0]:
+        if feed_bk[2 * inst, 1] > 0:
+            bid = feed_lv[feed_bk[2 * inst, 0] + feed_bk[2 * inst, 1] - 1, 1]
+        if feed_bk[2 * inst + 1, 1] > 0:
+            ask = feed_lv[feed_bk[2 * inst + 1, 0] + feed_bk[2 * inst + 1, 1] - 1, 1]
+    last = last_px[inst] if inst < last_px.shape[0] else _UNDEF
+    mid = _UNDEF
+    if bid != _UNDEF and ask != _UNDEF:
+        mid = (bid + ask) // 2
+    if mark_kind == MARK_LAST:
+        return last if last != _UNDEF else mid
+    return mid if mid != _UNDEF else last
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _put_mark(inst, feed_lv, feed_bk, mark_kind, last_px, last_mark, ts, out, n):
+    """A MARK row if the instrument's mark changed since the last one written."""
+    mark = _mark_of(inst, feed_lv, feed_bk, mark_kind, last_px)
+    if mark != _UNDEF and mark != last_mark[inst]:
+        n = _put(out, n, ts, mark, np.uint64(0), inst, _K_MARK, np.uint8(0))
+        last_mark[inst] = mark
+    return n
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _extract_one(inst, reach_bid, reach_ask, need_bid, need_ask, feed_lv, feed_bk, op, lv, ins, cu, cn, depth,
+                 mark_kind, last_px, ts, out, n, ws, snap, snap_n, stale, last_mark, tmp, scalars):
+    """The rows of one instrument's sync from row ``n`` on (module docstring); returns the next row."""
+    n_feed = feed_bk.shape[0] // 2
+    cap = snap.shape[2]
+    for s in range(2):
+        fs = np.int64(0)
+        fn = np.int64(0)
+        if inst < n_feed:
+            fs = feed_bk[2 * inst + s, 0]
+            fn = feed_bk[2 * inst + s, 1]
+        lim = _window(feed_lv, fs, fn, op, lv, ins, cu, cn, inst, s, depth, reach_bid if s == 0 else reach_ask,
+                      need_bid if s == 0 else need_ask)
+        side = _BID if s == 0 else _ASK
+        full = stale[inst] != 0 or snap_n[inst, s] < 0
+        n = _put(out, n, ts, _UNDEF if lim == _NO_WINDOW else _price_of(s, lim), _FULL if full else _DIFF, inst,
+                 _K_WINDOW, side)
+        old = np.int64(0) if full else snap_n[inst, s]
+        k = np.int64(0)  # next entry of the old snapshot
+        m = np.int64(0)  # levels of the new one
+        total = np.int64(0)
+        pos = fs + fn - 1
+        while True:  # the feed's window and the old snapshot, both best first, merged by key
+            kf = feed_lv[pos, 0] if pos >= fs and feed_lv[pos, 0] >= lim else _MIN
+            ks = snap[inst, s, k, 0] if k < old else _MIN
+            if kf == _MIN and ks == _MIN:
+                break
+            if kf != _MIN and kf >= ks:
+                size = feed_lv[pos, 2]
+                changed = True
+                if kf == ks:
+                    changed = snap[inst, s, k, 1] != size
+                    k += 1
+                if full or changed:
+                    n = _put(out, n, ts, feed_lv[pos, 1], np.uint64(size), inst, _K_LEVEL, side)
+                if m < cap:
+                    tmp[m, 0] = kf
+                    tmp[m, 1] = size
+                m += 1
+                total += size
+                pos -= 1
+            else:  # last read, no longer shown: gone from the feed (or out of the window: no row)
+                if ks >= lim:
+                    n = _put(out, n, ts, _price_of(s, ks), np.uint64(0), inst, _K_LEVEL, side)
+                k += 1
+        if m <= cap:
+            for j in range(m):
+                snap[inst, s, j, 0] = tmp[j, 0]
+                snap[inst, s, j, 1] = tmp[j, 1]
+            snap_n[inst, s] = m
+        else:  # read FULL until the snapshot grows
+            snap_n[inst, s] = -1
+            if m > scalars[S_SNAP_FULL]:
+                scalars[S_SNAP_FULL] = m
+        if inst < cn.shape[0]:  # every price where liquidity was consumed: its cut needs the size shown
+            for j in range(cn[inst, s]):
+                price = cu[inst, s, j, 0]
+                n = _put(out, n, ts, price, np.uint64(_feed_size(feed_lv, fs, fn, _key(s, price))), inst, _K_DEPTH,
+                         side)
+        ws[inst, W_KEY + s] = lim
+        ws[inst, W_MORE + s] = 1 if pos >= fs else 0
+        ws[inst, W_SUM + s] = total
+    stale[inst] = 0
+    return _put_mark(inst, feed_lv, feed_bk, mark_kind, last_px, last_mark, ts, out, n)
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _rows_bound(inst, feed_bk, snap_n, cn):
+    """The most rows one instrument's sync can write."""
+    n = np.int64(3)  # two WINDOW rows and a MARK
+    for s in range(2):
+        if 2 * inst + s < feed_bk.shape[0]:
+            n += feed_bk[2 * inst + s, 1]
+        if inst < snap_n.shape[0]:
+            n += max(snap_n[inst, s], np.int64(0))
+        if inst < cn.shape[0]:
+            n += cn[inst, s]
+    return n
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def extract(insts, reach, need_qty, feed_lv, feed_bk, op, lv, ins, cu, cn, depth, mark_kind, last_px, ts, out, ws,
+            snap, snap_n, stale, last_mark, tmp, synced, dirty, scalars):
     """Read the feed's book of each instrument in ``insts`` into ``MARKET_INPUT`` rows; return how many.
 
     Args:
@@ -242,108 +436,121 @@ def extract(insts, reach, need_qty, feed_lv, feed_bk, op, lv, ins, cu, cn, depth
         cu, cn: the consumed table (read only here).
         depth: levels mirrored at least.
         mark_kind: MARK_MID or MARK_LAST; last_px: last printed price per instrument (UNDEF_PRICE: none).
-        out: room for every row (the caller sizes it from the feed runs and the consumed counts).
-        ws: window state per instrument, written (``W_*`` columns).
+        out: room for every row (``_rows_bound`` per instrument).
+        ws, snap, snap_n, stale, last_mark: live state per instrument, written (``MarketMirror``).
+        tmp: [snapshot levels, 2] scratch.
+        synced, dirty: set and cleared for each instrument read.
     """
     n = 0
-    n_feed = feed_bk.shape[0] // 2
     for j in range(insts.shape[0]):
         inst = insts[j]
-        best_bid = _UNDEF
-        best_ask = _UNDEF
-        for s in range(2):
-            fs = np.int64(0)
-            fn = np.int64(0)
-            if inst < n_feed:
-                fs = feed_bk[2 * inst + s, 0]
-                fn = feed_bk[2 * inst + s, 1]
-            if fn > 0:
-                if s == 0:
-                    best_bid = feed_lv[fs + fn - 1, 1]
-                else:
-                    best_ask = feed_lv[fs + fn - 1, 1]
-            lim = _NO_WINDOW
-            if fn > 0:
-                lim = feed_lv[fs + fn - min(depth, fn), 0]
-            worst_user = user_edge(op, lv, ins, inst, s, False)
-            if worst_user != _MIN and worst_user < lim:
-                lim = worst_user
-            other = user_edge(op, lv, ins, inst, 1 - s, True)  # the other side's best user price
-            if other != _MIN:
-                k = _key(s, _price_of(1 - s, other))
-                if k < lim:
-                    lim = k
-            if reach[j, s] < lim:
-                lim = reach[j, s]
-            if need_qty[j, s] > 0 and fn > 0:
-                want = need_qty[j, s] + _consumed_total(cu, cn, inst, s)
-                got = np.int64(0)
-                pos = fs + fn - 1
-                while pos >= fs:
-                    got += feed_lv[pos, 2]
-                    if got >= want:
-                        break
-                    pos -= 1
-                k = feed_lv[max(pos, fs), 0]
-                if k < lim:
-                    lim = k
-            r = out[n]
-            r.ts = ts
-            r.price = _UNDEF if lim == _NO_WINDOW else _price_of(s, lim)
-            r.size = 0
-            r.instrument_id = inst
-            r.kind = _K_WINDOW
-            r.side = _BID if s == 0 else _ASK
-            n += 1
-            total = np.int64(0)
-            pos = fs + fn - 1
-            while pos >= fs and feed_lv[pos, 0] >= lim:
-                r = out[n]
-                r.ts = ts
-                r.price = feed_lv[pos, 1]
-                r.size = feed_lv[pos, 2]
-                r.instrument_id = inst
-                r.kind = _K_LEVEL
-                r.side = _BID if s == 0 else _ASK
-                n += 1
-                total += feed_lv[pos, 2]
-                pos -= 1
-            if inst < cn.shape[0]:
-                for k in range(cn[inst, s]):
-                    price = cu[inst, s, k, 0]
-                    key = _key(s, price)
-                    if key < lim:
-                        r = out[n]
-                        r.ts = ts
-                        r.price = price
-                        r.size = _feed_size(feed_lv, fs, fn, key)
-                        r.instrument_id = inst
-                        r.kind = _K_DEPTH
-                        r.side = _BID if s == 0 else _ASK
-                        n += 1
-            if inst < ws.shape[0]:
-                ws[inst, W_KEY + s] = lim
-                ws[inst, W_MORE + s] = 1 if pos >= fs else 0
-                ws[inst, W_SUM + s] = total
-        mark = _UNDEF
-        last = last_px[inst] if inst < last_px.shape[0] else _UNDEF
-        mid = _UNDEF
-        if best_bid != _UNDEF and best_ask != _UNDEF:
-            mid = (best_bid + best_ask) // 2
-        if mark_kind == MARK_LAST:
-            mark = last if last != _UNDEF else mid
-        else:
-            mark = mid if mid != _UNDEF else last
-        if mark != _UNDEF:
-            r = out[n]
-            r.ts = ts
-            r.price = mark
-            r.size = 0
-            r.instrument_id = inst
-            r.kind = _K_MARK
-            r.side = 0
-            n += 1
+        n = _extract_one(inst, reach[j, 0], reach[j, 1], need_qty[j, 0], need_qty[j, 1], feed_lv, feed_bk, op, lv,
+                         ins, cu, cn, depth, mark_kind, last_px, ts, out, n, ws, snap, snap_n, stale, last_mark, tmp,
+                         scalars)
+        synced[inst] = 1
+        dirty[inst] = 0
     return n
+
+
+_WATCH, _MARK_ONLY = 1, 2  # ``MarketMirror._flagged`` while ``feed_rows`` runs
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _priced(t):
+    return t.price > 0 and t.price != _UNDEF and t.size > 0
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _note(inst, ins, cu, cn, mirror_live, holders, synced, dirty, flagged, listed, m):
+    """A feed message touched ``inst``: dirty; listed (once) if synced and watched or held."""
+    if inst >= dirty.shape[0]:
+        return m
+    dirty[inst] = 1
+    if flagged[inst] != 0 or not synced[inst]:
+        return m
+    if users_interest(ins, mirror_live, cn, inst):
+        flagged[inst] = _WATCH
+    elif inst < holders.shape[0] and holders[inst] > 0:
+        flagged[inst] = _MARK_ONLY
+    else:
+        return m
+    listed[m] = inst
+    return m + 1
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def feed_rows(ts, events, trades, feed_lv, feed_bk, op, lv, ins, cu, cn, mirror_live, holders, depth, mark_kind,
+              last_px, synced, dirty, flagged, ws, snap, snap_n, stale, last_mark, tmp, listed, out, scalars):
+    """The rows a feed batch gives (``Engine.feed``): returns (DONE, rows) or (NEED_OUTPUT, rows needed).
+
+    ``events`` / ``trades``: the batch's ``parsers.schema.EVENT`` and ``TRADE`` rows (the books have
+    applied them). Every instrument they touch becomes dirty; the synced ones that are watched
+    (``users_interest``) are read (``_extract_one``, no reach), those only held by an account
+    (``holders``) give their MARK row if it changed. Then the EXEC rows (the books' executions) and
+    the PRINT rows (printed trades) of the watched ones, each in the batch's order;
+    ``scalars[S_EXECS]`` counts the EXEC rows. Levels an execution hit are always listed. ``last_px``
+    takes the batch's printed prices. ``flagged`` (scratch, all 0) and ``listed`` (room for one entry
+    per message) are left as found. On NEED_OUTPUT call again with that many rows of ``out``.
+    """
+    n_px = last_px.shape[0]
+    for i in range(trades.shape[0]):
+        t = trades[i]
+        if t.printable == 1 and np.int64(t.instrument_id) < n_px:
+            last_px[np.int64(t.instrument_id)] = t.price
+    m = 0
+    for i in range(events.shape[0]):
+        m = _note(np.int64(events[i].instrument_id), ins, cu, cn, mirror_live, holders, synced, dirty, flagged,
+                  listed, m)
+    for i in range(trades.shape[0]):
+        m = _note(np.int64(trades[i].instrument_id), ins, cu, cn, mirror_live, holders, synced, dirty, flagged,
+                  listed, m)
+    bound = 2 * np.int64(trades.shape[0])
+    for j in range(m):
+        inst = listed[j]
+        bound += _rows_bound(inst, feed_bk, snap_n, cn) if flagged[inst] == _WATCH else 1
+    if bound > out.shape[0]:
+        for j in range(m):
+            flagged[listed[j]] = 0
+        return NEED_OUTPUT, bound
+    for i in range(trades.shape[0]):  # levels executed at are listed even if their size looks unchanged
+        t = trades[i]
+        inst = np.int64(t.instrument_id)
+        if t.action != _A_EXECUTE or not _priced(t) or inst >= flagged.shape[0] or flagged[inst] != _WATCH:
+            continue
+        if t.side != _BID and t.side != _ASK:
+            continue
+        s = 0 if t.side == _BID else 1
+        key = _key(s, t.price)
+        for k in range(max(snap_n[inst, s], np.int64(0))):
+            if snap[inst, s, k, 0] == key:
+                snap[inst, s, k, 1] = -1
+                break
+    n = 0
+    for j in range(m):
+        inst = listed[j]
+        if flagged[inst] == _WATCH:
+            n = _extract_one(inst, _NO_WINDOW, _NO_WINDOW, np.int64(0), np.int64(0), feed_lv, feed_bk, op, lv, ins,
+                             cu, cn, depth, mark_kind, last_px, ts, out, n, ws, snap, snap_n, stale, last_mark, tmp,
+                             scalars)
+            dirty[inst] = 0
+        else:
+            n = _put_mark(inst, feed_lv, feed_bk, mark_kind, last_px, last_mark, ts, out, n)
+    execs = 0
+    for i in range(trades.shape[0]):
+        t = trades[i]
+        inst = np.int64(t.instrument_id)
+        if t.action == _A_EXECUTE and _priced(t) and inst < flagged.shape[0] and flagged[inst] == _WATCH:
+            n = _put(out, n, t.ts_event, t.price, np.uint64(t.size), inst, _K_EXEC, t.side)
+            execs += 1
+    for i in range(trades.shape[0]):
+        t = trades[i]
+        inst = np.int64(t.instrument_id)
+        if t.printable == 1 and _priced(t) and inst < flagged.shape[0] and flagged[inst] == _WATCH:
+            n = _put(out, n, t.ts_event, t.price, np.uint64(t.size), inst, _K_PRINT, np.uint8(0))
+    for j in range(m):
+        flagged[listed[j]] = 0
+    scalars[S_EXECS] = execs
+    return DONE, n
 
 
 # -- what the market does to the internal book ---------------------------------------------------
@@ -372,16 +579,6 @@ def _cmd(out, scalars, ts, kind, oid, inst, side, typ, tif, price, qty):
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
-def _exec_sum(rows, e0, e1, inst, side, price):
-    total = np.int64(0)
-    for i in range(e0, e1):
-        r = rows[i]
-        if r.kind == _K_EXEC and r.instrument_id == inst and r.side == side and r.price == price:
-            total += np.int64(r.size)
-    return total
-
-
-@nb.njit(cache=True, nogil=True, _nrt=False)
 def _mirror_level(op, lv, pos):
     """(mirror shares at level ``pos``, the tail row if the tail is a mirror order else -1)."""
     m = np.int64(0)
@@ -400,6 +597,12 @@ def _mirror_level(op, lv, pos):
 # (a MODIFY: the book was uncrossed and keeps its prices, so it trades nothing either and no order it
 # names can be gone), then every new mirror order (these may cross a resting user: that is the point).
 _SHRINK, _GROW, _NEW_PASS = 0, 1, 2
+
+# Columns of ``market_commands``' scratch ``work`` (a row per MARKET_INPUT row).
+WK_EXEC = 0  # LEVEL row: shares the batch executed at its price (PRE); WINDOW row: end of its LEVEL rows
+WK_NEXT = 1  # EXEC row: the next EXEC row of its side matching no LEVEL row; WINDOW row: the first
+WK_LAST = 2  # WINDOW row: the last of those
+WK_COLUMNS = 3
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
@@ -438,29 +641,80 @@ def _level_commands(op, lv, pos, target, mirror, tail, pass_, ts, inst, s, price
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
-def _reconcile(rows, w, g1, e0, e1, mode, pass_, op, lv, ins, cu, cn, out, scalars):
-    """One side of one instrument: its WINDOW row at ``w``, LEVEL/DEPTH rows up to ``g1``."""
+def _level_row(rows, w, gl, s, price):
+    """Index of the LEVEL row at ``price`` among ``rows[w+1:gl]`` (best first), -1 if none."""
+    key = _key(s, price)
+    lo = w + 1
+    hi = gl
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if _key(s, rows[mid].price) > key:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo < gl and rows[lo].price == price:
+        return lo
+    return np.int64(-1)
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _matcher_level(lv, mstart, mn, key):
+    """Row of the matcher's level with ``key`` in the run, -1 if none."""
+    if mn == 0:
+        return np.int64(-1)
+    p = mt._level_pos(lv, mstart, mn, key)
+    if p < mstart + mn and lv[p, mt.L_KEY] == key:
+        return p
+    return np.int64(-1)
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _unmatched_sum(rows, work, first, price):
+    """Shares of the unmatched EXEC rows at ``price`` from row ``first`` on along its list."""
+    total = np.int64(0)
+    e = first
+    while e >= 0:
+        if rows[e].price == price:
+            total += np.int64(rows[e].size)
+        e = work[e, WK_NEXT]
+    return total
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _reconcile(rows, w, g1, mode, pass_, op, lv, ins, cu, cn, out, scalars, work):
+    """One side of one instrument: its WINDOW row at ``w``, LEVEL rows up to ``work[w, WK_EXEC]``, DEPTH
+    rows up to ``g1``. False if ``out`` is full."""
     wr = rows[w]
     inst = np.int64(wr.instrument_id)
     s = 0 if wr.side == _BID else 1
     lim = _NO_WINDOW if wr.price == _UNDEF else _key(s, wr.price)
+    full = wr.size == _FULL
     ts = wr.ts
     pre = mode == _PRE
-    gl = w + 1
-    while gl < g1 and rows[gl].kind == _K_LEVEL:
-        gl += 1
+    gl = work[w, WK_EXEC]
+    head = work[w, WK_NEXT]  # EXEC rows at prices no LEVEL row lists
     if not pre and pass_ == _SHRINK and inst < cn.shape[0]:
-        # Consumed shares leave last: cut them to what the feed still shows at their price.
+        # Consumed shares leave last: cut them to what the feed still shows at their price (DIFF: a price
+        # with no row is shown as before, and consumed never exceeded it; but one executed at with no
+        # LEVEL row is not shown: a level that came and went within the batch).
         k = 0
         while k < cn[inst, s]:
             price = cu[inst, s, k, 0]
-            shown = np.int64(0)
-            for i in range(w + 1, g1):
-                if rows[i].price == price:
-                    shown = np.int64(rows[i].size)
-                    break
-            if cu[inst, s, k, 1] > shown:
-                cu[inst, s, k, 1] = shown
+            j = _level_row(rows, w, gl, s, price)
+            if j < 0:
+                for i in range(gl, g1):
+                    if rows[i].price == price:
+                        j = i
+                        break
+            gone = full
+            e = head
+            while not gone and j < 0 and e >= 0:
+                gone = rows[e].price == price
+                e = work[e, WK_NEXT]
+            if j >= 0 or gone:
+                shown = np.int64(rows[j].size) if j >= 0 else np.int64(0)
+                if cu[inst, s, k, 1] > shown:
+                    cu[inst, s, k, 1] = shown
             if cu[inst, s, k, 1] == 0:
                 last = cn[inst, s] - 1
                 cu[inst, s, k, 0] = cu[inst, s, last, 0]
@@ -470,74 +724,132 @@ def _reconcile(rows, w, g1, e0, e1, mode, pass_, op, lv, ins, cu, cn, out, scala
                 k += 1
     rc = mt.I_BID if s == 0 else mt.I_ASK
     mstart = np.int64(0)
-    mpos = np.int64(-1)
+    mn = np.int64(0)
     if inst < ins.shape[0]:
         mstart = ins[inst, rc]
-        mpos = mstart + ins[inst, rc + 1] - 1
-    li = w + 1
-    while li < gl or mpos >= mstart:
-        kf = _key(s, rows[li].price) if li < gl else _MIN
-        km = lv[mpos, mt.L_KEY] if mpos >= mstart else _MIN
-        key = max(kf, km)
-        price = _price_of(s, key)
-        shown = np.int64(0)
-        if kf == key:
-            shown = np.int64(rows[li].size)
-            li += 1
-        pos = np.int64(-1)
-        if km == key:
-            pos = mpos
-            mpos -= 1
-        target = np.int64(0)
-        if key >= lim:
-            if pre:
-                shown += _exec_sum(rows, e0, e1, inst, wr.side, price)
-            target = max(np.int64(0), shown - _consumed_at(cu, cn, inst, s, price))
-        mirror = np.int64(0)
-        tail = np.int64(-1)
-        if pos >= 0:
-            mirror, tail = _mirror_level(op, lv, pos)
-        if not _level_commands(op, lv, pos, target, mirror, tail, pass_, ts, inst, s, price, out, scalars):
-            return False
-    if pre and pass_ == _NEW_PASS:
-        # Levels that came and were executed within the batch: neither the feed nor the matcher has them.
-        for i in range(e0, e1):
-            r = rows[i]
-            if r.kind != _K_EXEC or r.instrument_id != inst or r.side != wr.side:
-                continue
-            key = _key(s, r.price)
-            if key < lim or _exec_sum(rows, e0, i, inst, wr.side, r.price) > 0:
-                continue  # outside the window, or this price was handled at its first execution
-            seen = False
-            for j in range(w + 1, gl):
-                if rows[j].price == r.price:
-                    seen = True
-            if not seen and inst < ins.shape[0] and ins[inst, rc + 1] > 0:
-                p = mt._level_pos(lv, mstart, ins[inst, rc + 1], key)
-                seen = p < mstart + ins[inst, rc + 1] and lv[p, mt.L_KEY] == key
-            if seen:
-                continue
-            target = _exec_sum(rows, i, e1, inst, wr.side, r.price) - _consumed_at(cu, cn, inst, s, r.price)
-            if target > 0 and not _level_commands(op, lv, -1, target, 0, -1, _NEW_PASS, ts, inst, s, r.price, out,
-                                                  scalars):
+        mn = ins[inst, rc + 1]
+    if full:  # the listed levels and the matcher's, merged best first: a level not listed is gone
+        li = w + 1
+        mpos = mstart + mn - 1
+        while li < gl or mpos >= mstart:
+            kf = _key(s, rows[li].price) if li < gl else _MIN
+            km = lv[mpos, mt.L_KEY] if mpos >= mstart else _MIN
+            key = max(kf, km)
+            price = _price_of(s, key)
+            shown = np.int64(0)
+            executed = np.int64(0)
+            if kf == key:
+                shown = np.int64(rows[li].size)
+                executed = work[li, WK_EXEC]
+                li += 1
+            elif pre and head >= 0:
+                executed = _unmatched_sum(rows, work, head, price)
+            pos = np.int64(-1)
+            if km == key:
+                pos = mpos
+                mpos -= 1
+            target = np.int64(0)
+            if key >= lim:
+                if pre:
+                    shown += executed
+                target = max(np.int64(0), shown - _consumed_at(cu, cn, inst, s, price))
+            mirror = np.int64(0)
+            tail = np.int64(-1)
+            if pos >= 0:
+                mirror, tail = _mirror_level(op, lv, pos)
+            if not _level_commands(op, lv, pos, target, mirror, tail, pass_, ts, inst, s, price, out, scalars):
                 return False
+    else:  # only the listed levels changed; the matcher's levels beyond the window go
+        if pass_ == _SHRINK:
+            p = mstart
+            while p < mstart + mn and lv[p, mt.L_KEY] < lim:
+                mirror, tail = _mirror_level(op, lv, p)
+                if not _level_commands(op, lv, p, 0, mirror, tail, _SHRINK, ts, inst, s, lv[p, mt.L_PRICE], out,
+                                       scalars):
+                    return False
+                p += 1
+        for li in range(w + 1, gl):
+            price = rows[li].price
+            key = _key(s, price)
+            if key < lim:
+                continue
+            shown = np.int64(rows[li].size) + (work[li, WK_EXEC] if pre else np.int64(0))
+            target = max(np.int64(0), shown - _consumed_at(cu, cn, inst, s, price))
+            pos = _matcher_level(lv, mstart, mn, key)
+            mirror = np.int64(0)
+            tail = np.int64(-1)
+            if pos >= 0:
+                mirror, tail = _mirror_level(op, lv, pos)
+            if not _level_commands(op, lv, pos, target, mirror, tail, pass_, ts, inst, s, price, out, scalars):
+                return False
+    if head >= 0:
+        # Executions at prices no LEVEL row lists: levels that came and were executed within the batch
+        # (neither the feed nor the last read has them), and (DIFF) levels only the matcher has (a
+        # user's price the feed did not show before): PRE, the executed size joins at their tail; POST,
+        # the feed does not show them: what PRE added goes.
+        e = head
+        while e >= 0:
+            price = rows[e].price
+            key = _key(s, price)
+            first = key >= lim
+            f = head
+            while first and f != e:  # each price once, at its first execution
+                if rows[f].price == price:
+                    first = False
+                f = work[f, WK_NEXT]
+            if first:
+                pos = _matcher_level(lv, mstart, mn, key)
+                if pos < 0 or not full:  # FULL: the merge above took the matcher's levels
+                    executed = _unmatched_sum(rows, work, e, price) if pre else np.int64(0)
+                    target = max(np.int64(0), executed - _consumed_at(cu, cn, inst, s, price))
+                    mirror = np.int64(0)
+                    tail = np.int64(-1)
+                    if pos >= 0:
+                        mirror, tail = _mirror_level(op, lv, pos)
+                    if not _level_commands(op, lv, pos, target, mirror, tail, pass_, ts, inst, s, price, out,
+                                           scalars):
+                        return False
+            e = work[e, WK_NEXT]
     return True
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
-def market_commands(rows, mode, op, ht, lv, ins, cu, cn, out, scalars):
-    """The market's commands for one sync step; returns (DONE or NEED_OUTPUT, rows written).
-
-    ``rows``: ``MARKET_INPUT`` rows of the sync (per instrument a WINDOW row per side followed by its
-    LEVEL and DEPTH rows, a MARK row; EXEC and PRINT rows anywhere). ``mode``: ``SyncMode``. Writes,
-    in order: every shrink (both sides of every instrument), every growth of a tail mirror order, every
-    new mirror order, then PRE: an IOC taker per execution of a side where users rest (all of that
-    side's, so each takes the level it stands for); POST: a SWEEP per print that may fill a user or
-    trigger a stop.
-    On NEED_OUTPUT call again from scratch with a larger ``out`` and the id counters as they were.
-    """
-    scalars[S_ROWS] = 0
+def _market_commands(rows, mode, op, lv, ins, cu, cn, out, scalars, group, work):
     n = rows.shape[0]
+    pre = mode == _PRE
+    i = 0
+    while i < n:  # groups: a WINDOW row and the LEVEL then DEPTH rows after it
+        work[i, WK_EXEC] = 0
+        work[i, WK_NEXT] = -1
+        work[i, WK_LAST] = -1
+        if rows[i].kind != _K_WINDOW:
+            i += 1
+            continue
+        w = i
+        s = 0 if rows[w].side == _BID else 1
+        group[np.int64(rows[w].instrument_id), s] = w
+        i += 1
+        while i < n and rows[i].kind == _K_LEVEL:
+            work[i, WK_EXEC] = 0
+            work[i, WK_NEXT] = -1
+            i += 1
+        work[w, WK_EXEC] = i  # end of the LEVEL rows
+    for i in range(n):  # each EXEC row to its LEVEL row, or to its side's list of the unmatched
+        r = rows[i]
+        if r.kind == _K_EXEC:
+            s = 0 if r.side == _BID else 1
+            w = group[np.int64(r.instrument_id), s]
+            if w < 0:
+                continue
+            j = _level_row(rows, w, work[w, WK_EXEC], s, r.price)
+            if j >= 0:
+                work[j, WK_EXEC] += np.int64(r.size)
+            elif work[w, WK_NEXT] < 0:
+                work[w, WK_NEXT] = i
+                work[w, WK_LAST] = i
+            else:
+                work[work[w, WK_LAST], WK_NEXT] = i
+                work[w, WK_LAST] = i
     for pass_ in range(3):
         i = 0
         while i < n:
@@ -547,30 +859,70 @@ def market_commands(rows, mode, op, ht, lv, ins, cu, cn, out, scalars):
             g1 = i + 1
             while g1 < n and (rows[g1].kind == _K_LEVEL or rows[g1].kind == _K_DEPTH):
                 g1 += 1
-            if not _reconcile(rows, i, g1, 0, n, mode, pass_, op, lv, ins, cu, cn, out, scalars):
-                return NEED_OUTPUT, scalars[S_ROWS]
+            if not _reconcile(rows, i, g1, mode, pass_, op, lv, ins, cu, cn, out, scalars, work):
+                return NEED_OUTPUT
             i = g1
+    memo_inst = np.int64(-1)  # the matcher does not change during the call: remember the last answers
+    memo_s = np.int64(-1)
+    memo_edge = _MIN
+    print_inst = np.int64(-1)
+    print_bid = _MIN
+    print_ask = _MIN
     for i in range(n):
         r = rows[i]
         inst = np.int64(r.instrument_id)
-        if mode == _PRE and r.kind == _K_EXEC:
+        if pre and r.kind == _K_EXEC:
             s = 0 if r.side == _BID else 1
-            if user_edge(op, lv, ins, inst, s, True) == _MIN:
+            if inst != memo_inst or s != memo_s:
+                memo_inst = inst
+                memo_s = s
+                memo_edge = user_edge(op, lv, ins, inst, s, True)
+            if memo_edge == _MIN:
                 continue  # no user on that side: only mirror orders would trade, and POST redoes them
             oid = _TID_BASE + 1 + scalars[S_NEXT_TAKER]
             if not _cmd(out, scalars, r.ts, _C_NEW, oid, inst, _O_SELL if s == 0 else _O_BUY, _T_LIMIT, _IOC,
                         r.price, min(np.int64(r.size), _U4_MAX)):
-                return NEED_OUTPUT, scalars[S_ROWS]
+                return NEED_OUTPUT
             scalars[S_NEXT_TAKER] += 1
-        elif mode != _PRE and r.kind == _K_PRINT:
-            bid = user_edge(op, lv, ins, inst, 0, True)
-            ask = user_edge(op, lv, ins, inst, 1, True)
-            through = (bid != _MIN and bid > r.price) or (ask != _MIN and -ask < r.price)
+        elif not pre and r.kind == _K_PRINT:
+            if inst != print_inst:
+                print_inst = inst
+                print_bid = user_edge(op, lv, ins, inst, 0, True)
+                print_ask = user_edge(op, lv, ins, inst, 1, True)
+            through = (print_bid != _MIN and print_bid > r.price) or (print_ask != _MIN and -print_ask < r.price)
             stops = inst < ins.shape[0] and ins[inst, mt.I_STOPS] > 0
             if through or stops:
                 if not _cmd(out, scalars, r.ts, _C_SWEEP, 0, inst, 0, 0, 0, r.price, 0):
-                    return NEED_OUTPUT, scalars[S_ROWS]
-    return DONE, scalars[S_ROWS]
+                    return NEED_OUTPUT
+    return DONE
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def market_commands(rows, mode, op, lv, ins, cu, cn, out, scalars, group, work):
+    """The market's commands for one sync step; returns (DONE or NEED_OUTPUT, rows written).
+
+    ``rows``: ``MARKET_INPUT`` rows of the sync (per instrument a WINDOW row per side followed by its
+    LEVEL and DEPTH rows, a MARK row; EXEC and PRINT rows anywhere). ``mode``: ``SyncMode``. Writes,
+    in order: every shrink (both sides of every instrument), every growth of a tail mirror order, every
+    new mirror order, then PRE: an IOC taker per execution of a side where users rest (all of that
+    side's, so each takes the level it stands for); POST: a SWEEP per print that may fill a user or
+    trigger a stop.
+    ``group`` [instruments, 2] (all -1, left so) and ``work`` [len(rows), WK_COLUMNS] are scratch; every
+    instrument id of ``rows`` must be below ``len(group)``.
+    On NEED_OUTPUT call again from scratch with a larger ``out`` and the id counters as they were; on
+    NEED_INSTRUMENTS (the second value: the largest id), with per-instrument arrays that hold it.
+    """
+    scalars[S_ROWS] = 0
+    top = np.int64(-1)
+    for i in range(rows.shape[0]):
+        top = max(top, np.int64(rows[i].instrument_id))
+    if top >= group.shape[0] or top >= cn.shape[0]:
+        return NEED_INSTRUMENTS, top
+    code = _market_commands(rows, mode, op, lv, ins, cu, cn, out, scalars, group, work)
+    for i in range(rows.shape[0]):
+        if rows[i].kind == _K_WINDOW:
+            group[np.int64(rows[i].instrument_id), 0 if rows[i].side == _BID else 1] = -1
+    return code, scalars[S_ROWS]
 
 
 # -- the matcher's answer -----------------------------------------------------------------------
@@ -585,35 +937,61 @@ def _new_price(commands, oid, fallback):
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
-def settle(start, events, commands, cu, cn, out, scalars):
+def settle(start, events, commands, cu, cn, mirror_live, stale, out, scalars):
     """Drop the market's events, remember consumed liquidity, zero market counterparties.
 
     Users' events are copied to ``out`` (``scalars[S_ROWS]`` of them). A mirror order's FILL against a
     user order adds its shares to the consumed table at the mirror order's own price (``commands``
-    tells the price of a new mirror order that crossed a resting user). Returns (DONE or
-    NEED_CONSUMED, index of the event to resume from).
+    tells the price of a new mirror order that crossed a resting user). ``mirror_live`` counts the
+    live mirror orders per instrument (ACK in, CANCELLED or a last FILL out). A mirror order that
+    trades with another mirror order (a crossed feed book), or with an IOC taker at a price other than
+    the taker's (an execution the feed reported behind better levels), is gone while the feed still
+    shows it: its instrument becomes ``stale`` (read FULL next).
+    Returns (DONE or NEED_CONSUMED, index of the event to resume from).
     """
+    t0 = np.int64(-1)  # the takers are the last commands, ids in order: the first one's index and id
+    for i in range(commands.shape[0]):
+        if np.int64(commands[i].order_id) >= _TID_BASE:
+            t0 = i
+            break
     for i in range(start, events.shape[0]):
         e = events[i]
         if np.int64(e.account) == _MKT:
             oid = np.int64(e.order_id)
+            inst = np.int64(e.instrument_id)
+            mirror = _MID_BASE <= oid < _TID_BASE
+            if inst >= cn.shape[0]:
+                return NEED_CONSUMED, i
             if e.kind == _REJECT:
                 scalars[S_MARKET_REJECTS] += 1
-            elif e.kind == _FILL and _MID_BASE <= oid < _TID_BASE and np.int64(e.counterparty_id) < _MID_BASE:
-                inst = np.int64(e.instrument_id)
-                s = 0 if e.side == _O_BUY else 1
-                price = e.price if e.liquidity == _MAKER else _new_price(commands, oid, e.price)
-                if inst >= cn.shape[0]:
-                    return NEED_CONSUMED, i
-                k = _consumed_find(cu, cn, inst, s, price)
-                if k < 0:
-                    k = cn[inst, s]
-                    if k >= cu.shape[2]:
-                        return NEED_CONSUMED, i
-                    cu[inst, s, k, 0] = price
-                    cu[inst, s, k, 1] = 0
-                    cn[inst, s] = k + 1
-                cu[inst, s, k, 1] += np.int64(e.qty)
+            elif not mirror:
+                continue  # an IOC taker: never rests
+            elif e.kind == _ACK:
+                mirror_live[inst] += 1
+            elif e.kind == _CANCELLED:
+                mirror_live[inst] -= 1
+            elif e.kind == _FILL:
+                cp = np.int64(e.counterparty_id)
+                if cp < _MID_BASE:
+                    s = 0 if e.side == _O_BUY else 1
+                    price = e.price if e.liquidity == _MAKER else _new_price(commands, oid, e.price)
+                    k = _consumed_find(cu, cn, inst, s, price)
+                    if k < 0:
+                        k = cn[inst, s]
+                        if k >= cu.shape[2]:
+                            return NEED_CONSUMED, i
+                        cu[inst, s, k, 0] = price
+                        cu[inst, s, k, 1] = 0
+                        cn[inst, s] = k + 1
+                    cu[inst, s, k, 1] += np.int64(e.qty)
+                elif cp < _TID_BASE:
+                    stale[inst] = 1
+                elif t0 >= 0:
+                    j = t0 + (cp - np.int64(commands[t0].order_id))
+                    if j >= commands.shape[0] or np.int64(commands[j].order_id) != cp or commands[j].price != e.price:
+                        stale[inst] = 1
+                if e.leaves == 0:
+                    mirror_live[inst] -= 1
             continue
         o = out[scalars[S_ROWS]]
         o.ts = e.ts
@@ -636,8 +1014,10 @@ def settle(start, events, commands, cu, cn, out, scalars):
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
-def plan_sync(commands, valid, known, synced, dirty, ws, cu, cn, op, ht, slot, insts, reach, need_qty):
-    """Which instruments a batch of user commands needs synced first; returns how many (in ``insts``).
+def plan_sync(commands, valid, known, synced, dirty, stale, ws, cu, cn, op, ht, slot, insts, reach, need_qty):
+    """Which instruments a batch of user commands needs synced first; returns how many (in ``insts``):
+    those never synced, dirty (the feed changed them), stale (mirror orders traded with each other) or
+    whose window must reach further.
 
     ``valid``: per command, 1 if it goes to the matcher. ``known``: 1 per instrument id the engine
     trades. ``slot``: per instrument, -1 or its index in ``insts`` (scratch, left all -1). For each
@@ -688,7 +1068,7 @@ def plan_sync(commands, valid, known, synced, dirty, ws, cu, cn, op, ht, slot, i
     for j in range(m):
         inst = insts[j]
         slot[inst] = -1
-        due = not synced[inst] or dirty[inst]
+        due = not synced[inst] or dirty[inst] or stale[inst]
         for s in range(2):
             if ws[inst, W_MORE + s] == 0:
                 continue  # the window already holds the whole side
@@ -703,24 +1083,6 @@ def plan_sync(commands, valid, known, synced, dirty, ws, cu, cn, op, ht, slot, i
             need_qty[n, 0] = need_qty[j, 0]
             need_qty[n, 1] = need_qty[j, 1]
             n += 1
-    return n
-
-
-@nb.njit(cache=True, nogil=True, _nrt=False)
-def mark_feed(instrument_ids, dirty, synced, flagged, out):
-    """Mark instruments the feed touched dirty; list the synced (active) ones once each in ``out``."""
-    n = 0
-    for i in range(instrument_ids.shape[0]):
-        inst = np.int64(instrument_ids[i])
-        if inst >= dirty.shape[0]:
-            continue
-        dirty[inst] = 1
-        if synced[inst] and not flagged[inst]:
-            flagged[inst] = 1
-            out[n] = inst
-            n += 1
-    for j in range(n):
-        flagged[out[j]] = 0
     return n
 
 
@@ -747,15 +1109,27 @@ class MarketMirror:
         self.cu = np.zeros((n, 2, 4, 2), dtype=np.int64)
         self.cn = np.zeros((n, 2), dtype=np.int64)
         self.scalars = np.zeros(SCALARS, dtype=np.int64)
+        # Derived from the matcher's events (rebuilt by a replay, not hashed): live mirror orders, and
+        # instruments whose mirror orders traded with each other (read FULL next).
+        self.mirror_live = np.zeros(n, dtype=np.int64)
+        self.stale = np.zeros(n, dtype=np.uint8)
         # Live only (rebuilt by the first syncs after a restart, never logged).
         self.synced = np.zeros(n, dtype=np.uint8)
         self.dirty = np.zeros(n, dtype=np.uint8)
         self.ws = np.zeros((n, WS_COLUMNS), dtype=np.int64)
         self.last_px = np.full(n, UNDEF_PRICE, dtype=np.int64)
+        self.last_mark = np.full(n, UNDEF_PRICE, dtype=np.int64)
+        self.snap = np.zeros((n, 2, SNAP_LEVELS, 2), dtype=np.int64)  # levels last read, best first: key, size
+        self.snap_n = np.full((n, 2), -1, dtype=np.int64)  # -1: none (read FULL)
         self._flagged = np.zeros(n, dtype=np.uint8)
         self._slot = np.full(n, -1, dtype=np.int64)
+        self._group = np.full((n, 2), -1, dtype=np.int64)
+        self._tmp = np.zeros((SNAP_LEVELS, 2), dtype=np.int64)
+        self._work = np.zeros((256, WK_COLUMNS), dtype=np.int64)
+        self._listed = np.zeros(256, dtype=np.int64)
+        self._rows = np.zeros(256, dtype=_INPUT_DT)
         self._cmds = np.zeros(256, dtype=_COMMAND_DT)
-        self._events = None
+        self._settled = np.zeros(256, dtype=ORDER_EVENT.dtype)
 
     @property
     def instruments(self) -> int:
@@ -769,24 +1143,13 @@ class MarketMirror:
         insts = np.empty(k, dtype=np.int64)
         reach = np.empty((k, 2), dtype=np.int64)
         need = np.empty((k, 2), dtype=np.int64)
-        n = plan_sync(commands, valid, known, self.synced, self.dirty, self.ws, self.cu, self.cn, matcher.op,
+        n = plan_sync(commands, valid, known, self.synced, self.dirty, self.stale, self.ws, self.cu, self.cn, matcher.op,
                       matcher.ht, self._slot, insts, reach, need)
         return insts[:n], reach[:n], need[:n]
 
-    def touched(self, instrument_ids: np.ndarray) -> np.ndarray:
-        """Mark what a feed batch touched dirty; the active instruments among them (to sync now)."""
-        out = np.empty(len(instrument_ids), dtype=np.int64)
-        n = mark_feed(instrument_ids, self.dirty, self.synced, self._flagged, out)
-        return out[:n]
-
-    def note_prints(self, trades: np.ndarray) -> None:
-        """Remember the last printed price of each instrument (for ``mark="last"``)."""
-        printed = trades[(trades["printable"] == 1) & (trades["instrument_id"] < self.instruments)]
-        if len(printed):
-            self.last_px[printed["instrument_id"].astype(np.int64)] = printed["price"]
-
     def read(self, ts: int, insts: np.ndarray, books, matcher, reach=None, need=None) -> np.ndarray:
-        """WINDOW/LEVEL/DEPTH/MARK rows for ``insts`` from the feed's ``books`` (a ``BookEngine``)."""
+        """WINDOW/LEVEL/DEPTH/MARK rows for ``insts`` from the feed's ``books`` (a ``BookEngine``): what
+        changed since each one's last read (module docstring)."""
         insts = np.asarray(insts, dtype=np.int64)
         if reach is None:
             reach = np.full((len(insts), 2), _NO_WINDOW, dtype=np.int64)
@@ -795,73 +1158,98 @@ class MarketMirror:
         bk = books.bk
         in_feed = insts[insts < len(bk) // 2]
         rows = int(bk[2 * in_feed, 1].sum() + bk[2 * in_feed + 1, 1].sum()) if len(in_feed) else 0
-        rows += int(self.cn[insts].sum()) + 3 * len(insts)
+        rows += int(self.cn[insts].sum() + np.maximum(self.snap_n[insts], 0).sum()) + 3 * len(insts)
         out = np.zeros(rows, dtype=_INPUT_DT)
         n = extract(insts, reach, need, books.lv, bk, matcher.op, matcher.lv, matcher.ins, self.cu, self.cn,
-                    self.depth, self.mark_kind, self.last_px, np.int64(ts), out, self.ws)
-        self.synced[insts] = 1
-        self.dirty[insts] = 0
+                    self.depth, self.mark_kind, self.last_px, np.int64(ts), out, self.ws, self.snap, self.snap_n,
+                    self.stale, self.last_mark, self._tmp, self.synced, self.dirty, self.scalars)
+        self._grow_snapshots()
         return out[:n]
 
-    def trade_rows(self, trades: np.ndarray, active: np.ndarray) -> np.ndarray:
-        """EXEC rows (book executions) and PRINT rows (printed trades) of the active instruments, in order."""
-        inst = trades["instrument_id"].astype(np.int64)
-        mine = np.zeros(len(trades), dtype=bool)
-        if len(active):
-            mine = np.isin(inst, active)
-        priced = (trades["price"] > 0) & (trades["price"] != UNDEF_PRICE) & (trades["size"] > 0)
-        executions = trades[mine & priced & (trades["action"] == Action.EXECUTE)]
-        prints = trades[mine & priced & (trades["printable"] == 1)]
-        out = np.zeros(len(executions) + len(prints), dtype=_INPUT_DT)
-        for part, kind, at in ((executions, MarketInputKind.EXEC, 0), (prints, MarketInputKind.PRINT, len(executions))):
-            view = out[at:at + len(part)]
-            view["ts"] = part["ts_event"]
-            view["price"] = part["price"]
-            view["size"] = part["size"]
-            view["instrument_id"] = part["instrument_id"]
-            view["kind"] = kind
-            view["side"] = part["side"] if kind == MarketInputKind.EXEC else 0
-        return out
+    def feed_rows(self, ts: int, events: np.ndarray, trades: np.ndarray, books, matcher, holders) -> np.ndarray:
+        """The rows a feed batch gives (``feed_rows``, one kernel call): watched instruments read,
+        MARKs of held ones, EXEC and PRINT rows; ``scalars[S_EXECS]`` counts the EXEC rows."""
+        need = len(events) + len(trades)
+        if need > len(self._listed):
+            self._listed = np.zeros(_pow2(need), dtype=np.int64)
+        while True:
+            code, n = feed_rows(np.int64(ts), events, trades, books.lv, books.bk, matcher.op, matcher.lv, matcher.ins,
+                                self.cu, self.cn, self.mirror_live, holders, self.depth, self.mark_kind, self.last_px,
+                                self.synced, self.dirty, self._flagged, self.ws, self.snap, self.snap_n, self.stale,
+                                self.last_mark, self._tmp, self._listed, self._rows, self.scalars)
+            if code == DONE:
+                break
+            self._rows = np.zeros(_pow2(n), dtype=_INPUT_DT)
+        self._grow_snapshots()
+        return _copied(self._rows[:n]) if n else _NO_INPUT
+
+    def forget_mark(self, instrument_ids) -> None:
+        """The marks of these instruments were set from elsewhere (``Engine.mark``): write them at the next read."""
+        ids = np.asarray(instrument_ids, dtype=np.int64)
+        self.last_mark[ids[ids < self.instruments]] = UNDEF_PRICE
+
+    def _grow_snapshots(self) -> None:
+        """A read found a side with more levels than a snapshot holds: more room (read FULL meanwhile)."""
+        want = int(self.scalars[S_SNAP_FULL])
+        if want <= self.snap.shape[2]:
+            return
+        cap = _pow2(want)
+        snap = np.zeros(self.snap.shape[:2] + (cap, 2), dtype=np.int64)
+        snap[:, :, :self.snap.shape[2]] = self.snap
+        self.snap = snap
+        self._tmp = np.zeros((cap, 2), dtype=np.int64)
+        self.scalars[S_SNAP_FULL] = 0
 
     # -- replayable: what the rows do ------------------------------------------------------------
 
     def commands(self, rows: np.ndarray, mode: SyncMode, matcher) -> np.ndarray:
         """The market account's commands for ``rows`` in ``mode`` (see ``market_commands``)."""
-        self._grow_instruments(rows["instrument_id"])
-        saved = self.scalars[[S_NEXT_MIRROR, S_NEXT_TAKER]].copy()
+        if len(rows) > len(self._work):
+            self._work = np.zeros((_pow2(len(rows)), WK_COLUMNS), dtype=np.int64)
+        saved_mirror, saved_taker = int(self.scalars[S_NEXT_MIRROR]), int(self.scalars[S_NEXT_TAKER])
         while True:
-            code, n = market_commands(rows, np.int64(mode), matcher.op, matcher.ht, matcher.lv, matcher.ins,
-                                      self.cu, self.cn, self._cmds, self.scalars)
+            code, n = market_commands(rows, np.int64(mode), matcher.op, matcher.lv, matcher.ins, self.cu, self.cn,
+                                      self._cmds, self.scalars, self._group, self._work)
             if code == DONE:
-                return self._cmds[:n].copy()
-            self.scalars[[S_NEXT_MIRROR, S_NEXT_TAKER]] = saved
+                return self._cmds[:n].copy() if n else _NO_COMMANDS
+            if code == NEED_INSTRUMENTS:
+                self._grow_instruments(n)
+                continue
+            self.scalars[S_NEXT_MIRROR] = saved_mirror
+            self.scalars[S_NEXT_TAKER] = saved_taker
             self._cmds = np.zeros(2 * len(self._cmds), dtype=_COMMAND_DT)
 
     def settle(self, events: np.ndarray, commands: np.ndarray) -> np.ndarray:
         """Users' events of a matcher answer (market events dropped, consumed liquidity noted)."""
-        out = np.empty(len(events), dtype=events.dtype)
+        if len(events) > len(self._settled):
+            self._settled = np.zeros(_pow2(len(events)), dtype=events.dtype)
+        out = self._settled
         self.scalars[S_ROWS] = 0
         i = 0
         while True:
-            code, i = settle(i, events, commands, self.cu, self.cn, out, self.scalars)
+            code, i = settle(i, events, commands, self.cu, self.cn, self.mirror_live, self.stale, out, self.scalars)
             if code == DONE:
-                return out[:int(self.scalars[S_ROWS])]
+                n = int(self.scalars[S_ROWS])
+                return _copied(out[:n]) if n else _NO_EVENTS
             inst = int(events["instrument_id"][i])
             if inst >= self.instruments:
-                self._grow_instruments(np.array([inst]))
+                self._grow_instruments(inst)
             else:
                 cu = np.zeros(self.cu.shape[:2] + (2 * self.cu.shape[2], 2), dtype=np.int64)
                 cu[:, :, :self.cu.shape[2]] = self.cu
                 self.cu = cu
 
-    def _grow_instruments(self, ids: np.ndarray) -> None:
-        top = int(ids.max()) + 1 if len(ids) else 0
-        if top <= self.instruments:
-            return
-        n = 1 << (top - 1).bit_length()
+    def fit(self, instrument_id: int) -> None:
+        """Make room for instrument ids up to ``instrument_id``."""
+        if instrument_id >= self.instruments:
+            self._grow_instruments(instrument_id)
+
+    def _grow_instruments(self, top: int) -> None:
+        n = 1 << int(top).bit_length()
         old = self.instruments
-        for name, fill in (("cu", 0), ("cn", 0), ("synced", 0), ("dirty", 0), ("ws", 0), ("last_px", UNDEF_PRICE),
-                           ("_flagged", 0), ("_slot", -1)):
+        for name, fill in (("cu", 0), ("cn", 0), ("mirror_live", 0), ("stale", 0), ("synced", 0), ("dirty", 0),
+                           ("ws", 0), ("last_px", UNDEF_PRICE), ("last_mark", UNDEF_PRICE), ("snap", 0),
+                           ("snap_n", -1), ("_flagged", 0), ("_slot", -1), ("_group", -1)):
             arr = getattr(self, name)
             grown = np.full((n,) + arr.shape[1:], fill, dtype=arr.dtype)
             grown[:old] = arr
@@ -870,8 +1258,8 @@ class MarketMirror:
     # -- views ------------------------------------------------------------------------------------
 
     def reactivate(self, matcher) -> None:
-        """After a restart: instruments with live orders or consumed liquidity are active and dirty,
-        so the next feed batch or user command that touches them re-reads them."""
+        """After a restart: instruments with live orders or consumed liquidity are synced and dirty, so
+        the next feed batch or user command that touches them re-reads them (FULL: no snapshot yet)."""
         n = min(len(matcher.ins), self.instruments)
         live = (matcher.ins[:n, mt.I_RESTING] > 0) | (matcher.ins[:n, mt.I_STOPS] > 0) | (self.cn[:n].sum(axis=1) > 0)
         self.synced[:n] |= live
@@ -886,6 +1274,12 @@ class MarketMirror:
     def market_rejects(self) -> int:
         """Market commands the matcher refused: always 0 unless the mirror has a bug."""
         return int(self.scalars[S_MARKET_REJECTS])
+
+    def watched(self, matcher) -> np.ndarray:
+        """Ids of the instruments a feed batch syncs (synced, with users' interest)."""
+        ids = np.flatnonzero(self.synced)
+        return np.array([i for i in ids.tolist()
+                         if users_interest(matcher.ins, self.mirror_live, self.cn, np.int64(i))], dtype=np.int64)
 
     def consumed(self, instrument: int) -> dict[tuple[str, int], int]:
         """Consumed shares of ``instrument`` by (side "bid"/"ask", price)."""
@@ -907,3 +1301,19 @@ class MarketMirror:
                 entries.append((i, s, int(self.cu[i, s, k, 0]), int(self.cu[i, s, k, 1])))
         parts.append(np.array(sorted(entries), dtype=np.int64).tobytes())
         return b"".join(parts)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _copied(rows: np.ndarray) -> np.ndarray:
+    """A copy made as plain bytes (a structured copy with a padding sub-array is ~3x slower)."""
+    return rows.view(np.dtype((np.void, rows.dtype.itemsize))).copy().view(rows.dtype)
+
+
+_NO_INPUT = MARKET_INPUT.empty(0)
+_NO_COMMANDS = COMMAND.empty(0)
+_NO_EVENTS = ORDER_EVENT.empty(0)
+for _a in (_NO_INPUT, _NO_COMMANDS, _NO_EVENTS):
+    _a.flags.writeable = False

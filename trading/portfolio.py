@@ -10,6 +10,8 @@ State is a handful of numpy arrays, direct-indexed by account id ``a`` and instr
   valued at (mid or last, set by the engine), ``UNDEF_PRICE`` while unknown.
 - ``margin[a]``: a margin account (the risk gate's ``add_account`` sets it); ``unsettled[a]``: sale
   proceeds of a cash account not settled yet (T+1; the risk gate keeps it, as it knows the dates).
+- ``holders[i]``: accounts with an open position in instrument ``i`` (kept by ``apply_fill``; the
+  engine reads marks for instruments someone holds).
 
 Rules this module keeps:
 - average-cost accounting: a fill that adds to a position (or opens one) adds ``qty x price`` to its
@@ -36,7 +38,7 @@ _BUY = np.uint8(OrderSide.BUY)
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
-def apply_fill(cash, position, cost, realized, a, i, signed, price):
+def apply_fill(cash, position, cost, realized, holders, a, i, signed, price):
     """Apply one fill of ``signed`` shares (buy > 0, sell < 0) at ``price`` to account ``a``, instrument ``i``.
 
     Average cost (module docstring). Shared with ``trading.risk_kernel``, which applies fills itself.
@@ -44,6 +46,10 @@ def apply_fill(cash, position, cost, realized, a, i, signed, price):
     pos = position[a, i]
     c = cost[a, i]
     cash[a] -= signed * price
+    if pos == 0 and signed != 0:
+        holders[i] += 1
+    elif pos + signed == 0 and pos != 0:
+        holders[i] -= 1
     if pos == 0 or (pos > 0) == (signed > 0):  # opens or adds
         position[a, i] = pos + signed
         cost[a, i] = c + signed * price
@@ -65,7 +71,7 @@ def apply_fill(cash, position, cost, realized, a, i, signed, price):
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
-def apply_fill_rows(events, cash, position, cost, realized):
+def apply_fill_rows(events, cash, position, cost, realized, holders):
     """Apply the FILL rows of ``events`` (``trading.orders.ORDER_EVENT``) in order; returns how many."""
     n = 0
     for k in range(events.shape[0]):
@@ -73,7 +79,7 @@ def apply_fill_rows(events, cash, position, cost, realized):
         if e.kind != _FILL:
             continue
         q = np.int64(e.qty)
-        apply_fill(cash, position, cost, realized, np.int64(e.account), np.int64(e.instrument_id),
+        apply_fill(cash, position, cost, realized, holders, np.int64(e.account), np.int64(e.instrument_id),
                    q if e.side == _BUY else -q, e.price)
         n += 1
     return n
@@ -114,6 +120,7 @@ class Portfolio:
         self.mark = np.full(self.instruments, UNDEF_PRICE, dtype=np.int64)
         self.margin = np.zeros(self.accounts, dtype=np.bool_)
         self.unsettled = np.zeros(self.accounts, dtype=np.int64)
+        self.holders = np.zeros(self.instruments, dtype=np.int64)  # accounts with an open position, by instrument
         self.fills_applied = np.zeros(1, dtype=np.int64)  # lets the risk gate notice fills it did not see
         self.marks_set = np.zeros(1, dtype=np.int64)  # counts set_marks calls: the risk gate revalues on change
 
@@ -131,7 +138,7 @@ class Portfolio:
         accounts or instruments is a ValueError, raised before anything is applied.
         """
         check_fill_rows(events, self.accounts, self.instruments)
-        n = apply_fill_rows(events, self.cash, self.position, self.cost, self.realized)
+        n = apply_fill_rows(events, self.cash, self.position, self.cost, self.realized, self.holders)
         self.fills_applied[0] += n
         return int(n)
 

@@ -605,7 +605,7 @@ def _record_fill(acct, cell, ring, a, i, direction, qty, price, position_before,
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
 def apply_events(start, events, acct, cell, ins, ot, days, ring, scalars, cash, position, cost, realized, unsettled,
-                 fills_applied):
+                 holders, fills_applied):
     """Take ``events[start:]`` (ORDER_EVENT rows) back: fills to the ledger and the portfolio, and the
     reservations of the orders they end or shrink released. Returns (code, index) as ``check_commands``."""
     for k in range(start, events.shape[0]):
@@ -631,7 +631,7 @@ def apply_events(start, events, acct, cell, ins, ot, days, ring, scalars, cash, 
                         unsettled[a] = 0
                         acct[a, AC_UNSETTLED_DAY] = date
                     unsettled[a] += qty * e.price
-            apply_fill(cash, position, cost, realized, a, i, qty if is_buy else -qty, e.price)
+            apply_fill(cash, position, cost, realized, holders, a, i, qty if is_buy else -qty, e.price)
             fills_applied[0] += 1
             scalars[S_FILLS_SEEN] += 1
             if row >= 0:
@@ -960,7 +960,7 @@ class RiskGate:
         while True:
             code, i = apply_events(i, events, self.acct, self.cell, self.ins, self.ot, self.days, self.ring,
                                    self.scalars, pf.cash, pf.position, pf.cost, pf.realized, pf.unsettled,
-                                   pf.fills_applied)
+                                   pf.holders, pf.fills_applied)
             if code == DONE:
                 return
             self._add_day(int(events["ts"][i]))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from orderbook.engine import BookEngine
-from parsers.schema import EVENT, PRICE_SCALE, UNDEF_PRICE, Action, Side
+from parsers.schema import EVENT, PRICE_SCALE, TRADE, UNDEF_PRICE, Action, Side
 from parsers.trades import trades_from_events
 from tests.orderbook.event_streams import T0 as STREAM_T0, random_events
 from trading import market as mk
@@ -103,11 +103,12 @@ def test_the_window_reaches_users_incoming_limits_and_market_sizes():
     assert rows_of(rows)[4:6] == [("WINDOW", "A", 1001, 0), ("LEVEL", "A", 1001, 100)]
     reach = np.array([[mk._NO_WINDOW, -1003 * CENT]])  # an incoming buy limit at 10.03
     need = np.array([[450, 0]])  # an incoming market sell of 450: 500 at the first level covers it
-    rows = mirror.read(7, np.array([1]), books, matcher, reach, need)
-    assert [r for r in rows_of(rows) if r[0] == "WINDOW"] == [("WINDOW", "B", 998, 0), ("WINDOW", "A", 1003, 0)]
+    rows = mirror.read(7, np.array([1]), books, matcher, reach, need)  # read again: only what is new (DIFF)
+    assert rows_of(rows) == [("WINDOW", "B", 998, 1), ("WINDOW", "A", 1003, 1), ("LEVEL", "A", 1002, 200),
+                             ("LEVEL", "A", 1003, 300)]
     need = np.array([[1050, 0]])
     rows = mirror.read(7, np.array([1]), books, matcher, None, need)
-    assert [r for r in rows_of(rows) if r[0] == "WINDOW"][0] == ("WINDOW", "B", 997, 0)  # 500+200+300+100
+    assert [r for r in rows_of(rows) if r[0] == "WINDOW"][0] == ("WINDOW", "B", 997, 1)  # 500+200+300+100
 
 
 def test_consumed_outside_the_window_is_read_as_depth():
@@ -262,8 +263,13 @@ def test_plan_syncs_new_dirty_and_out_of_window_instruments_only():
     assert mirror.plan(deep, valid[:1], known, matcher)[0].tolist() == [1]
     big = commands(user(4, OrderSide.SELL, 0, 600, typ=OrderType.MARKET))  # more than the top bid shows
     assert mirror.plan(big, valid[:1], known, matcher)[0].tolist() == [1]
-    assert mirror.touched(np.array([1, 2, 1], dtype=np.uint32)).tolist() == [1]  # 2 is not active yet
-    assert mirror.dirty[2] == 1 and mirror.plan(batch, valid, known, matcher)[0].tolist() == [1]
+    touched = EVENT.empty(3)
+    touched["instrument_id"] = [1, 2, 1]
+    holders = np.zeros(4, dtype=np.int64)
+    # a feed batch: 1 is synced but no user is there (nothing read), 2 was never synced: both only dirty
+    assert len(mirror.feed_rows(8, touched, TRADE.empty(0), books, matcher, holders)) == 0
+    assert mirror.dirty[1] == 1 and mirror.dirty[2] == 1
+    assert mirror.plan(batch, valid, known, matcher)[0].tolist() == [1]
 
 
 # -- random feed and users through the engine ---------------------------------------------------
@@ -323,7 +329,8 @@ def test_random_feed_and_users_keep_the_mirror_exact(seed):
         for inst in (1, 2, 3):
             top = books.bbo(inst)
             crossed = top[0] != UNDEF and top[3] != UNDEF and top[0] >= top[3]  # the stream's aggressive adds
-            if engine.mirror.synced[inst] and not crossed:
+            m = engine.mirror  # every instrument read since the feed changed it, unless its next read is FULL
+            if m.synced[inst] and not m.dirty[inst] and not m.stale[inst] and not crossed:
                 _mirror_invariant(engine, books, inst)
     assert engine.mirror.market_rejects == 0
     assert fills > 100
