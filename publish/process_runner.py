@@ -21,7 +21,7 @@ Rules this module keeps:
 - A child that dies is restarted (``process_restarts``, with a doubling backoff), given the symbol
   directory as the feed knows it; batches it had taken and not written are counted as dropped.
 - ``stop(deadline_s)`` moves what waits into the queue, asks the child to drain by the deadline, and
-  waits for it (plus ``STOP_GRACE_S`` for the sink's own close); a child still alive then is killed
+  waits for it (plus ``close_grace_s`` for the sink's own close); a child still alive then is killed
   and what it had not written is counted as dropped. The child ignores SIGINT and SIGTERM: the
   parent decides when it ends (a terminal's ^C reaches the whole process group), and a child whose
   parent is gone ends by itself.
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import multiprocessing
 import os
 import signal
@@ -102,11 +103,12 @@ class ProcessSinkRunner:
         nice: added to the child's scheduling niceness (the feed keeps its core when they compete).
         backoff_s, max_backoff_s: sink reopens and process restarts wait this long, doubling to the cap.
         attrs: names the handle answers before the child reports (e.g. ``host``, ``port``).
+        close_grace_s: ``stop`` waits this long past its deadline for the sink's own close.
     """
 
     def __init__(self, factory: Callable, kwargs: dict | None = None, *, max_batches: int = 64,
                  policy: str = "conflate", queue_bytes: int = 64 << 20, nice: int = 0, backoff_s: float = 0.05,
-                 max_backoff_s: float = 2.0, attrs: dict | None = None) -> None:
+                 max_backoff_s: float = 2.0, attrs: dict | None = None, close_grace_s: float = STOP_GRACE_S) -> None:
         if policy not in POLICIES:
             raise ValueError(f"overflow policy must be one of {POLICIES}")
         if max_batches < 2:
@@ -121,7 +123,8 @@ class ProcessSinkRunner:
         self.nice = int(nice)
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
-        self.last_error: str | None = None
+        self.close_grace_s = close_grace_s
+        self._own_error: str | None = None  # the parent's: a child that died or was killed
         self._counts = collections.Counter()  # parent side: offered, conflated, dropped_*, process_*
         self._queue = ShmQueue.create(queue_bytes)
         self._writer = BatchWriter(self._queue)
@@ -132,6 +135,7 @@ class ProcessSinkRunner:
         self._carried: collections.Counter = collections.Counter()  # sink counters of children that died
         self._status_cache: tuple[float, dict] = (0.0, {})
         self._final: collections.Counter | None = None
+        self._child_error: str | None = None  # the last error a child reported before it ended
         self._sink_final: dict | None = None
         self._stopping = threading.Event()
         self._ctx = multiprocessing.get_context("spawn")
@@ -170,10 +174,25 @@ class ProcessSinkRunner:
             out[name] += value
         return out
 
+    @property
+    def last_error(self) -> str | None:
+        """The sink's last error (as the child reported it), or the parent's about the child."""
+        if (self._own_error or "").endswith("killed"):
+            return self._own_error
+        return self._status().get("last_error") or self._child_error or self._own_error
+
     def report(self) -> dict:
         out = {k: v for k, v in self.counts.items() if v}
         out.update({f"{self.sink.name}_{k}": v for k, v in self._sink_counters().items() if v})
+        out.update({f"handoff_{k}": v for k, v in self.latency().items() if k != "count"})
         return out
+
+    def latency(self) -> dict:
+        """From the feed's offer to the sink's write returning, per batch (this child's life): count,
+        p50_us, p99_us, max_us."""
+        if self._sink_final is not None:
+            return dict(self._latency_final)
+        return dict(self._status().get("latency") or {})
 
     def stop(self, deadline_s: float = 5.0) -> dict:
         """Drain until ``deadline_s`` from now (the child writes what it holds), then end it; the counts."""
@@ -196,14 +215,15 @@ class ProcessSinkRunner:
         proc = self._proc
         if proc is not None and proc.is_alive():
             self._queue.request_stop(int(deadline * 1e9) if deadline_s > 0 else time.monotonic_ns())
-            proc.join(max(0.0, deadline - time.monotonic()) + STOP_GRACE_S)
+            proc.join(max(0.0, deadline - time.monotonic()) + self.close_grace_s)
             if proc.is_alive():
-                self.last_error = f"sink process {proc.pid} did not end in time: killed"
+                self._own_error = f"sink process {proc.pid} did not end in time: killed"
                 proc.kill()
                 proc.join(5.0)
         self._reap()
         self._count_unread()
         sink_counters = self._sink_counters()
+        self._latency_final = self.latency()
         final = self.counts
         self._final = final  # from here on the counts are frozen: the queue goes
         self._sink_final = sink_counters
@@ -284,21 +304,24 @@ class ProcessSinkRunner:
             return
         proc.join()
         status = self._status(fresh=True)
-        self._carried.update(status.get("counters", {}))
-        if proc.exitcode != 0:
+        self._child_error = status.get("last_error") or self._child_error
+        if proc.exitcode != 0 and not (self._own_error or "").endswith("killed"):
             self._counts["process_deaths"] += 1
-            self.last_error = status.get("last_error") or f"sink process exited with {proc.exitcode}"
-        self._status_cache = (0.0, {})
-        self._queue.put_status(b"")  # the next child starts with a clean blob
+            self._own_error = status.get("last_error") or f"sink process exited with {proc.exitcode}"
         self._count_lost()
         self._proc = None
+        if not self._stopping.is_set():  # the next child starts with a clean blob; keep what this one counted
+            self._carried.update(status.get("counters", {}))
+            self._status_cache = (0.0, {})
+            self._queue.put_status(b"")
 
     def _count_lost(self) -> None:
         """Batches a dead child had taken and not written or dropped: lost with it, counted dropped."""
         c = self._queue.counters()
         lost = int(c[C_TAKEN]) - int(c[C_WRITTEN]) - int(c[C_CONFLATED]) - int(c[C_DROPPED_BATCHES])
         if lost > 0:
-            lost_rows = int(c[C_TAKEN_ROWS]) - int(c[C_WRITTEN_ROWS]) - int(c[C_CONFLATED_ROWS]) - int(c[C_DROPPED_ROWS])
+            lost_rows = (int(c[C_TAKEN_ROWS]) - int(c[C_WRITTEN_ROWS]) - int(c[C_CONFLATED_ROWS])
+                         - int(c[C_DROPPED_ROWS]))
             # The parent owns the words while no child runs: book the loss as the child's drops.
             c[C_DROPPED_BATCHES] += np.uint64(lost)
             c[C_DROPPED_ROWS] += np.uint64(max(0, lost_rows))
@@ -342,6 +365,36 @@ class ProcessSinkRunner:
         return dict(out)
 
 
+class LatencyHistogram:
+    """Hand-off to written, per batch: log-spaced buckets (4 per octave of ns), quantiles to ~19%."""
+
+    PER_OCTAVE = 4
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(64 * self.PER_OCTAVE, dtype=np.int64)
+        self.max_ns = 0
+
+    def add(self, ns: int) -> None:
+        ns = max(int(ns), 1)
+        self.counts[min(int(math.log2(ns) * self.PER_OCTAVE), len(self.counts) - 1)] += 1
+        self.max_ns = max(self.max_ns, ns)
+
+    def quantile(self, q: float) -> float:
+        """The upper edge (ns) of the bucket holding quantile ``q``."""
+        total = int(self.counts.sum())
+        if not total:
+            return 0.0
+        k = int(np.searchsorted(np.cumsum(self.counts), q * total, side="left"))
+        return min(2 ** ((k + 1) / self.PER_OCTAVE), float(self.max_ns))
+
+    def summary(self) -> dict:
+        n = int(self.counts.sum())
+        if not n:
+            return {}
+        return {"count": n, "p50_us": round(self.quantile(0.5) / 1e3, 1), "p99_us": round(self.quantile(0.99) / 1e3, 1),
+                "max_us": round(self.max_ns / 1e3, 1)}
+
+
 # ---------------------------------------------------------------------------------------------------
 # the child process
 
@@ -378,13 +431,16 @@ class _ChildLoop:
         self.parent_pid = parent_pid
         self.c = queue.counters()
         self.backlog: collections.deque[MarketBatch] = collections.deque()
-        self.retry: tuple[MarketBatch, int] | None = None  # a batch whose write failed, and its batch count
+        self.handed: collections.deque[int] = collections.deque()  # when the feed offered each (monotonic ns)
+        self.retry: tuple[MarketBatch, list[int]] | None = None  # a batch whose write failed, and its hand-offs
+        self.latency = LatencyHistogram()
         self.opened = False
         self.ever_opened = False
         self.next_open = 0.0
         self.delay = backoff_s
         self.last_error: str | None = None
         self._status_at = 0.0
+        self._dirty = False  # counters changed since the last status
 
     def run(self) -> None:
         queue = self.queue
@@ -402,7 +458,7 @@ class _ChildLoop:
                 continue
             if stop and not busy and not queue.has_data():
                 break  # drained
-            self.publish_status()
+            self.publish_status(force=self._dirty)  # going idle: the parent sees the latest counters
             queue.wait(0.2 if self.opened else max(0.0, min(self.next_open - time.monotonic(), 0.2)))
             if os.getppid() != self.parent_pid:
                 break  # the feed is gone: nobody to publish for
@@ -419,7 +475,7 @@ class _ChildLoop:
         records = self.queue.take()
         if not records:
             return
-        backlog, c = self.backlog, self.c
+        backlog, handed, c = self.backlog, self.handed, self.c
         for kind, body in records:
             if kind != KIND_BATCH:
                 continue
@@ -429,14 +485,17 @@ class _ChildLoop:
             c[C_TAKEN] += 1
             c[C_TAKEN_ROWS] += batch.rows
             backlog.append(batch)
+            handed.append(self.reader.last_handed_ns)
             if len(backlog) > self.max_batches:
                 if self.policy == "conflate":
                     first = backlog.popleft()
                     rows = first.rows + backlog[0].rows
                     backlog[0] = conflate(first, backlog[0])
+                    handed[0] = handed.popleft()  # the merged batch waited since the older one came
                     c[C_CONFLATED] += 1
                     c[C_CONFLATED_ROWS] += rows - backlog[0].rows
                 else:
+                    handed.popleft()
                     dropped = backlog.popleft()
                     c[C_DROPPED_BATCHES] += 1
                     c[C_DROPPED_ROWS] += dropped.rows
@@ -446,32 +505,37 @@ class _ChildLoop:
 
     def _write_some(self) -> None:
         if self.retry is not None:
-            batch, n = self.retry
+            batch, handed = self.retry
             self.retry = None
-            self._write(batch, n, attempt=2)
+            self._write(batch, handed, attempt=2)
             return
-        take, rows = [], 0
+        take, handed, rows = [], [], 0
         backlog = self.backlog
         while backlog and (not take or rows + backlog[0].rows <= MERGE_MAX_ROWS):
             batch = backlog.popleft()
+            handed.append(self.handed.popleft())
             rows += batch.rows
             take.append(batch)
-        self._write(concat(take), len(take), attempt=1)
+        self._write(concat(take), handed, attempt=1)
 
-    def _write(self, batch: MarketBatch, n: int, attempt: int) -> None:
+    def _write(self, batch: MarketBatch, handed: list[int], attempt: int) -> None:
         c = self.c
         try:
             self.sink.write(batch)
         except Exception as exc:  # a sink must never take the pipeline down
             self._failed(exc)
             if attempt == 1:
-                self.retry = (batch, n)
+                self.retry = (batch, handed)
             else:
-                c[C_DROPPED_BATCHES] += n
+                c[C_DROPPED_BATCHES] += len(handed)
                 c[C_DROPPED_ROWS] += batch.rows
             return
+        done = time.monotonic_ns()
+        for t in handed:
+            self.latency.add(done - t)
+        self._dirty = True
         c[C_WRITES] += 1
-        c[C_WRITTEN] += n
+        c[C_WRITTEN] += len(handed)
         c[C_WRITTEN_ROWS] += batch.rows
 
     def _try_open(self) -> bool:
@@ -493,6 +557,7 @@ class _ChildLoop:
         return True
 
     def _failed(self, exc: BaseException) -> None:
+        self._dirty = True
         self.c[C_FAILURES] += 1
         self.error(exc)
         self.opened = False
@@ -506,13 +571,14 @@ class _ChildLoop:
         c = self.c
         pending = list(self.backlog)
         if self.retry is not None:
-            c[C_DROPPED_BATCHES] += self.retry[1]
+            c[C_DROPPED_BATCHES] += len(self.retry[1])
             c[C_DROPPED_ROWS] += self.retry[0].rows
             self.retry = None
         for batch in pending:
             c[C_DROPPED_BATCHES] += 1
             c[C_DROPPED_ROWS] += batch.rows
         self.backlog.clear()
+        self.handed.clear()
 
     # -- status -------------------------------------------------------------------------------------
 
@@ -524,10 +590,11 @@ class _ChildLoop:
         if not force and now - self._status_at < STATUS_EVERY_S:
             return
         self._status_at = now
+        self._dirty = False
         sink = self.sink
         attrs = {k: getattr(sink, k) for k in ("host", "port", "url", "dsn", "schema") if hasattr(sink, k)}
         status = {"pid": os.getpid(), "opened": self.ever_opened, "last_error": self.last_error,
                   "counters": {k: v for k, v in getattr(sink, "counters", {}).items()
                                if isinstance(v, (int, float, np.integer, np.floating))},
-                  "attrs": attrs}
+                  "attrs": attrs, "latency": self.latency.summary()}
         self.queue.put_status(json.dumps(status, default=float).encode())
