@@ -255,9 +255,9 @@ class Engine:
         """Users' events of ``commands`` through the matcher (``market``: the market commands among them)."""
         if not len(commands):
             return _NO_EVENTS
-        events = self.matcher.submit(commands)
         if not self.mirror.ever_used:
-            return events  # no market order ever existed: nothing to drop or remember
+            return self.matcher.submit(commands)  # no market order ever existed: nothing to drop or remember
+        events = self.matcher.submit(commands, copy=False)  # settle copies what users get
         return self.mirror.settle(events, commands if market is None else market)
 
     def _sync(self, rows: np.ndarray, mode: SyncMode) -> np.ndarray:
@@ -271,8 +271,8 @@ class Engine:
         n = collect_marks(rows, self.known, self._mark_ids, self._mark_px)
         if n:
             ids, px = self._mark_ids[:n], self._mark_px[:n]
-            self.portfolio.set_marks(ids, px)
-            self.risk.set_reference(ids, px)
+            self.portfolio.set_marks_checked(ids, px)
+            self.risk.set_references_checked(ids, px)
 
     def _apply_submit(self, rows: np.ndarray, commands: np.ndarray, names: list[tuple[int, str]]) -> np.ndarray:
         self.records += 1

@@ -73,7 +73,8 @@ import numpy as np
 
 from parsers.schema import UNDEF_PRICE, Action, Record, Side, _c, _pad, _price
 from trading import matching as mt
-from trading.orders import COMMAND, ORDER_EVENT, CommandKind, EventKind, Liquidity, OrderSide, OrderType, TimeInForce
+from trading.orders import (COMMAND, ORDER_EVENT, CommandKind, EventKind, Liquidity, OrderSide, OrderType, TimeInForce,
+                            copy_rows)
 
 MARKET_ACCOUNT = 0xFFFF_FFFF  # the feed's liquidity; user accounts are below it
 MARKET_ID_BASE = 1 << 62  # order ids from here up are the market's; users' must be below
@@ -342,11 +343,16 @@ def _put_mark(inst, feed_lv, feed_bk, mark_kind, last_px, last_mark, ts, out, n)
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
 def _extract_one(inst, reach_bid, reach_ask, need_bid, need_ask, feed_lv, feed_bk, op, lv, ins, cu, cn, depth,
-                 mark_kind, last_px, ts, out, n, ws, snap, snap_n, stale, last_mark, tmp, scalars):
-    """The rows of one instrument's sync from row ``n`` on (module docstring); returns the next row."""
+                 mark_kind, last_px, ts, out, n, ws, snap, snap_n, stale, last_mark, tmp, scalars, executed):
+    """The rows of one instrument's sync from row ``n`` on (module docstring); returns the next row.
+
+    A DIFF side with nothing to say (no level changed, the same window, no consumed liquidity, not
+    executed at: ``executed`` bit ``1 << side``) writes no row at all: the matcher already holds it.
+    """
     n_feed = feed_bk.shape[0] // 2
     cap = snap.shape[2]
     for s in range(2):
+        w = n
         fs = np.int64(0)
         fn = np.int64(0)
         if inst < n_feed:
@@ -400,6 +406,8 @@ def _extract_one(inst, reach_bid, reach_ask, need_bid, need_ask, feed_lv, feed_b
                 price = cu[inst, s, j, 0]
                 n = _put(out, n, ts, price, np.uint64(_feed_size(feed_lv, fs, fn, _key(s, price))), inst, _K_DEPTH,
                          side)
+        if n == w + 1 and not full and lim == ws[inst, W_KEY + s] and not (executed >> s) & 1:
+            n = w  # nothing changed on this side
         ws[inst, W_KEY + s] = lim
         ws[inst, W_MORE + s] = 1 if pos >= fs else 0
         ws[inst, W_SUM + s] = total
@@ -446,13 +454,27 @@ def extract(insts, reach, need_qty, feed_lv, feed_bk, op, lv, ins, cu, cn, depth
         inst = insts[j]
         n = _extract_one(inst, reach[j, 0], reach[j, 1], need_qty[j, 0], need_qty[j, 1], feed_lv, feed_bk, op, lv,
                          ins, cu, cn, depth, mark_kind, last_px, ts, out, n, ws, snap, snap_n, stale, last_mark, tmp,
-                         scalars)
+                         scalars, 0)
         synced[inst] = 1
         dirty[inst] = 0
     return n
 
 
-_WATCH, _MARK_ONLY = 1, 2  # ``MarketMirror._flagged`` while ``feed_rows`` runs
+# ``MarketMirror._flagged`` while ``feed_rows`` runs: how an instrument is read, and (bits 2, 3) the sides
+# its executions hit.
+_WATCH, _MARK_ONLY, _HOW = 1, 2, 3
+_A_REPLACE = np.uint8(Action.REPLACE)
+_A_CLEAR = np.uint8(Action.CLEAR)
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _in_window(ws, inst, action, side, price):
+    """Whether a book event may change what the instrument's window held at its last read: anything
+    at or inside it, on a side read whole, a replace (its old price is not in the row) or a clear."""
+    if action == _A_REPLACE or action == _A_CLEAR or (side != _BID and side != _ASK):
+        return True
+    s = 0 if side == _BID else 1
+    return ws[inst, W_MORE + s] == 0 or _key(s, price) >= ws[inst, W_KEY + s]
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
@@ -466,7 +488,7 @@ def _note(inst, ins, cu, cn, mirror_live, holders, synced, dirty, flagged, liste
     if inst >= dirty.shape[0]:
         return m
     dirty[inst] = 1
-    if flagged[inst] != 0 or not synced[inst]:
+    if (flagged[inst] & _HOW) != 0 or not synced[inst]:
         return m
     if users_interest(ins, mirror_live, cn, inst):
         flagged[inst] = _WATCH
@@ -499,15 +521,17 @@ def feed_rows(ts, events, trades, feed_lv, feed_bk, op, lv, ins, cu, cn, mirror_
             last_px[np.int64(t.instrument_id)] = t.price
     m = 0
     for i in range(events.shape[0]):
-        m = _note(np.int64(events[i].instrument_id), ins, cu, cn, mirror_live, holders, synced, dirty, flagged,
-                  listed, m)
+        e = events[i]
+        inst = np.int64(e.instrument_id)
+        if inst < ws.shape[0] and _in_window(ws, inst, e.action, e.side, e.price):
+            m = _note(inst, ins, cu, cn, mirror_live, holders, synced, dirty, flagged, listed, m)
     for i in range(trades.shape[0]):
         m = _note(np.int64(trades[i].instrument_id), ins, cu, cn, mirror_live, holders, synced, dirty, flagged,
                   listed, m)
     bound = 2 * np.int64(trades.shape[0])
     for j in range(m):
         inst = listed[j]
-        bound += _rows_bound(inst, feed_bk, snap_n, cn) if flagged[inst] == _WATCH else 1
+        bound += _rows_bound(inst, feed_bk, snap_n, cn) if (flagged[inst] & _HOW) == _WATCH else 1
     if bound > out.shape[0]:
         for j in range(m):
             flagged[listed[j]] = 0
@@ -515,11 +539,12 @@ def feed_rows(ts, events, trades, feed_lv, feed_bk, op, lv, ins, cu, cn, mirror_
     for i in range(trades.shape[0]):  # levels executed at are listed even if their size looks unchanged
         t = trades[i]
         inst = np.int64(t.instrument_id)
-        if t.action != _A_EXECUTE or not _priced(t) or inst >= flagged.shape[0] or flagged[inst] != _WATCH:
+        if t.action != _A_EXECUTE or not _priced(t) or inst >= flagged.shape[0] or (flagged[inst] & _HOW) != _WATCH:
             continue
         if t.side != _BID and t.side != _ASK:
             continue
         s = 0 if t.side == _BID else 1
+        flagged[inst] |= np.uint8(4 << s)
         key = _key(s, t.price)
         for k in range(max(snap_n[inst, s], np.int64(0))):
             if snap[inst, s, k, 0] == key:
@@ -528,10 +553,10 @@ def feed_rows(ts, events, trades, feed_lv, feed_bk, op, lv, ins, cu, cn, mirror_
     n = 0
     for j in range(m):
         inst = listed[j]
-        if flagged[inst] == _WATCH:
+        if (flagged[inst] & _HOW) == _WATCH:
             n = _extract_one(inst, _NO_WINDOW, _NO_WINDOW, np.int64(0), np.int64(0), feed_lv, feed_bk, op, lv, ins,
                              cu, cn, depth, mark_kind, last_px, ts, out, n, ws, snap, snap_n, stale, last_mark, tmp,
-                             scalars)
+                             scalars, np.int64(flagged[inst] >> 2))
             dirty[inst] = 0
         else:
             n = _put_mark(inst, feed_lv, feed_bk, mark_kind, last_px, last_mark, ts, out, n)
@@ -539,13 +564,13 @@ def feed_rows(ts, events, trades, feed_lv, feed_bk, op, lv, ins, cu, cn, mirror_
     for i in range(trades.shape[0]):
         t = trades[i]
         inst = np.int64(t.instrument_id)
-        if t.action == _A_EXECUTE and _priced(t) and inst < flagged.shape[0] and flagged[inst] == _WATCH:
+        if t.action == _A_EXECUTE and _priced(t) and inst < flagged.shape[0] and (flagged[inst] & _HOW) == _WATCH:
             n = _put(out, n, t.ts_event, t.price, np.uint64(t.size), inst, _K_EXEC, t.side)
             execs += 1
     for i in range(trades.shape[0]):
         t = trades[i]
         inst = np.int64(t.instrument_id)
-        if t.printable == 1 and _priced(t) and inst < flagged.shape[0] and flagged[inst] == _WATCH:
+        if t.printable == 1 and _priced(t) and inst < flagged.shape[0] and (flagged[inst] & _HOW) == _WATCH:
             n = _put(out, n, t.ts_event, t.price, np.uint64(t.size), inst, _K_PRINT, np.uint8(0))
     for j in range(m):
         flagged[listed[j]] = 0
@@ -1168,7 +1193,8 @@ class MarketMirror:
 
     def feed_rows(self, ts: int, events: np.ndarray, trades: np.ndarray, books, matcher, holders) -> np.ndarray:
         """The rows a feed batch gives (``feed_rows``, one kernel call): watched instruments read,
-        MARKs of held ones, EXEC and PRINT rows; ``scalars[S_EXECS]`` counts the EXEC rows."""
+        MARKs of held ones, EXEC and PRINT rows; ``scalars[S_EXECS]`` counts the EXEC rows. A view of
+        a buffer the next call overwrites."""
         need = len(events) + len(trades)
         if need > len(self._listed):
             self._listed = np.zeros(_pow2(need), dtype=np.int64)
@@ -1181,7 +1207,7 @@ class MarketMirror:
                 break
             self._rows = np.zeros(_pow2(n), dtype=_INPUT_DT)
         self._grow_snapshots()
-        return _copied(self._rows[:n]) if n else _NO_INPUT
+        return self._rows[:n] if n else _NO_INPUT
 
     def forget_mark(self, instrument_ids) -> None:
         """The marks of these instruments were set from elsewhere (``Engine.mark``): write them at the next read."""
@@ -1203,7 +1229,8 @@ class MarketMirror:
     # -- replayable: what the rows do ------------------------------------------------------------
 
     def commands(self, rows: np.ndarray, mode: SyncMode, matcher) -> np.ndarray:
-        """The market account's commands for ``rows`` in ``mode`` (see ``market_commands``)."""
+        """The market account's commands for ``rows`` in ``mode`` (see ``market_commands``): a view of a
+        buffer the next call overwrites."""
         if len(rows) > len(self._work):
             self._work = np.zeros((_pow2(len(rows)), WK_COLUMNS), dtype=np.int64)
         saved_mirror, saved_taker = int(self.scalars[S_NEXT_MIRROR]), int(self.scalars[S_NEXT_TAKER])
@@ -1211,7 +1238,7 @@ class MarketMirror:
             code, n = market_commands(rows, np.int64(mode), matcher.op, matcher.lv, matcher.ins, self.cu, self.cn,
                                       self._cmds, self.scalars, self._group, self._work)
             if code == DONE:
-                return self._cmds[:n].copy() if n else _NO_COMMANDS
+                return self._cmds[:n] if n else _NO_COMMANDS
             if code == NEED_INSTRUMENTS:
                 self._grow_instruments(n)
                 continue
@@ -1230,7 +1257,7 @@ class MarketMirror:
             code, i = settle(i, events, commands, self.cu, self.cn, self.mirror_live, self.stale, out, self.scalars)
             if code == DONE:
                 n = int(self.scalars[S_ROWS])
-                return _copied(out[:n]) if n else _NO_EVENTS
+                return copy_rows(out[:n]) if n else _NO_EVENTS
             inst = int(events["instrument_id"][i])
             if inst >= self.instruments:
                 self._grow_instruments(inst)
@@ -1305,11 +1332,6 @@ class MarketMirror:
 
 def _pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
-
-
-def _copied(rows: np.ndarray) -> np.ndarray:
-    """A copy made as plain bytes (a structured copy with a padding sub-array is ~3x slower)."""
-    return rows.view(np.dtype((np.void, rows.dtype.itemsize))).copy().view(rows.dtype)
 
 
 _NO_INPUT = MARKET_INPUT.empty(0)

@@ -156,6 +156,12 @@ ORDER_EVENT = Record(
 RECORDS = (COMMAND, ORDER_EVENT)
 
 
+def copy_rows(rows: np.ndarray) -> np.ndarray:
+    """A writable copy of structured rows made as plain bytes: ~0.4 us for a few rows, where ``copy()``
+    of a dtype with a padding sub-array takes ~5 us."""
+    return np.frombuffer(bytearray(rows.tobytes()), dtype=rows.dtype)
+
+
 def commands(*rows: dict) -> np.ndarray:
     """COMMAND rows from dicts of column values; prices default to UNDEF_PRICE, everything else to 0.
 

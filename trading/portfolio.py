@@ -150,7 +150,11 @@ class Portfolio:
             raise ValueError(f"set_marks: {len(ids)} instrument ids but {len(px)} prices")
         if len(ids) and (ids.min() < 0 or ids.max() >= self.instruments):
             raise ValueError(f"set_marks: instrument ids must be in 0..{self.instruments - 1}")
-        _set_marks(self.mark, ids, px)
+        self.set_marks_checked(ids, px)
+
+    def set_marks_checked(self, ids: np.ndarray, prices: np.ndarray) -> None:
+        """``set_marks`` of int64 arrays already known to be in range (the engine's MARK rows)."""
+        _set_marks(self.mark, ids, prices)
         self.marks_set[0] += 1
 
     # -- views ------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from trading import pdt
 from trading.luld import (BP_SCALE, LULD_HIGH_PRICE, LULD_LOW_BP, LULD_LOW_PRICE, LULD_LOW_PRICE_CAP, LULD_MID_BP,
                           LULD_SUBPENNY_TICK, LULD_TICK, LULD_TIER1_BP, LULD_TIER2_BP, LuldTier, SessionCalendar)
 from trading.orders import COMMAND, ORDER_EVENT, CommandKind, EventKind, OrderSide, OrderType, Reason
-from trading.portfolio import Portfolio, apply_fill, check_fill_rows
+from trading.portfolio import Portfolio, apply_fill
 from trading.risk import (MAINT_LONG_BP, MAINT_SHORT_BP, MAINT_SHORT_HIGH_PER_SHARE, MAINT_SHORT_LOW_PER_SHARE,
                           MAINT_SHORT_LOW_PRICE, MARGIN_MIN_EQUITY, MWCB_HALT_NS, NO_LIMIT, REG_T_INITIAL_BP,
                           Limits, RiskConfig)
@@ -49,6 +49,7 @@ from trading.risk import (MAINT_LONG_BP, MAINT_SHORT_BP, MAINT_SHORT_HIGH_PER_SH
 DONE = 0
 NEED_IDS = 1  # grow the order id table
 NEED_DAY = 2  # add the session day of the row's ts to ``days``
+BAD_FILL = 3  # apply_events: a fill outside the portfolio (nothing applied)
 
 # Account columns. Limits as in ``trading.risk.Limits`` (NO_LIMIT disables); the token bucket in
 # 1e-9 tokens; VALUE / GROSS / MAINT: sums of the cells' contributions; RES_*: reserved notionals.
@@ -607,7 +608,15 @@ def _record_fill(acct, cell, ring, a, i, direction, qty, price, position_before,
 def apply_events(start, events, acct, cell, ins, ot, days, ring, scalars, cash, position, cost, realized, unsettled,
                  holders, fills_applied):
     """Take ``events[start:]`` (ORDER_EVENT rows) back: fills to the ledger and the portfolio, and the
-    reservations of the orders they end or shrink released. Returns (code, index) as ``check_commands``."""
+    reservations of the orders they end or shrink released. Returns (code, index) as ``check_commands``;
+    (BAD_FILL, index) before anything is applied if a fill names an account or instrument beyond the
+    portfolio."""
+    if start == 0:
+        for k in range(events.shape[0]):
+            e = events[k]
+            if e.kind == _FILL and (np.int64(e.account) >= position.shape[0]
+                                    or np.int64(e.instrument_id) >= position.shape[1]):
+                return BAD_FILL, k
     for k in range(start, events.shape[0]):
         e = events[k]
         kind = e.kind
@@ -812,7 +821,11 @@ class RiskGate:
             raise ValueError(f"set_reference: {len(ids)} instrument ids but {len(px)} prices")
         if len(ids) and (ids.min() < 0 or ids.max() >= len(self.ins)):
             raise ValueError(f"set_reference: instrument ids must be in 0..{len(self.ins) - 1}")
-        _set_references(self.ins, ids, px)
+        self.set_references_checked(ids, px)
+
+    def set_references_checked(self, ids: np.ndarray, prices: np.ndarray) -> None:
+        """``set_reference`` of int64 arrays already known to be in range (the engine's MARK rows)."""
+        _set_references(self.ins, ids, prices)
         self.scalars[S_MARKS_SEEN] = -1  # valuation prices may change
 
     # -- switches and the feed's status -----------------------------------------------------------------
@@ -954,7 +967,6 @@ class RiskGate:
         if events.dtype != ORDER_EVENT.dtype:
             raise ValueError(f"on_events takes trading.orders.ORDER_EVENT rows, not {events.dtype}")
         pf = self.portfolio
-        check_fill_rows(events, pf.accounts, pf.instruments)
         self._sync()
         i = 0
         while True:
@@ -963,6 +975,10 @@ class RiskGate:
                                    pf.holders, pf.fills_applied)
             if code == DONE:
                 return
+            if code == BAD_FILL:
+                raise ValueError(f"fill row {i}: account {int(events['account'][i])} or instrument "
+                                 f"{int(events['instrument_id'][i])} outside the portfolio "
+                                 f"({pf.accounts} x {pf.instruments})")
             self._add_day(int(events["ts"][i]))
 
     # -- views ------------------------------------------------------------------------------------------

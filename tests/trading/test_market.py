@@ -104,8 +104,7 @@ def test_the_window_reaches_users_incoming_limits_and_market_sizes():
     reach = np.array([[mk._NO_WINDOW, -1003 * CENT]])  # an incoming buy limit at 10.03
     need = np.array([[450, 0]])  # an incoming market sell of 450: 500 at the first level covers it
     rows = mirror.read(7, np.array([1]), books, matcher, reach, need)  # read again: only what is new (DIFF)
-    assert rows_of(rows) == [("WINDOW", "B", 998, 1), ("WINDOW", "A", 1003, 1), ("LEVEL", "A", 1002, 200),
-                             ("LEVEL", "A", 1003, 300)]
+    assert rows_of(rows) == [("WINDOW", "A", 1003, 1), ("LEVEL", "A", 1002, 200), ("LEVEL", "A", 1003, 300)]
     need = np.array([[1050, 0]])
     rows = mirror.read(7, np.array([1]), books, matcher, None, need)
     assert [r for r in rows_of(rows) if r[0] == "WINDOW"][0] == ("WINDOW", "B", 997, 1)  # 500+200+300+100
