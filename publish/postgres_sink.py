@@ -15,6 +15,8 @@ Rules this module keeps:
 - Text comes dictionary-encoded (``Text``: per-row codes into a short list of words), which is what
   market text is (symbols per instrument, one venue, one-letter codes); each word is encoded to
   UTF-8 once.
+- ``copy_stream`` sends one COPY in parts as they are encoded (a queued writer thread sends), so the
+  server inserts (and keeps its indexes) while the client encodes the rest.
 - ``copy_insert`` loads into a temp table and inserts with ``ON CONFLICT``, so re-sending rows adds
   none; ``advisory_lock`` serialises DDL between processes that start together.
 """
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import psycopg
 from psycopg import sql
+from psycopg.copy import QueuedLibpqWriter
 
 from parsers.schema import UNDEF_PRICE
 
@@ -129,6 +132,17 @@ def u64_words(values: np.ndarray) -> np.ndarray:
 def copy_binary(columns: Sequence[PgColumn], values: Sequence[np.ndarray | Text]) -> bytes:
     """PostgreSQL binary COPY data for the rows given column-wise (see the module rules).
 
+    The whole payload: ``COPY_HEADER + copy_rows(...) + COPY_TRAILER``.
+    """
+    return _HEADER + copy_rows(columns, values) + _TRAILER
+
+
+COPY_HEADER, COPY_TRAILER = _HEADER, _TRAILER
+
+
+def copy_rows(columns: Sequence[PgColumn], values: Sequence[np.ndarray | Text]) -> bytes:
+    """The rows of a binary COPY, without header and trailer (a streamed COPY sends several).
+
     Args:
         columns: the COPY's columns, in order.
         values: one per column: a numpy array for number kinds (ns for ``timestamptz``, int64 1e-9
@@ -173,7 +187,7 @@ def copy_binary(columns: Sequence[PgColumn], values: Sequence[np.ndarray | Text]
             payloads.append(arr)
             variants.append(None)
     if n == 0:
-        return _HEADER + _TRAILER
+        return b""
 
     # One layout key per row (mixed radix over the variable columns), then one packed array per layout.
     key = np.zeros(n, dtype=np.int64)
@@ -184,7 +198,7 @@ def copy_binary(columns: Sequence[PgColumn], values: Sequence[np.ndarray | Text]
     group = group.reshape(-1)
     order = np.argsort(group, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(np.bincount(group, minlength=len(layouts)))])
-    chunks = [_HEADER]
+    chunks = []
     for g in range(len(layouts)):
         rows = order[bounds[g] : bounds[g + 1]]
         first = rows[0]
@@ -219,7 +233,6 @@ def copy_binary(columns: Sequence[PgColumn], values: Sequence[np.ndarray | Text]
         for name, data in fills:
             out[name] = data
         chunks.append(out.tobytes())
-    chunks.append(_TRAILER)
     return b"".join(chunks)
 
 
@@ -239,6 +252,22 @@ def copy_into(cur: psycopg.Cursor, table: sql.Composable, columns: Sequence[PgCo
         view = memoryview(data)
         for start in range(0, len(view), 1 << 22):
             copy.write(view[start : start + (1 << 22)])
+
+
+def copy_stream(cur: psycopg.Cursor, table: sql.Composable, columns: Sequence[PgColumn],
+                parts: Iterable[bytes]) -> None:
+    """One binary COPY fed part by part (``copy_rows`` outputs), header and trailer added.
+
+    ``parts`` may be a generator: a queued writer thread sends each part while the caller makes the
+    next, and the server inserts the first rows while the last are still being encoded.
+    """
+    stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(table, ident_list(c.name for c in columns))
+    with cur.copy(stmt, writer=QueuedLibpqWriter(cur)) as copy:
+        copy.write(_HEADER)
+        for part in parts:
+            if part:
+                copy.write(part)
+        copy.write(_TRAILER)
 
 
 def copy_insert(

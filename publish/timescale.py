@@ -12,9 +12,10 @@ Rules this module keeps:
 - Idempotent: every table has a natural unique key (including ``ts``, as partitioning requires);
   events are inserted ``ON CONFLICT DO NOTHING``, bars and instruments upserted (a later bar of the
   same start replaces an earlier one). Re-ingesting a capture adds no rows.
-- Fast: each array goes in as one binary COPY built column-wise (``publish.postgres_sink``). The COPY
-  goes straight into the table inside a savepoint; only if that hits the unique key (a re-ingest) is
-  the batch re-sent through a temp table and ``INSERT ... ON CONFLICT``.
+- Fast: each array goes in as one binary COPY built column-wise (``publish.postgres_sink``), streamed
+  in parts of ``COPY_PART_ROWS`` rows so the server inserts and maintains the unique key while the
+  next part is encoded. The COPY goes straight into the table inside a savepoint; only if that hits
+  the unique key (a re-ingest) is the batch re-sent through a temp table and ``INSERT ... ON CONFLICT``.
 - ``open()`` migrates under a session advisory lock, so processes starting together are safe, and
   running it again changes nothing.
 """
@@ -38,7 +39,8 @@ from publish.postgres_sink import (
     Text,
     copy_binary,
     copy_insert,
-    copy_into,
+    copy_rows,
+    copy_stream,
     ident_list,
 )
 
@@ -46,6 +48,7 @@ NS_PER_DAY = 86_400_000_000_000
 # Bar tables and their time_bucket widths (the pipeline's other intervals, e.g. 5m, are not stored).
 BAR_INTERVALS = {"1s": "1 second", "1m": "1 minute", "1h": "1 hour", "1d": "1 day"}
 MIGRATION_LOCK = "feedhandler.timescale.migrate"
+COPY_PART_ROWS = 8192  # rows encoded per part of a streamed COPY
 
 
 def _code_words(enum_type: type | None = None) -> list[str]:
@@ -238,7 +241,6 @@ class TimescaleSink:
     def write(self, batch: MarketBatch) -> None:
         if self.conn is None:
             raise RuntimeError("TimescaleSink.write before open()")
-        plan = []
         arrays = [(TRADES, batch.trades), (BBO_TABLE, batch.bbo), (STATUS_TABLE, batch.status)]
         for interval, bars in batch.ohlcv.items():
             if not len(bars):
@@ -249,18 +251,20 @@ class TimescaleSink:
                 self._count("bars_skipped", len(bars))  # continuous aggregates compute them
             else:
                 arrays.append((BAR_TABLES[interval], bars))
-        for table, rows in arrays:
-            if len(rows):
-                data = copy_binary([c.pg for c in table.columns], table_values(table, rows, batch.venue, batch.symbols))
-                plan.append((table, data, len(rows), rows["ts_event"]))
         instruments = self._instrument_rows(batch)
         started = time.perf_counter()
         if instruments is not None:
             self._load(INSTRUMENTS, copy_binary([c.pg for c in INSTRUMENTS.columns], instruments), len(instruments[1]))
-        for table, data, n, ts in plan:
+        for table, rows in arrays:
+            if not len(rows):
+                continue
             if self.mode == "plain" and table.partitioned:
-                self._ensure_days(table, ts)
-            self._load(table, data, n)
+                self._ensure_days(table, rows["ts_event"])
+            if table.upsert:
+                data = copy_binary([c.pg for c in table.columns], table_values(table, rows, batch.venue, batch.symbols))
+                self._load(table, data, len(rows))
+            else:
+                self._load_events(table, rows, batch.venue, batch.symbols)
         self._count("copy_seconds", time.perf_counter() - started)
         self._count("batches", 1)
         if instruments is not None:
@@ -421,22 +425,32 @@ class TimescaleSink:
             key=ident_list(table.key), sets=sql.SQL(", ").join(sets), old=old, new=new)
 
     def _load(self, table: Table, data: bytes, n: int) -> None:
-        """COPY straight in; on a key conflict (re-ingest, overlap) redo it through ``copy_insert``."""
+        """Bars and instruments: always staged and upserted (``copy_insert``, ``ON CONFLICT DO UPDATE``)."""
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            inserted = copy_insert(cur, self._t(table.name), [c.pg for c in table.columns], data, self._conflict(table))
+        self._count(f"rows_{table.name}", inserted)
+
+    def _load_events(self, table: Table, rows: np.ndarray, venue: str, symbols: Mapping[int, str]) -> None:
+        """Event rows: one COPY streamed part by part into the table; on a key conflict, the staged insert."""
         target = self._t(table.name)
         columns = [c.pg for c in table.columns]
+        n = len(rows)
+
+        def parts():
+            for start in range(0, n, COPY_PART_ROWS):
+                yield copy_rows(columns, table_values(table, rows[start:start + COPY_PART_ROWS], venue, symbols))
+
         with self.conn.transaction(), self.conn.cursor() as cur:
-            if table.upsert:
+            try:
+                with self.conn.transaction():
+                    copy_stream(cur, target, columns, parts())
+                inserted = n
+            except psycopg.errors.UniqueViolation:
+                self._count("conflict_fallbacks", 1)
+                data = copy_binary(columns, table_values(table, rows, venue, symbols))
                 inserted = copy_insert(cur, target, columns, data, self._conflict(table))
-            else:
-                try:
-                    with self.conn.transaction():
-                        copy_into(cur, target, columns, data)
-                    inserted = n
-                except psycopg.errors.UniqueViolation:
-                    self._count("conflict_fallbacks", 1)
-                    inserted = copy_insert(cur, target, columns, data, self._conflict(table))
         self._count(f"rows_{table.name}", inserted)
-        if n > inserted and not table.upsert:
+        if n > inserted:
             self._count(f"duplicates_{table.name}", n - inserted)
 
     def _instrument_rows(self, batch: MarketBatch) -> list | None:

@@ -11,6 +11,8 @@ from psycopg import sql
 
 from parsers.schema import UNDEF_PRICE
 from publish.postgres_sink import (
+    COPY_HEADER,
+    COPY_TRAILER,
     PRICE_SQL_TYPE,
     U64_SQL_TYPE,
     PgColumn,
@@ -18,6 +20,8 @@ from publish.postgres_sink import (
     copy_binary,
     copy_insert,
     copy_into,
+    copy_rows,
+    copy_stream,
     ns_to_pg_us,
 )
 
@@ -102,6 +106,31 @@ def test_rows_are_grouped_by_layout_not_lost(pg_conn: psycopg.Connection, table)
     assert [r[3] for r in got] == [None if p == UNDEF_PRICE else Decimal(int(p)).scaleb(-9) for p in price]
     assert [r[4] for r in got] == ident.tolist()
     assert [r[5] for r in got] == [names[c] for c in codes]
+
+
+def test_a_streamed_copy_in_parts_equals_one_copy(pg_conn: psycopg.Connection, table):
+    rng = np.random.default_rng(8)
+    n = 3_000
+    names = ["", "A", "BRK B"]
+    price = rng.integers(-10**12, 10**12, n)
+    price[::7] = UNDEF_PRICE
+    args = (range(n), rng.integers(-10**18, 10**18, n), price, rng.integers(0, 2**62, n).astype(np.uint64), names,
+            rng.integers(0, 3, n))
+    whole = rows_of(*args)
+    cuts = [0, 1, 1, 999, 2_500, n]  # an empty part too
+    parts = (copy_rows(COLUMNS, _slice(whole, a, b)) for a, b in zip(cuts, cuts[1:]))
+    with pg_conn.cursor() as cur:
+        copy_stream(cur, table, COLUMNS, parts)
+    got = fetch(pg_conn, table)
+    with pg_conn.cursor() as cur:
+        cur.execute(sql.SQL("TRUNCATE {}").format(table))
+        copy_into(cur, table, COLUMNS, copy_binary(COLUMNS, whole))
+    assert got == fetch(pg_conn, table) and len(got) == n
+    assert copy_binary(COLUMNS, whole) == COPY_HEADER + copy_rows(COLUMNS, whole) + COPY_TRAILER
+
+
+def _slice(values, a: int, b: int) -> list:
+    return [Text(v.codes[a:b], v.words) if isinstance(v, Text) else v[a:b] for v in values]
 
 
 def test_staged_insert_skips_rows_already_there(pg_conn: psycopg.Connection, table):

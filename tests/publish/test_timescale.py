@@ -19,7 +19,7 @@ from orderbook.records import BBO, ohlcv_record
 from parsers.schema import STATUS, TRADE, UNDEF_PRICE, Action, Side, StatusKind, TradingState
 from publish.batch import MarketBatch
 from publish.runner import SinkRunner
-from publish.timescale import BAR_INTERVALS, TimescaleSink
+from publish.timescale import BAR_INTERVALS, COPY_PART_ROWS, TimescaleSink
 
 SYMBOLS = {1: "AAPL", 2: "MSFT", 3: "BRK B"}
 DAY1 = 1_710_460_800_000_000_000  # 2024-03-15 00:00 UTC
@@ -250,6 +250,20 @@ def test_reingest_adds_no_rows(sink: TimescaleSink, pg_conn: psycopg.Connection)
     # The same trades under another venue are other trades.
     sink.write(MarketBatch("nasdaq-psx", SYMBOLS, trades=trades[:10]))
     assert count(pg_conn, sink.schema, "trades") == 3_010
+
+
+def test_a_batch_of_many_copy_parts_goes_in_whole_and_once(sink: TimescaleSink, pg_conn: psycopg.Connection):
+    """More rows than one streamed COPY part: all of them, exactly; again (a re-ingest mid-stream): none."""
+    n = 2 * COPY_PART_ROWS + 5
+    trades = make_trades(n)
+    sink.write(MarketBatch("nasdaq", SYMBOLS, trades=trades))
+    got = pg_conn.execute(f'SELECT match_id, ts_event_ns, price FROM "{sink.schema}".trades ORDER BY match_id').fetchall()
+    assert [(int(m), t) for m, t, _ in got] == list(zip(trades["match_id"].tolist(), trades["ts_event"].tolist()))
+    assert got[-1][2] == Decimal(int(trades["price"][-1])).scaleb(-9)
+    # Its first three rows are there already: the stream fails at once, the staged path adds the rest.
+    sink.write(MarketBatch("nasdaq", SYMBOLS, trades=make_trades(n, start=n - 3)))
+    assert count(pg_conn, sink.schema, "trades") == 2 * n - 3
+    assert sink.counters["duplicates_trades"] == 3 and sink.counters["conflict_fallbacks"] == 1
 
 
 def test_partitions_per_day_and_a_batch_spanning_two_days(sink: TimescaleSink, pg_conn: psycopg.Connection):
