@@ -276,8 +276,10 @@ class Engine:
 
     def _apply_submit(self, rows: np.ndarray, commands: np.ndarray, names: list[tuple[int, str]]) -> np.ndarray:
         self.records += 1
-        for index, coid in names:
-            self._register(int(commands["account"][index]), coid, int(commands["order_id"][index]))
+        if names:
+            accounts, ids = commands["account"], commands["order_id"]
+            for index, coid in names:
+                self._register(int(accounts[index]), coid, int(ids[index]))
         parts = []
         if len(rows):
             synced = self._sync(rows, SyncMode.POST)
@@ -354,15 +356,17 @@ class Engine:
         """
         if commands.dtype != _COMMAND_DT:
             raise ValueError(f"submit takes trading.orders.COMMAND rows, not {commands.dtype}")
+        pairs = _NO_NAMES
         names = b""
         if client_ids is not None:
             if len(client_ids) != len(commands):
                 raise ValueError(f"client_ids has {len(client_ids)} entries for {len(commands)} commands")
-            names = _write_names((i, c) for i, c in enumerate(client_ids)
-                                 if c is not None and commands["kind"][i] == CommandKind.NEW)
+            kinds = commands["kind"].tolist()
+            pairs = [(i, str(c)) for i, (c, k) in enumerate(zip(client_ids, kinds)) if c is not None and k == _NEW]
+            names = _write_names(pairs)
         rows = self._read_for(commands)
         self._log(RecordKind.SUBMIT, 0, rows, commands, None, names)
-        events = self._apply_submit(rows, commands, _read_names(names) if names else [])
+        events = self._apply_submit(rows, commands, pairs)
         self._hand_off(commands, events, client_ids)
         return events
 
@@ -370,8 +374,7 @@ class Engine:
         """MARKET_INPUT rows of the instruments ``commands`` need synced first (live only)."""
         if self.books is None or not len(commands):
             return _NO_ROWS
-        valid = (commands["order_id"] < MARKET_ID_BASE).view(np.uint8)
-        insts, reach, need = self.mirror.plan(commands, valid, self.known, self.matcher)
+        insts, reach, need = self.mirror.plan(commands, self.known, self.matcher)
         if not len(insts):
             return _NO_ROWS
         return self.mirror.read(int(commands["ts"][0]), insts, self.books, self.matcher, reach, need)
@@ -582,6 +585,8 @@ class Engine:
 # -- helpers ------------------------------------------------------------------------------------
 
 
+_NEW = int(CommandKind.NEW)
+_NO_NAMES: list = []
 _R_INVALID = np.uint8(Reason.INVALID_ORDER)
 _K_NEW, _K_MODIFY = np.uint8(CommandKind.NEW), np.uint8(CommandKind.MODIFY)
 _USER_ID_END = np.uint64(MARKET_ID_BASE)

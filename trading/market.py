@@ -148,6 +148,7 @@ _U4_MAX = np.int64(0xFFFF_FFFF)
 _MKT = np.int64(MARKET_ACCOUNT)
 _MID_BASE = np.int64(MARKET_ID_BASE)
 _TID_BASE = np.int64(TAKER_ID_BASE)
+_UMID_BASE = np.uint64(MARKET_ID_BASE)
 _BID = np.uint8(Side.BID)
 _ASK = np.uint8(Side.ASK)
 _K_WINDOW, _K_LEVEL, _K_DEPTH, _K_EXEC, _K_PRINT, _K_MARK = (np.uint8(k) for k in MarketInputKind)
@@ -627,7 +628,8 @@ _SHRINK, _GROW, _NEW_PASS = 0, 1, 2
 WK_EXEC = 0  # LEVEL row: shares the batch executed at its price (PRE); WINDOW row: end of its LEVEL rows
 WK_NEXT = 1  # EXEC row: the next EXEC row of its side matching no LEVEL row; WINDOW row: the first
 WK_LAST = 2  # WINDOW row: the last of those
-WK_COLUMNS = 3
+WK_POS, WK_MIRROR, WK_TAIL, WK_TARGET = 3, 4, 5, 6  # LEVEL row (DIFF): found by the first pass, for the others
+WK_COLUMNS = 7
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
@@ -798,14 +800,19 @@ def _reconcile(rows, w, g1, mode, pass_, op, lv, ins, cu, cn, out, scalars, work
             key = _key(s, price)
             if key < lim:
                 continue
-            shown = np.int64(rows[li].size) + (work[li, WK_EXEC] if pre else np.int64(0))
-            target = max(np.int64(0), shown - _consumed_at(cu, cn, inst, s, price))
-            pos = _matcher_level(lv, mstart, mn, key)
-            mirror = np.int64(0)
-            tail = np.int64(-1)
-            if pos >= 0:
-                mirror, tail = _mirror_level(op, lv, pos)
-            if not _level_commands(op, lv, pos, target, mirror, tail, pass_, ts, inst, s, price, out, scalars):
+            if pass_ == _SHRINK:  # the matcher does not change between passes: look once
+                shown = np.int64(rows[li].size) + (work[li, WK_EXEC] if pre else np.int64(0))
+                work[li, WK_TARGET] = max(np.int64(0), shown - _consumed_at(cu, cn, inst, s, price))
+                pos = _matcher_level(lv, mstart, mn, key)
+                mirror = np.int64(0)
+                tail = np.int64(-1)
+                if pos >= 0:
+                    mirror, tail = _mirror_level(op, lv, pos)
+                work[li, WK_POS] = pos
+                work[li, WK_MIRROR] = mirror
+                work[li, WK_TAIL] = tail
+            if not _level_commands(op, lv, work[li, WK_POS], work[li, WK_TARGET], work[li, WK_MIRROR],
+                                   work[li, WK_TAIL], pass_, ts, inst, s, price, out, scalars):
                 return False
     if head >= 0:
         # Executions at prices no LEVEL row lists: levels that came and were executed within the batch
@@ -1039,20 +1046,20 @@ def settle(start, events, commands, cu, cn, mirror_live, stale, out, scalars):
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
-def plan_sync(commands, valid, known, synced, dirty, stale, ws, cu, cn, op, ht, slot, insts, reach, need_qty):
+def plan_sync(commands, known, synced, dirty, stale, ws, cu, cn, op, ht, slot, insts, reach, need_qty):
     """Which instruments a batch of user commands needs synced first; returns how many (in ``insts``):
     those never synced, dirty (the feed changed them), stale (mirror orders traded with each other) or
     whose window must reach further.
 
-    ``valid``: per command, 1 if it goes to the matcher. ``known``: 1 per instrument id the engine
-    trades. ``slot``: per instrument, -1 or its index in ``insts`` (scratch, left all -1). For each
+    Commands of the market's ids (the engine refuses them) are left out. ``known``: 1 per instrument id
+    the engine trades. ``slot``: per instrument, -1 or its index in ``insts`` (scratch, left all -1). For each
     instrument listed, ``reach`` and ``need_qty`` say how far the incoming orders reach into each side.
     """
     m = 0
     for i in range(commands.shape[0]):
-        if not valid[i]:
-            continue
         c = commands[i]
+        if c.order_id >= _UMID_BASE:
+            continue
         oid = np.int64(c.order_id)
         if c.kind == _C_NEW:
             inst = np.int64(c.instrument_id)
@@ -1152,6 +1159,7 @@ class MarketMirror:
         self._tmp = np.zeros((SNAP_LEVELS, 2), dtype=np.int64)
         self._work = np.zeros((256, WK_COLUMNS), dtype=np.int64)
         self._listed = np.zeros(256, dtype=np.int64)
+        self._plan = np.zeros((16, 5), dtype=np.int64)  # plan's output: instrument, reach (2), need (2)
         self._rows = np.zeros(256, dtype=_INPUT_DT)
         self._cmds = np.zeros(256, dtype=_COMMAND_DT)
         self._settled = np.zeros(256, dtype=ORDER_EVENT.dtype)
@@ -1162,13 +1170,13 @@ class MarketMirror:
 
     # -- live: reading the feed -------------------------------------------------------------------
 
-    def plan(self, commands: np.ndarray, valid: np.ndarray, known: np.ndarray, matcher) -> tuple:
-        """(instrument ids, reach, need_qty) of the instruments to sync before ``commands``."""
-        k = len(commands)
-        insts = np.empty(k, dtype=np.int64)
-        reach = np.empty((k, 2), dtype=np.int64)
-        need = np.empty((k, 2), dtype=np.int64)
-        n = plan_sync(commands, valid, known, self.synced, self.dirty, self.stale, self.ws, self.cu, self.cn, matcher.op,
+    def plan(self, commands: np.ndarray, known: np.ndarray, matcher) -> tuple:
+        """(instrument ids, reach, need_qty) of the instruments to sync before ``commands`` (views of
+        buffers the next call overwrites)."""
+        if len(commands) > len(self._plan):
+            self._plan = np.zeros((_pow2(len(commands)), 5), dtype=np.int64)
+        insts, reach, need = self._plan[:, 0], self._plan[:, 1:3], self._plan[:, 3:5]
+        n = plan_sync(commands, known, self.synced, self.dirty, self.stale, self.ws, self.cu, self.cn, matcher.op,
                       matcher.ht, self._slot, insts, reach, need)
         return insts[:n], reach[:n], need[:n]
 

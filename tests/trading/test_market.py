@@ -253,22 +253,21 @@ def test_plan_syncs_new_dirty_and_out_of_window_instruments_only():
     books = feed_book(LADDER)
     known = np.array([0, 1, 1, 0], dtype=np.uint8)
     batch = commands(user(1, OrderSide.BUY, 1000, 10), user(2, OrderSide.BUY, 1000, 10, inst=3))
-    valid = np.ones(len(batch), dtype=np.uint8)
-    insts, reach, need = mirror.plan(batch, valid, known, matcher)
+    insts, reach, need = mirror.plan(batch, known, matcher)
     assert insts.tolist() == [1]  # instrument 3 is not traded here
     mirror.read(7, insts, books, matcher, reach, need)
-    assert mirror.plan(batch, valid, known, matcher)[0].tolist() == []  # synced, clean, inside the window
+    assert mirror.plan(batch, known, matcher)[0].tolist() == []  # synced, clean, inside the window
     deep = commands(user(3, OrderSide.BUY, 998, 10))  # joins three levels down: the bid window must reach it
-    assert mirror.plan(deep, valid[:1], known, matcher)[0].tolist() == [1]
+    assert mirror.plan(deep, known, matcher)[0].tolist() == [1]
     big = commands(user(4, OrderSide.SELL, 0, 600, typ=OrderType.MARKET))  # more than the top bid shows
-    assert mirror.plan(big, valid[:1], known, matcher)[0].tolist() == [1]
+    assert mirror.plan(big, known, matcher)[0].tolist() == [1]
     touched = EVENT.empty(3)
     touched["instrument_id"] = [1, 2, 1]
     holders = np.zeros(4, dtype=np.int64)
     # a feed batch: 1 is synced but no user is there (nothing read), 2 was never synced: both only dirty
     assert len(mirror.feed_rows(8, touched, TRADE.empty(0), books, matcher, holders)) == 0
     assert mirror.dirty[1] == 1 and mirror.dirty[2] == 1
-    assert mirror.plan(batch, valid, known, matcher)[0].tolist() == [1]
+    assert mirror.plan(batch, known, matcher)[0].tolist() == [1]
 
 
 # -- random feed and users through the engine ---------------------------------------------------
