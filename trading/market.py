@@ -96,8 +96,8 @@ class MarketInputKind(enum.IntEnum):
     WINDOW = 1  # side, price: the side's mirrored window reaches this price (UNDEF_PRICE: mirror nothing);
     #             size: WINDOW_FULL or WINDOW_DIFF
     LEVEL = 2  # side, price, size: a feed level inside the window (best first after its WINDOW row; 0: gone)
-    DEPTH = 3  # side, price, size: the feed's size (0: no level) where liquidity was consumed (FULL windows written
-    #            before DIFF ones existed list only those outside the window)
+    DEPTH = 3  # side, price, size: the feed's size (0: no level) where liquidity was consumed: FULL, outside the
+    #            window; DIFF, where it is below the consumed quantity
     EXEC = 4  # side (the resting side), price, size: an execution of the feed's book
     PRINT = 5  # price: a printed trade
     MARK = 6  # price: the instrument's mark (mid or last, as configured) for valuation and risk
@@ -402,11 +402,15 @@ def _extract_one(inst, reach_bid, reach_ask, need_bid, need_ask, feed_lv, feed_b
             snap_n[inst, s] = -1
             if m > scalars[S_SNAP_FULL]:
                 scalars[S_SNAP_FULL] = m
-        if inst < cn.shape[0]:  # every price where liquidity was consumed: its cut needs the size shown
+        if inst < cn.shape[0]:
+            # Consumed liquidity is cut to the size shown at its price: FULL, where no LEVEL row tells it
+            # (outside the window); DIFF, wherever the size shown is below it (else the cut changes nothing).
             for j in range(cn[inst, s]):
                 price = cu[inst, s, j, 0]
-                n = _put(out, n, ts, price, np.uint64(_feed_size(feed_lv, fs, fn, _key(s, price))), inst, _K_DEPTH,
-                         side)
+                key = _key(s, price)
+                shown = _feed_size(feed_lv, fs, fn, key)
+                if (key < lim) if full else (shown < cu[inst, s, j, 1]):
+                    n = _put(out, n, ts, price, np.uint64(shown), inst, _K_DEPTH, side)
         if n == w + 1 and not full and lim == ws[inst, W_KEY + s] and not (executed >> s) & 1:
             n = w  # nothing changed on this side
         ws[inst, W_KEY + s] = lim
