@@ -601,3 +601,16 @@ class L2Books:
         n = np.zeros((size, 2), dtype=np.int64)
         n[:len(self.n)] = self.n
         self.lv, self.n = lv, n
+
+
+def sample_batch_arrays() -> dict[str, np.ndarray]:
+    """One row of each kind (for warming kernels up before the first real batch)."""
+    from parsers.schema import STATUS, TRADE
+    from orderbook.records import BBO, L2
+
+    bbo, l2, trades, status = BBO.empty(1), L2.empty(2), TRADE.empty(1), STATUS.empty(1)
+    for rows in (bbo, l2, trades, status):
+        rows["instrument_id"] = 1
+    l2["side"] = [_BID, _ASK]
+    l2["size"] = 1
+    return {"bbo": bbo, "l2": l2, "trades": trades, "status": status}

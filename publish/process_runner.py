@@ -32,6 +32,7 @@ Rules this module keeps:
 from __future__ import annotations
 
 import collections
+import gc
 import json
 import math
 import multiprocessing
@@ -44,7 +45,8 @@ from collections.abc import Callable
 import numpy as np
 
 from publish.batch import MarketBatch, concat, conflate
-from publish.batch_wire import BatchReader, BatchWriter, KIND_BATCH
+from publish.batch_wire import KIND_BATCH, BatchReader, BatchWriter
+from publish.batch_wire import warm_up as warm_up_wire
 from publish.runner import POLICIES
 from publish.shm_queue import ShmQueue
 
@@ -126,6 +128,7 @@ class ProcessSinkRunner:
         self.close_grace_s = close_grace_s
         self._own_error: str | None = None  # the parent's: a child that died or was killed
         self._counts = collections.Counter()  # parent side: offered, conflated, dropped_*, process_*
+        warm_up_wire()  # the feed's first offer must not wait for numba to load the queue's kernels
         self._queue = ShmQueue.create(queue_bytes)
         self._writer = BatchWriter(self._queue)
         self._rows_in_queue: collections.deque[tuple[int, int]] = collections.deque()  # (record number, rows)
@@ -407,10 +410,20 @@ def child_main(factory, kwargs, mem_fd, wake_fd, venue, symbols, policy, max_bat
     if nice:
         os.nice(nice)
     queue = ShmQueue.attach(mem_fd, wake_fd)
-    loop = _ChildLoop(factory(**kwargs), queue, BatchReader(venue, symbols), policy, max_batches, backoff_s,
-                      max_backoff_s, parent_pid)
+    sink = factory(**kwargs)
+    warm_up = getattr(sink, "warm_up", None)
+    if warm_up is not None:
+        warm_up()  # compiled code loaded before the first batch, not while it waits
+    warm_up_wire()
+    gc.collect()
+    gc.freeze()  # what exists now (modules, the sink) is never scanned again: shorter collections
+    loop = _ChildLoop(sink, queue, BatchReader(venue, symbols), policy, max_batches, backoff_s, max_backoff_s,
+                      parent_pid)
     try:
-        loop.run()
+        if hasattr(loop.sink, "attach_reader"):
+            loop.run_on_sink_loop()
+        else:
+            loop.run()
     except BaseException as exc:
         loop.error(exc)
         loop.publish_status(force=True)
@@ -439,6 +452,8 @@ class _ChildLoop:
         self.next_open = 0.0
         self.delay = backoff_s
         self.last_error: str | None = None
+        self.on_loop = False  # batches are applied on the sink's own loop (run_on_sink_loop)
+        self._stepping = False
         self._status_at = 0.0
         self._dirty = False  # counters changed since the last status
 
@@ -468,6 +483,61 @@ class _ChildLoop:
         except Exception as exc:
             self.error(exc)
         self.publish_status(force=True)
+
+    def run_on_sink_loop(self) -> None:
+        """A sink with an event loop of its own (``WebSocketServer``): batches are read and applied on
+        that loop (``attach_reader``, ``apply``), one per loop round so its clients are served between
+        them; this thread only opens the sink, watches for the stop request, and closes it."""
+        queue = self.queue
+        self.on_loop = True
+        while not self._try_open():
+            self._intake()  # keep the queue moving (the policy applies) while the sink cannot open
+            if queue.stop_deadline_ns() or os.getppid() != self.parent_pid:
+                self._abandon()
+                self.publish_status(force=True)
+                return
+            queue.wait(max(0.0, min(self.next_open - time.monotonic(), 0.2)))
+        queue.always_wake()
+        self.sink.attach_reader(queue.wake_fd, self._on_ready)
+        self.sink.call_soon(self._on_ready)  # whatever came before the reader
+        while True:
+            time.sleep(0.05)
+            stop = queue.stop_deadline_ns()
+            if stop:
+                while time.monotonic_ns() < stop and (queue.has_data() or self.backlog or self._stepping):
+                    self.sink.call_soon(self._on_ready)
+                    time.sleep(0.002)
+                break
+            if os.getppid() != self.parent_pid:
+                break
+            self.sink.call_soon(self.publish_status)
+        try:
+            self.sink.close()  # its loop ends: nothing touches the backlog any more
+        except Exception as exc:
+            self.error(exc)
+        self._abandon()
+        self.publish_status(force=True)
+
+    def _on_ready(self) -> None:
+        """On the sink's loop: take what the queue holds, apply one batch; the next one on a later round."""
+        try:
+            os.eventfd_read(self.queue.wake_fd)
+        except BlockingIOError:
+            pass
+        self._intake()
+        if self.backlog and not self._stepping:
+            self._step()
+
+    def _step(self) -> None:
+        self._stepping = False
+        if not self.backlog:
+            return
+        handed = [self.handed.popleft()]
+        self._write(self.backlog.popleft(), handed, attempt=2)  # on the loop: a failed apply is not retried
+        self.publish_status()
+        if self.backlog:
+            self._stepping = True
+            self.sink.call_soon(self._step)
 
     # -- intake -------------------------------------------------------------------------------------
 
@@ -521,7 +591,10 @@ class _ChildLoop:
     def _write(self, batch: MarketBatch, handed: list[int], attempt: int) -> None:
         c = self.c
         try:
-            self.sink.write(batch)
+            if self.on_loop:
+                self.sink.apply(batch)
+            else:
+                self.sink.write(batch)
         except Exception as exc:  # a sink must never take the pipeline down
             self._failed(exc)
             if attempt == 1:
@@ -560,6 +633,8 @@ class _ChildLoop:
         self._dirty = True
         self.c[C_FAILURES] += 1
         self.error(exc)
+        if self.on_loop:
+            return  # the batch is counted dropped; closing from the sink's own loop would wait for itself
         self.opened = False
         try:
             self.sink.close()
@@ -594,7 +669,7 @@ class _ChildLoop:
         sink = self.sink
         attrs = {k: getattr(sink, k) for k in ("host", "port", "url", "dsn", "schema") if hasattr(sink, k)}
         status = {"pid": os.getpid(), "opened": self.ever_opened, "last_error": self.last_error,
-                  "counters": {k: v for k, v in getattr(sink, "counters", {}).items()
+                  "counters": {k: v for k, v in list(getattr(sink, "counters", {}).items())
                                if isinstance(v, (int, float, np.integer, np.floating))},
                   "attrs": attrs, "latency": self.latency.summary()}
         self.queue.put_status(json.dumps(status, default=float).encode())

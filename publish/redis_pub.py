@@ -33,9 +33,17 @@ from redis.connection import parse_url
 
 from publish.batch import MarketBatch
 from publish.encoding import Encoder, TopBooks, symbols_for
-from publish.json_rows import L2Books, Messages, SymbolCache, bbo_messages, trade_messages
+from publish.json_rows import L2Books, Messages, SymbolCache, bbo_messages, sample_batch_arrays, trade_messages
 from publish.redis_sink import DEFAULT_MAXLEN, TRADE_STREAM_FIELD, trades_key
-from publish.resp import RespBuffer, RespConnection, bbo_hash_kernel, bulk, command_head, keyed_kernel
+from publish.resp import (
+    RespBuffer,
+    RespConnection,
+    bbo_hash_kernel,
+    bulk,
+    command_head,
+    keyed_kernel,
+    scan_replies,
+)
 
 _PUBLISH = command_head("PUBLISH", 2)
 _SET = command_head("SET", 2)
@@ -124,6 +132,13 @@ class RedisPublisher:
                                          bulk(TRADE_STREAM_FIELD)])
 
     # -- sink protocol ------------------------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        """Run every compiled writer once (numba loads or compiles them: tens of ms the first batch
+        would otherwise wait); a sink process calls it before it opens."""
+        spare = RedisPublisher(self.url, self.venue_depth, self.encoder.encoding, self.stream_maxlen)
+        spare.encode(MarketBatch("warm-up", {1: "WARM"}, **sample_batch_arrays()))
+        scan_replies(np.frombuffer(b":1\r\n", dtype=np.uint8), 0, 4, 1)
 
     def open(self) -> None:
         """Connect (AUTH, SELECT, PING); raises if Redis does not answer."""

@@ -319,6 +319,11 @@ class ShmQueue:
         finally:
             self.hdr[_W_SLEEPING] = 0
 
+    def always_wake(self) -> None:
+        """Consumer: have every record written wake the eventfd (a consumer that waits on it in an event
+        loop never announces its sleeps)."""
+        self.hdr[_W_SLEEPING] = 1
+
     def has_data(self) -> bool:
         return int(_load_acquire(self.hdr, _W_WRITE)) != self._r
 

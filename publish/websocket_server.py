@@ -13,6 +13,8 @@ Rules this module keeps:
   and its hub queue conflates behind it. A stuck client is closed with 1013 and, since it is not
   reading, its TCP connection is aborted after ``close_timeout``.
 - ``close()`` closes every connection (1001 going away) and stops the loop; ``open()`` may follow again.
+- In a sink process (``publish.process_runner``) batches skip the hand-off: the process's queue is
+  read on the loop itself (``attach_reader``) and each batch applied there (``apply``).
 
 Counters: clients (connected now), messages_sent, gaps, disconnects_slow, plus batches, batches_conflated,
 dropped (messages conflated or dropped for slow clients), refused_auth, refused_limit, unknown_instrument,
@@ -96,6 +98,17 @@ class WebSocketServer:
 
     # -- sink protocol (any thread) -----------------------------------------------------------------
 
+    def warm_up(self) -> None:
+        """Run the hub's compiled writers once, on a hub of its own (numba loads or compiles them: the
+        first batch would otherwise wait tens of ms); a sink process calls it before it opens."""
+        from publish.json_rows import sample_batch_arrays
+
+        hub = Hub(depth=self._hub_args["depth"])
+        cid = hub.connect(0.0)
+        hub.receive(cid, '{"op":"subscribe","channels":["bbo","l2","trades","status"],"symbols":"*"}', 0.0)
+        hub.apply(MarketBatch("warm-up", {1: "WARM"}, **sample_batch_arrays()), 0.0)
+        hub.data_to_send(cid, 100)
+
     def open(self) -> None:
         """Start serving (returns once listening). Raises OSError when the address cannot be bound."""
         if self._thread is not None and self._thread.is_alive():
@@ -130,6 +143,42 @@ class WebSocketServer:
             loop.call_soon_threadsafe(self._apply_handoff)
         except RuntimeError:  # the loop closed under us: the batch is moot
             pass
+
+    def attach_reader(self, fd: int, on_ready, timeout: float = 5.0) -> None:
+        """Run ``on_ready()`` on the server's loop whenever ``fd`` is readable.
+
+        A sink process hands its queue's eventfd here, so batches are taken and applied (``apply``)
+        on the loop itself: no hand-off to another thread, no second wake-up per batch.
+        """
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("WebSocketServer.attach_reader before open()")
+        added = threading.Event()
+
+        def add() -> None:
+            loop.add_reader(fd, on_ready)
+            added.set()
+
+        loop.call_soon_threadsafe(add)
+        if not added.wait(timeout):
+            raise RuntimeError("the WebSocket server's loop did not take the reader")
+
+    def call_soon(self, callback) -> None:
+        """Run ``callback()`` on the server's loop (from any thread); a no-op once it is closed."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(callback)
+
+    def apply(self, batch: MarketBatch) -> None:
+        """Apply a batch at once and wake the clients it gave something: on the server's loop only."""
+        woken = self.hub.apply(batch, time.monotonic())
+        self.counters["batches"] += 1
+        for cid in woken:
+            conn = self._conns.get(cid)
+            if conn is not None:
+                conn[1].set()
+        self._sync_counters()
 
     def push(self, pairs: list[tuple[str, dict]]) -> None:
         """Send ``(user, message)`` pairs to those users' connections (any thread; returns at once)."""
