@@ -467,7 +467,6 @@ class _Run:
                     seen[(a, coid)] = oid
             ids[j] = oid
         self.order_id = ids
-        self.new_id = seen  # (account index in the file, client order id) -> order id of its NEW
         self.origin_of_id = np.array(origin, dtype=np.int64)
         # the symbol of each line: its own, or (cancels, modifies) that of the order it names, -1 if none
         own = o.symbol
@@ -642,28 +641,8 @@ class _Run:
         self._collect(rows, sel)
 
     def _session_end(self, engine: Engine, ts: int) -> None:
-        """DAY orders expire; the engine answers dicts here, turned back into rows for the outputs."""
-        answers = engine.end_session(ts)
-        if not answers:
-            return
-        o = self.orders
-        file_account = {name: i for i, name in enumerate(o.account_names)}
-        kinds = {v: k for k, v in _EVENT_NAMES.items()}
-        rows = np.zeros(len(answers), dtype=_EVENT_DT)
-        origin = np.zeros(len(answers), dtype=np.int64)
-        for i, e in enumerate(answers):
-            oid = self.new_id[(file_account[e["account"]], e["client_order_id"])]
-            j = int(self.origin_of_id[oid])
-            origin[i] = j
-            r = rows[i]
-            r["ts"], r["order_id"], r["qty"], r["leaves"] = e["ts"], oid, e["qty"], e["leaves"]
-            r["price"] = UNDEF_PRICE if e["price"] is None else parse_price(e["price"])
-            r["account"] = self.account_id[o.account[j]]
-            r["instrument_id"] = self.instrument_of[o.symbol[j]]
-            r["kind"] = kinds[e["event"]]
-            r["side"] = o.side[j]
-            r["reason"] = Reason[e["reason"].upper()] if e["reason"] else 0
-        self._collect(rows, origin)
+        """DAY orders expire."""
+        self._collect(engine.session_end(ts))
 
     # -- results -----------------------------------------------------------------------------------------
 

@@ -52,15 +52,15 @@ from trading.luld import LuldTier, SessionCalendar
 from trading.market import (MARKET_ACCOUNT, MARKET_ID_BASE, MARKET_INPUT, S_EXECS, MarketInputKind, MarketMirror,
                             SyncMode)
 from trading.matching import MatchingEngine
-from trading.orders import (COMMAND, ORDER_EVENT, CommandKind, EventKind, Liquidity, OrderSide, OrderType, Reason,
-                            TimeInForce)
+from trading.orders import (COMMAND, NO_INSTRUMENT, ORDER_EVENT, CommandKind, EventKind, Liquidity, OrderSide,
+                            OrderType, Reason, TimeInForce)
 from trading.portfolio import Portfolio
 from trading.risk import Limits, RiskConfig
 from trading.risk_kernel import RiskGate
 from trading.wal import WalError, WalReader, WalWriter
 
 API_ID_BASE = 1 << 48  # order ids the string API hands out (batch callers keep theirs below, or name them)
-UNKNOWN_INSTRUMENT = 0xFFFF_FFFF  # what an unknown symbol becomes: the risk gate refuses it
+UNKNOWN_INSTRUMENT = NO_INSTRUMENT  # what an unknown symbol becomes: the risk gate refuses it
 
 
 @dataclass(frozen=True)
@@ -186,6 +186,8 @@ class Engine:
         self._mark_px = np.zeros(64, dtype=np.int64)
         self._ids: dict[tuple[int, str], int] = {}  # (account, client order id) -> order id
         self._names: dict[int, tuple[int, str]] = {}  # order id -> (account, client order id)
+        self._terms: dict[int, tuple[int, int]] = {}  # order id -> (instrument id, side) of a named order
+        self._sent_symbol: dict[int, str] = {}  # order id -> the symbol text of an order whose symbol is unknown
         self._next_api_id = API_ID_BASE
         self.records = 0  # records applied (live and replayed)
         self._wal: WalWriter | None = None
@@ -277,9 +279,10 @@ class Engine:
     def _apply_submit(self, rows: np.ndarray, commands: np.ndarray, names: list[tuple[int, str]]) -> np.ndarray:
         self.records += 1
         if names:
-            accounts, ids = commands["account"], commands["order_id"]
+            accounts, ids, insts, sides = commands["account"], commands["order_id"], commands["instrument_id"], \
+                commands["side"]
             for index, coid in names:
-                self._register(int(accounts[index]), coid, int(ids[index]))
+                self._register(int(accounts[index]), coid, int(ids[index]), int(insts[index]), int(sides[index]))
         parts = []
         if len(rows):
             synced = self._sync(rows, SyncMode.POST)
@@ -425,11 +428,17 @@ class Engine:
         self.mirror.forget_mark(rows["instrument_id"])  # the feed's next read writes its own mark again
 
     def end_session(self, ts: int) -> list[dict]:
-        """DAY orders expire (GTC stay); today's equity becomes the prior close for day trading rules."""
+        """DAY orders expire (GTC stay); today's equity becomes the prior close for day trading rules.
+
+        Returns the events as ``order`` does (``session_end``: as ``ORDER_EVENT`` rows)."""
+        return self._dicts(self.session_end(ts))
+
+    def session_end(self, ts: int) -> np.ndarray:
+        """``end_session`` returning ``ORDER_EVENT`` rows (the EXPIRED events, in instrument order)."""
         self._log(RecordKind.SESSION_END, int(ts))
         events = self._apply_session_end(int(ts))
-        self._hand_off(_commands(0), events)
-        return self._dicts(events)
+        self._hand_off(_NO_COMMANDS, events)
+        return events
 
     def kill(self, account: str | None = None) -> None:
         """Kill switch for one account (by name), or for all with None: new orders are refused."""
@@ -470,6 +479,8 @@ class Engine:
         r["stop_price"] = _price_or_bad(stop_price)
         known = (a, coid) in self._ids
         r["order_id"] = self._ids[(a, coid)] if known else self._next_api_id
+        if r["instrument_id"] == UNKNOWN_INSTRUMENT and not known:
+            self._sent_symbol[int(r["order_id"])] = str(symbol)  # what its events show as the symbol
         events = self.submit(row, None if known else [coid])
         return self._dicts(events)
 
@@ -492,6 +503,7 @@ class Engine:
         row["kind"] = kind
         row["order_id"] = oid
         row["account"] = a
+        row["instrument_id"], row["side"] = self._terms.get(oid, (UNKNOWN_INSTRUMENT, 0))  # unused by the matcher
         row["price"] = UNDEF_PRICE if price is None else _price_or_bad(price)
         row["stop_price"] = UNDEF_PRICE
         row["qty"] = 0 if qty is None else _qty(qty)
@@ -499,9 +511,10 @@ class Engine:
             return [_early_reject(ts, account, coid, None, None, price, qty, Reason.BAD_QTY)]
         return self._dicts(self.submit(row))
 
-    def _register(self, account: int, coid: str, order_id: int) -> None:
+    def _register(self, account: int, coid: str, order_id: int, instrument: int, side: int) -> None:
         self._ids[(account, coid)] = order_id
         self._names[order_id] = (account, coid)
+        self._terms[order_id] = (instrument, side)
         if order_id >= self._next_api_id:
             self._next_api_id = order_id + 1
 
@@ -517,11 +530,18 @@ class Engine:
         for e in events.tolist():
             ts, oid, _, price, qty, leaves, account, inst, kind, side, liq, reason, _ = e
             named = self._names.get(oid)
+            symbol = self._symbol_of.get(inst)
+            if symbol is None or not side:  # e.g. a refused cancel names no instrument: the order's terms
+                terms = self._terms.get(oid)
+                if terms is not None:
+                    symbol = symbol or self._symbol_of.get(terms[0])
+                    side = side or terms[1]
+                symbol = symbol or self._sent_symbol.get(oid) or (None if inst == NO_INSTRUMENT else str(inst))
             out.append({
                 "event": _EVENT_NAMES.get(kind, str(kind)), "ts": ts,
                 "account": names[account] if account < len(names) else str(account),
                 "client_order_id": named[1] if named else str(oid),
-                "symbol": self._symbol_of.get(inst, str(inst)), "side": _SIDE_NAMES.get(side),
+                "symbol": symbol, "side": _SIDE_NAMES.get(side),
                 "price": format_price(price), "qty": qty, "leaves": leaves,
                 "liquidity": _LIQUIDITY_NAMES.get(liq), "reason": _REASON_NAMES[reason] if reason else None})
         return out

@@ -996,11 +996,12 @@ def settle(start, events, commands, cu, cn, mirror_live, stale, out, scalars):
             oid = np.int64(e.order_id)
             inst = np.int64(e.instrument_id)
             mirror = _MID_BASE <= oid < _TID_BASE
+            if e.kind == _REJECT:  # (a refused cancel names no instrument)
+                scalars[S_MARKET_REJECTS] += 1
+                continue
             if inst >= cn.shape[0]:
                 return NEED_CONSUMED, i
-            if e.kind == _REJECT:
-                scalars[S_MARKET_REJECTS] += 1
-            elif not mirror:
+            if not mirror:
                 continue  # an IOC taker: never rests
             elif e.kind == _ACK:
                 mirror_live[inst] += 1

@@ -50,6 +50,7 @@ from parsers.hashtable import EMPTY
 
 from parsers.schema import UNDEF_PRICE
 from trading.orders import (
+    NO_INSTRUMENT,
     ORDER_EVENT,
     CommandKind,
     EventKind,
@@ -120,6 +121,7 @@ _R_IOC = np.uint8(Reason.IOC_REMAINDER)
 _R_FOK = np.uint8(Reason.FOK_UNFILLED)
 _R_NOLIQ = np.uint8(Reason.NO_LIQUIDITY)
 _R_SESSION = np.uint8(Reason.SESSION_END)
+_NO_INST = np.int64(NO_INSTRUMENT)
 
 
 # -- order id -> pool row -----------------------------------------------------------------------
@@ -495,6 +497,16 @@ def _reject(out, scalars, cmd, reason):
           cmd.side, _NOL, reason)
 
 
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _reject_amend(out, scalars, cmd, reason, op, row):
+    """A refused CANCEL or MODIFY: it names an order, not an instrument (its instrument_id and side
+    columns are unused), so the event tells the order's if the matcher holds it (``row`` >= 0)."""
+    inst = op[row, O_INST] if row >= 0 else _NO_INST
+    side = op[row, O_SIDE] if row >= 0 else np.int64(0)
+    _emit(out, scalars, cmd.ts, _REJECT, cmd.order_id, 0, cmd.price, cmd.qty, 0, cmd.account, inst, side, _NOL,
+          reason)
+
+
 @nb.njit(cache=True, nogil=True, _nrt=False)
 def match_commands(start, commands, op, ht, lv, ins, out, scalars):
     """Run ``commands[start:]``; return (code, index of the next command to run).
@@ -607,7 +619,7 @@ def match_commands(start, commands, op, ht, lv, ins, out, scalars):
             _run_stops(op, ht, lv, ins, out, scalars, inst, ts)
         elif kind == _CANCEL:
             if row < 0:
-                _reject(out, scalars, cmd, _R_UNKNOWN)
+                _reject_amend(out, scalars, cmd, _R_UNKNOWN, op, row)
                 continue
             leaves = op[row, O_LEAVES]
             if op[row, O_STATE] == HELD:
@@ -623,13 +635,13 @@ def match_commands(start, commands, op, ht, lv, ins, out, scalars):
             _free_order(op, ht, scalars, row)
         elif kind == _MODIFY:
             if row < 0:
-                _reject(out, scalars, cmd, _R_UNKNOWN)
+                _reject_amend(out, scalars, cmd, _R_UNKNOWN, op, row)
                 continue
             price = op[row, O_PRICE]
             leaves = op[row, O_LEAVES]
             new_price = cmd.price
             if new_price != _UNDEF and new_price <= 0:
-                _reject(out, scalars, cmd, _R_PRICE)
+                _reject_amend(out, scalars, cmd, _R_PRICE, op, row)
                 continue
             if new_price == _UNDEF or op[row, O_TYPE] == _STOP:
                 new_price = price
@@ -637,7 +649,7 @@ def match_commands(start, commands, op, ht, lv, ins, out, scalars):
             if op[row, O_STATE] == HELD:
                 if cmd.stop_price != _UNDEF:
                     if cmd.stop_price <= 0:
-                        _reject(out, scalars, cmd, _R_PRICE)
+                        _reject_amend(out, scalars, cmd, _R_PRICE, op, row)
                         continue
                     op[row, O_STOP] = cmd.stop_price
                 op[row, O_PRICE] = new_price

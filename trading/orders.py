@@ -62,7 +62,8 @@ class CommandKind(enum.IntEnum):
 
 class EventKind(enum.IntEnum):
     ACK = 1  # accepted (stops: held); price = limit price, qty = leaves = order qty
-    REJECT = 2  # not accepted: reason says why; the command's order id, price and qty
+    REJECT = 2  # not accepted: reason says why; the command's order id, price and qty (a CANCEL or MODIFY:
+    #            the order's instrument and side if the matcher holds it for the account, else NO_INSTRUMENT, 0)
     FILL = 3  # a trade: price, qty of this fill, leaves after it, the counterparty, maker/taker
     CANCELLED = 4  # removed: qty = the quantity that was open; reason: user, IOC/FOK/market remainder
     MODIFIED = 5  # price and leaves after the modify (fills, if it now crosses, follow)
@@ -77,7 +78,7 @@ class Liquidity(enum.IntEnum):
 
 
 class Reason(enum.IntEnum):
-    """Why an order was rejected or cancelled. Risk rules (10..29) are checked outside the matcher."""
+    """Why an order was rejected or cancelled. Risk rules (10..29, 35) are checked outside the matcher."""
 
     NONE = 0
     # the matcher's own rejects
@@ -113,6 +114,11 @@ class Reason(enum.IntEnum):
     FOK_UNFILLED = 32  # a FOK order that could not fill entirely: nothing traded
     NO_LIQUIDITY = 33  # what a market order could not fill (the book ran dry)
     SESSION_END = 34  # a DAY order at the session's end
+    # pre-trade risk (added after the codes above were in use)
+    NO_REFERENCE_PRICE = 35  # a market or stop order with no price to value it at (no mark, no reference)
+
+
+NO_INSTRUMENT = 0xFFFF_FFFF  # an event's instrument when none is known (a cancel of an order that is not live)
 
 
 COMMAND = Record(

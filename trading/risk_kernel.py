@@ -115,6 +115,7 @@ _R_BP, _R_POSITION, _R_KILL = _R["BUYING_POWER"], _R["POSITION_LIMIT"], _R["KILL
 _R_SYMBOL_EXP, _R_GROSS_EXP, _R_MWCB = _R["SYMBOL_EXPOSURE_LIMIT"], _R["GROSS_EXPOSURE_LIMIT"], _R["MWCB_HALT"]
 _R_PDT, _R_INTRADAY, _R_MIN_EQUITY = _R["PDT_RESTRICTION"], _R["INTRADAY_MARGIN_DEFICIT"], _R["MIN_EQUITY"]
 _R_SHORT, _R_ACCOUNT, _R_DUP = _R["SHORT_NOT_ALLOWED"], _R["UNKNOWN_ACCOUNT"], _R["DUPLICATE_CLIENT_ORDER_ID"]
+_R_NO_REF = _R["NO_REFERENCE_PRICE"]
 
 
 # -- exact integer arithmetic -------------------------------------------------------------------------
@@ -343,8 +344,8 @@ def _rules(acct, cell, ins, days, ring, mwcb, scalars, cash, position, unsettled
         p = upper  # market and stop orders: the worst price the band lets them trade at
     else:
         p = ins[iid, IN_VALUATION]
-    if p <= 0:  # a market order with nothing to value it at
-        return _R_INVALID, np.int64(0), False
+    if p <= 0:  # a market or stop order with nothing to value it at (one-sided book, nothing printed yet)
+        return _R_NO_REF, np.int64(0), False
     notional = _mul_sat(qty, p)
     if notional == _MAX or notional > acct[a, AC_MAX_NOTIONAL]:
         return _R_NOTIONAL, np.int64(0), False
@@ -604,6 +605,22 @@ def _record_fill(acct, cell, ring, a, i, direction, qty, price, position_before,
         ring[a, s, 1] += 1
 
 
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _rejects_order(ot, row, reason):
+    """Whether a REJECT of the id held at ``row`` ends that order (and frees what it reserved).
+
+    A duplicate client order id reject (the engine's answer to a command that reused the id, e.g. a
+    client order id sent twice) answers another command, never the order holding the id. Otherwise a
+    reject of an order not acknowledged yet refuses it (the matcher's duplicate order id included: the
+    gate passed it, so the order the matcher holds under that id is not one the gate knows); a live
+    order ends only with the matcher's "unknown order" (it no longer holds it), while a refused modify
+    or a duplicate leaves it as it was.
+    """
+    if reason == _R_DUP:
+        return False
+    return _state(ot, row) == PENDING or reason == _R_UNKNOWN
+
+
 @nb.njit(cache=True, nogil=True, _nrt=False)
 def apply_events(start, events, acct, cell, ins, ot, days, ring, scalars, cash, position, cost, realized, unsettled,
                  holders, fills_applied):
@@ -651,8 +668,7 @@ def apply_events(start, events, acct, cell, ins, ot, days, ring, scalars, cash, 
                 _refresh(acct, cell, ins, position, a, i)
         elif row < 0:
             continue
-        elif kind == _CANCELLED or kind == _EXPIRED or (
-                kind == _REJECT and (_state(ot, row) == PENDING or e.reason == _R_UNKNOWN)):
+        elif kind == _CANCELLED or kind == _EXPIRED or (kind == _REJECT and _rejects_order(ot, row, e.reason)):
             _set_reservation(acct, cell, ins, ot, position, row, np.int64(0), ot[row, OT_PRICE])
             _set_state(ot, row, SEEN)
         elif kind == _ACK:
@@ -962,8 +978,9 @@ class RiskGate:
 
     def on_events(self, events: np.ndarray) -> None:
         """The matcher's ORDER_EVENT rows, in order: FILL -> day trade ledger, ``portfolio`` and the order's
-        reservation; CANCELLED / EXPIRED, and REJECT of an order the matcher does not hold -> release;
-        MODIFIED -> the reservation follows the new quantity and price."""
+        reservation; CANCELLED / EXPIRED, and a REJECT that ends the order (``_rejects_order``: never a
+        duplicate-id reject, which answers another command) -> release; MODIFIED -> the reservation
+        follows the new quantity and price."""
         if events.dtype != ORDER_EVENT.dtype:
             raise ValueError(f"on_events takes trading.orders.ORDER_EVENT rows, not {events.dtype}")
         pf = self.portfolio

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from parsers.schema import UNDEF_PRICE
-from trading.orders import CommandKind, EventKind, Liquidity, OrderSide, OrderType, Reason, TimeInForce
+from trading.orders import (NO_INSTRUMENT, CommandKind, EventKind, Liquidity, OrderSide, OrderType, Reason,
+                            TimeInForce)
 
 UNDEF = int(UNDEF_PRICE)
 EVENT_FIELDS = ("ts", "order_id", "counterparty_id", "price", "qty", "leaves", "account", "instrument_id", "kind",
@@ -116,6 +117,12 @@ class ReferenceMatcher:
         self.events.append((c["ts"], c["order_id"], 0, c["price"], c["qty"], 0, c["account"], c["instrument_id"],
                             int(EventKind.REJECT), c["side"], int(Liquidity.NONE), int(reason)))
 
+    def _reject_amend(self, c: dict, reason: Reason, o: Order | None) -> None:
+        """A refused CANCEL or MODIFY tells the order's instrument and side, if it is live and the account's."""
+        self.events.append((c["ts"], c["order_id"], 0, c["price"], c["qty"], 0, c["account"],
+                            o.instrument if o is not None else NO_INSTRUMENT, int(EventKind.REJECT),
+                            o.side if o is not None else 0, int(Liquidity.NONE), int(reason)))
+
     def _resting_queue(self, o: Order) -> list[Order]:
         return self._side_book(o, own=True)[o.price]
 
@@ -173,7 +180,7 @@ class ReferenceMatcher:
         elif kind == CommandKind.CANCEL:
             o = self.live.get(oid)
             if o is None or o.account != c["account"]:
-                return self._reject(c, Reason.UNKNOWN_ORDER)
+                return self._reject_amend(c, Reason.UNKNOWN_ORDER, None)
             if self._is_held(o):
                 self.stops[o.instrument].remove(o)
             else:
@@ -183,15 +190,15 @@ class ReferenceMatcher:
         elif kind == CommandKind.MODIFY:
             o = self.live.get(oid)
             if o is None or o.account != c["account"]:
-                return self._reject(c, Reason.UNKNOWN_ORDER)
+                return self._reject_amend(c, Reason.UNKNOWN_ORDER, None)
             if c["price"] != UNDEF and c["price"] <= 0:
-                return self._reject(c, Reason.BAD_PRICE)
+                return self._reject_amend(c, Reason.BAD_PRICE, o)
             new_price = o.price if c["price"] == UNDEF or o.order_type == OrderType.STOP else c["price"]
             new_qty = c["qty"] or o.leaves
             if self._is_held(o):
                 if c["stop_price"] != UNDEF:
                     if c["stop_price"] <= 0:
-                        return self._reject(c, Reason.BAD_PRICE)
+                        return self._reject_amend(c, Reason.BAD_PRICE, o)
                     o.stop = c["stop_price"]
                 o.price, o.leaves = new_price, new_qty
                 self._emit(ts, EventKind.MODIFIED, o, new_price, new_qty, new_qty)

@@ -285,8 +285,12 @@ def test_limit_day_rests_after_a_partial_fill_and_expires_at_the_session_end(fee
     assert ev == [ack("l1", 1001, 150), fill("l1", 1001, 100, 50, "taker")]
     assert order(feed, "g1", "buy", "limit", 10, 995, tif="GTC") == [ack("g1", 995, 10)]
     assert book(feed)[0][0] == (1001, [("l1", 50)])
-    ev = feed.engine.end_session(feed.now())
-    assert brief(ev) == [gone("expired", "l1", 1001, 50, "session_end")]
+    rows = feed.engine.session_end(feed.now())  # the rows version of end_session
+    assert rows.dtype == ORDER_EVENT.dtype
+    assert [(EventKind(r["kind"]), int(r["qty"]), Reason(r["reason"])) for r in rows] == [
+        (EventKind.EXPIRED, 50, Reason.SESSION_END)]
+    assert brief(feed.engine._dicts(rows)) == [gone("expired", "l1", 1001, 50, "session_end")]
+    assert feed.engine.end_session(feed.now()) == []  # nothing left to expire
     assert feed.engine.order_state("alice", "g1")["live"] and not feed.engine.order_state("alice", "l1")["live"]
 
 
@@ -380,6 +384,32 @@ def test_rejects_with_reason_codes(feed):
     assert brief(e.order(now, "alice", "x11", "AAA", "buy", "limit", 1, price="10"))[0][0] == "ack"
     assert brief(e.order(T0 - 4 * 3600 * 10**9, "alice", "x12", "AAA", "buy", "limit", 1, price="10"))[0][6] == \
         "outside_market_hours"
+
+
+def test_rejects_show_what_the_user_sent(feed):
+    ladder(feed)
+    now = feed.now()
+    e = feed.engine
+    ev = e.order(now, "alice", "z1", "ZZZ", "sell", "limit", 5, price="1")
+    assert [(x["event"], x["symbol"], x["side"], x["reason"]) for x in ev] == [
+        ("reject", "ZZZ", "sell", "unknown_symbol")]
+    assert order(feed, "b1", "sell", "limit", 10, 1005, account="bob", symbol="AAA")[0][0] == "ack"
+    e.cancel(now, "bob", "b1")
+    for ev in (e.cancel(now, "bob", "b1"), e.modify(now, "bob", "b1", qty=5)):  # no longer live: the order's terms
+        assert [(x["event"], x["symbol"], x["side"], x["reason"]) for x in ev] == [
+            ("reject", "AAA", "sell", "unknown_order")]
+    ev = e.cancel(now, "alice", "z1")  # never accepted: its symbol as sent
+    assert [(x["symbol"], x["side"], x["reason"]) for x in ev] == [("ZZZ", "sell", "unknown_order")]
+
+
+def test_a_market_order_without_a_price_to_value_it_at_is_refused_as_such(feed):
+    feed.add(11, ASK, 1001, 100)  # a one-sided book: no mid, and nothing printed
+    feed.send()
+    ev = order(feed, "m1", "buy", "market", 10)
+    assert ev == [("reject", "m1", None, 10, 0, None, "no_reference_price")]
+    feed.trade(1001, 50)  # the feed prints: the last price values it
+    feed.send()
+    assert order(feed, "m2", "buy", "market", 10) == [ack("m2", None, 10), fill("m2", 1001, 10, 0, "taker")]
 
 
 # -- the batch path -----------------------------------------------------------------------------

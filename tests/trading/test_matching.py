@@ -12,6 +12,7 @@ from tests.trading.reference_matching import EVENT_FIELDS, ReferenceMatcher
 from trading.matching import MatchingEngine
 from trading.orders import (
     COMMAND,
+    NO_INSTRUMENT,
     ORDER_EVENT,
     CommandKind,
     EventKind,
@@ -210,6 +211,18 @@ def test_cancel_live_dead_and_foreign_orders(engine):
     assert queues(engine) == ([(100, [(2, 10)])], [])
     run(engine, cancel(2))
     assert queues(engine) == ([], []) and engine.orders == 0
+
+
+def test_a_refused_cancel_or_modify_tells_the_order_not_the_unused_columns(engine):
+    run(engine, new(1, SELL, 10, 100, inst=3))
+    junk = dict(instrument_id=5, side=BUY)  # columns a cancel or modify does not use
+    unknown = engine.submit(commands(dict(cancel(2), **junk), dict(modify(2, qty=3), **junk),
+                                     dict(cancel(1, account=8), **junk)))
+    assert [(int(e["instrument_id"]), int(e["side"]), Reason(e["reason"])) for e in unknown] == [
+        (NO_INSTRUMENT, 0, Reason.UNKNOWN_ORDER)] * 3  # not held (for that account): no instrument to tell
+    held = engine.submit(commands(dict(modify(1, price=-1), **junk)))
+    assert [(int(e["instrument_id"]), int(e["side"]), Reason(e["reason"])) for e in held] == [
+        (3, SELL, Reason.BAD_PRICE)]
 
 
 def test_modify_size_decrease_keeps_priority(engine):

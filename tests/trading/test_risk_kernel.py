@@ -181,7 +181,7 @@ def test_unknown_account_symbol_and_invalid_orders():
     assert one(gate, oid=2**63) == R.INVALID_ORDER
     gate.set_reference([NOREF], [0])
     gate.portfolio.set_marks([NOREF], [UNDEF_PRICE])
-    assert check(gate, market(iid=NOREF)) == [R.INVALID_ORDER]  # nothing to value a market order at
+    assert check(gate, market(iid=NOREF)) == [R.NO_REFERENCE_PRICE]  # nothing to value a market order at
     assert one(gate, qty=1) == R.NONE
 
 
@@ -439,6 +439,18 @@ def test_rejects_release_only_what_the_matcher_does_not_hold():
     check(gate, q)
     gate.on_events(event(EventKind.EXPIRED, q, 10, reason=R.SESSION_END))
     assert gate.reserved(A)["buy_notional"] == 0
+    d = order(qty=10)  # a duplicate client order id answers another command: the order keeps its reservation
+    check(gate, d)
+    gate.on_events(event(EventKind.REJECT, d, reason=R.DUPLICATE_CLIENT_ORDER_ID))  # still pending
+    gate.on_events(event(EventKind.ACK, d, 10, 10))
+    gate.on_events(event(EventKind.REJECT, d, reason=R.DUPLICATE_CLIENT_ORDER_ID))
+    gate.on_events(event(EventKind.REJECT, d, reason=R.DUPLICATE_ORDER_ID))  # live: a duplicate changes nothing
+    assert gate.reserved(A)["shares"] == {IBM: (10, 0)}
+    gate.on_events(event(EventKind.CANCELLED, d, 10))
+    e = order(qty=10)  # the gate passed it but the matcher refused its id: never acknowledged, released
+    check(gate, e)
+    gate.on_events(event(EventKind.REJECT, e, reason=R.DUPLICATE_ORDER_ID))
+    assert gate.reserved(A)["shares"] == {}
     other = dict(order(qty=10), account=2)  # events of another account's order id change nothing
     check(gate, dict(other, account=A, order_id=other["order_id"]))
     gate.on_events(event(EventKind.CANCELLED, other, 10))
@@ -657,8 +669,8 @@ _SAME = {RejectReason.PRICE_OUTSIDE_BAND: R.PRICE_BAND, RejectReason.SIZE_ABOVE_
 def _as_gate_reason(reason):
     if reason is None:
         return {R.NONE}
-    if reason == RejectReason.INVALID_ORDER:  # the gate names the matcher's codes
-        return {R.INVALID_ORDER, R.BAD_QTY, R.BAD_PRICE}
+    if reason == RejectReason.INVALID_ORDER:  # the gate names the matcher's codes, and the missing price
+        return {R.INVALID_ORDER, R.BAD_QTY, R.BAD_PRICE, R.NO_REFERENCE_PRICE}
     return {_SAME[reason] if reason in _SAME else R[reason.name]}
 
 
