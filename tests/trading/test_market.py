@@ -270,6 +270,60 @@ def test_plan_syncs_new_dirty_and_out_of_window_instruments_only():
     assert mirror.plan(batch, known, matcher)[0].tolist() == [1]
 
 
+def book_events(*rows, inst=1):
+    """EVENT rows in ``ItchNormalizer``'s shape: (action, order id, side, cents, size)."""
+    ev = EVENT.empty(len(rows))
+    for i, (action, oid, side, cents, size) in enumerate(rows):
+        ev[i]["sequence"], ev[i]["instrument_id"], ev[i]["action"] = 100 + i, inst, action
+        ev[i]["order_id"], ev[i]["side"], ev[i]["price"], ev[i]["size"] = oid, side, cents * CENT, size
+    return ev
+
+
+def test_feed_rows_read_only_what_changed_and_only_where_users_are():
+    mirror, matcher = MarketMirror(4, depth=2), MatchingEngine(instruments=4)
+    books = feed_book(LADDER)
+    holders = np.zeros(4, dtype=np.int64)
+
+    def feed(*rows):
+        ev = book_events(*rows)
+        books.apply(ev)
+        trades = trades_from_events(ev, ev["size"].astype(np.uint64), np.zeros(len(ev), np.uint8))
+        return rows_of(mirror.feed_rows(9, ev, trades, books, matcher, holders))
+
+    assert feed((Action.ADD, 20, Side.BID, 1000, 50)) == []  # never synced: nothing to read
+    sync(mirror, matcher, books)  # the first read: FULL
+    matcher.submit(commands(user(9, OrderSide.BUY, 999, 10)))  # a user: the instrument is watched
+    assert feed((Action.ADD, 21, Side.BID, 1000, 50)) == [("WINDOW", "B", 999, 1), ("LEVEL", "B", 1000, 600)]
+    assert feed((Action.ADD, 22, Side.BID, 990, 70)) == [] and mirror.dirty[1] == 0  # below the window
+    # an execution at 10.00 and as much added back: the level is listed although its size is the same
+    assert feed((Action.EXECUTE, 1, Side.BID, 1000, 100), (Action.ADD, 23, Side.BID, 1000, 100)) == [
+        ("WINDOW", "B", 999, 1), ("LEVEL", "B", 1000, 600), ("EXEC", "B", 1000, 100), ("PRINT", "", 1000, 100)]
+    assert mirror.scalars[mk.S_EXECS] == 1
+    assert feed((Action.DELETE, 5, Side.ASK, 1001, 100)) == [  # the best ask left: the window and the mid move
+        ("WINDOW", "A", 1003, 1), ("LEVEL", "A", 1001, 0), ("LEVEL", "A", 1003, 300), ("MARK", "", 1001, 0)]
+    matcher.submit(commands(dict(kind=CommandKind.CANCEL, order_id=9, account=1, ts=6)))
+    assert feed((Action.ADD, 24, Side.BID, 1000, 5)) == [] and mirror.dirty[1] == 1  # nobody there: only dirty
+    holders[1] = 1  # someone holds it: its mark is still read when it moves
+    assert feed((Action.ADD, 25, Side.ASK, 1002, 5)) == []
+    assert feed((Action.DELETE, 6, Side.ASK, 1002, 200), (Action.DELETE, 25, Side.ASK, 1002, 5)) == [
+        ("MARK", "", 1001, 0)]
+    assert int(mirror.feed_rows(9, EVENT.empty(0), TRADE.empty(0), books, matcher, holders).size) == 0
+
+
+def test_mirror_orders_that_trade_with_each_other_make_the_next_read_full():
+    mirror, matcher = MarketMirror(4, depth=2), MatchingEngine(instruments=4)
+    sync(mirror, matcher, feed_book(LADDER))
+    matcher.submit(commands(user(9, OrderSide.BUY, 998, 10)))
+    crossed = feed_book(LADDER + [(Side.BID, 1002, 150)])  # a crossed feed book: the new bid takes mirror asks
+    rows, cmds, events = sync(mirror, matcher, crossed)
+    assert len(events) == 0 and mirror.stale[1] == 1  # nothing reported; the asks are short now
+    known = np.array([0, 1, 0, 0], dtype=np.uint8)
+    assert mirror.plan(commands(user(10, OrderSide.SELL, 1005, 1)), known, matcher)[0].tolist() == [1]
+    rows, _, _ = sync(mirror, matcher, feed_book(LADDER))
+    assert [r for r in rows_of(rows) if r[0] == "WINDOW"] == [("WINDOW", "B", 998, 0), ("WINDOW", "A", 1002, 0)]
+    assert mirror.stale[1] == 0 and matcher.levels(1)[1] == [(1001 * CENT, 100, 1), (1002 * CENT, 200, 1)]
+
+
 # -- random feed and users through the engine ---------------------------------------------------
 
 
