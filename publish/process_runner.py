@@ -473,8 +473,12 @@ class _ChildLoop:
                 continue
             if stop and not busy and not queue.has_data():
                 break  # drained
-            self.publish_status(force=self._dirty)  # going idle: the parent sees the latest counters
-            queue.wait(0.2 if self.opened else max(0.0, min(self.next_open - time.monotonic(), 0.2)))
+            self.publish_status()
+            # Idle: wake up in time to publish counters that changed (at most every STATUS_EVERY_S).
+            timeout = 0.2 if self.opened else max(0.0, min(self.next_open - time.monotonic(), 0.2))
+            if self._dirty:
+                timeout = min(timeout, max(0.0, self._status_at + STATUS_EVERY_S - time.monotonic()))
+            queue.wait(timeout)
             if os.getppid() != self.parent_pid:
                 break  # the feed is gone: nobody to publish for
         self._abandon()

@@ -55,8 +55,8 @@ _NO_SYMBOLS = np.zeros((1, 1), dtype=np.uint8), np.zeros(1, dtype=np.int64)
 def _last_per_instrument(instrument_ids: np.ndarray) -> np.ndarray:
     """Indices of the last row of each instrument, in row order."""
     ids = np.asarray(instrument_ids)
-    if len(ids) == 0:
-        return np.zeros(0, dtype=np.int64)
+    if len(ids) <= 1:
+        return np.arange(len(ids), dtype=np.int64)
     _, first_from_end = np.unique(ids[::-1], return_index=True)
     return np.sort(len(ids) - 1 - first_from_end)
 
