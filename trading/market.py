@@ -71,7 +71,7 @@ import enum
 import numba as nb
 import numpy as np
 
-from parsers.schema import UNDEF_PRICE, Action, Record, Side, _c, _pad, _price
+from parsers.schema import UNDEF_PRICE, Action, Flag, Record, Side, _c, _pad, _price
 from trading import matching as mt
 from trading.orders import (COMMAND, ORDER_EVENT, CommandKind, EventKind, Liquidity, OrderSide, OrderType, TimeInForce,
                             copy_rows)
@@ -343,15 +343,165 @@ def _put_mark(inst, feed_lv, feed_bk, mark_kind, last_px, last_mark, ts, out, n)
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
+def _lower(feed_lv, fs, fn, key):
+    """First index of the feed run (keys ascending, best last) whose key is at least ``key``."""
+    lo = fs
+    hi = fs + fn
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if feed_lv[mid, 0] < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _snap_find(snap, inst, s, m, key):
+    """Index of ``key`` among the first ``m`` snapshot entries (keys descending), else -(insertion point) - 1."""
+    lo = 0
+    hi = m
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if snap[inst, s, mid, 0] > key:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo < m and snap[inst, s, lo, 0] == key:
+        return np.int64(lo)
+    return np.int64(-lo - 1)
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _merge_side(inst, s, lim, full, fs, fn, feed_lv, ts, side, out, n, snap, snap_n, tmp, scalars):
+    """LEVEL rows of one side from the whole window merged with the snapshot (FULL: every level); the
+    snapshot rewritten. Returns the next row."""
+    cap = snap.shape[2]
+    old = np.int64(0) if full else snap_n[inst, s]
+    k = np.int64(0)  # next entry of the old snapshot
+    m = np.int64(0)  # levels of the new one
+    pos = fs + fn - 1
+    while True:  # the feed's window and the old snapshot, both best first, merged by key
+        kf = feed_lv[pos, 0] if pos >= fs and feed_lv[pos, 0] >= lim else _MIN
+        ks = snap[inst, s, k, 0] if k < old else _MIN
+        if kf == _MIN and ks == _MIN:
+            break
+        if kf != _MIN and kf >= ks:
+            size = feed_lv[pos, 2]
+            changed = True
+            if kf == ks:
+                changed = snap[inst, s, k, 1] != size
+                k += 1
+            if full or changed:
+                n = _put(out, n, ts, feed_lv[pos, 1], np.uint64(size), inst, _K_LEVEL, side)
+            if m < cap:
+                tmp[m, 0] = kf
+                tmp[m, 1] = size
+            m += 1
+            pos -= 1
+        else:  # last read, no longer shown: gone from the feed (or out of the window: no row)
+            if ks >= lim:
+                n = _put(out, n, ts, _price_of(s, ks), np.uint64(0), inst, _K_LEVEL, side)
+            k += 1
+    if m <= cap:
+        for j in range(m):
+            snap[inst, s, j, 0] = tmp[j, 0]
+            snap[inst, s, j, 1] = tmp[j, 1]
+        snap_n[inst, s] = m
+    else:  # read FULL until the snapshot grows
+        snap_n[inst, s] = -1
+        if m > scalars[S_SNAP_FULL]:
+            scalars[S_SNAP_FULL] = m
+    return n
+
+
+_TOUCHED_MAX = 32  # keys per side a read looks up one by one; more: it merges the whole window
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _touched_side(inst, s, lim, fs, fn, feed_lv, ts, side, out, n, ws, snap, snap_n, cand, head, keys, scalars):
+    """DIFF rows of one side from the keys a feed batch touched (the list ``cand`` from ``head``) and the
+    levels a deeper window takes in, each looked up in the feed and in the snapshot, which is updated
+    in place. Returns (next row, True), or (``n``, False) with nothing done when there are more keys
+    than ``keys`` holds (merge the whole window instead)."""
+    old_lim = ws[inst, W_KEY + s]
+    k = 0
+    e = head
+    while e >= 0:
+        if k == keys.shape[0]:
+            return n, False
+        keys[k] = cand[e, 0]
+        k += 1
+        e = cand[e, 1]
+    if lim < old_lim:  # the window reaches deeper: the levels it takes in are new to it
+        p = _lower(feed_lv, fs, fn, lim)
+        q = _lower(feed_lv, fs, fn, old_lim) if old_lim != _NO_WINDOW else fs + fn
+        if k + q - p > keys.shape[0]:
+            return n, False
+        for j in range(p, q):
+            keys[k] = feed_lv[j, 0]
+            k += 1
+    for a in range(1, k):  # best first (insertion sort: a handful of keys)
+        x = keys[a]
+        b = a - 1
+        while b >= 0 and keys[b] < x:
+            keys[b + 1] = keys[b]
+            b -= 1
+        keys[b + 1] = x
+    cap = snap.shape[2]
+    m = snap_n[inst, s]
+    fits = True
+    for a in range(k):
+        key = keys[a]
+        if (a > 0 and key == keys[a - 1]) or key < lim:
+            continue  # once each; below the window the snapshot is cut off below
+        shown = _feed_size(feed_lv, fs, fn, key)
+        j = _snap_find(snap, inst, s, m, key)
+        if j >= 0:
+            if snap[inst, s, j, 1] == shown:
+                continue
+            n = _put(out, n, ts, _price_of(s, key), np.uint64(shown), inst, _K_LEVEL, side)
+            if shown > 0:
+                snap[inst, s, j, 1] = shown
+            else:
+                for t in range(j, m - 1):
+                    snap[inst, s, t, 0] = snap[inst, s, t + 1, 0]
+                    snap[inst, s, t, 1] = snap[inst, s, t + 1, 1]
+                m -= 1
+        elif shown > 0:
+            n = _put(out, n, ts, _price_of(s, key), np.uint64(shown), inst, _K_LEVEL, side)
+            if m == cap:
+                fits = False  # the rows stay right; the snapshot cannot hold it: read FULL next
+                continue
+            at = -j - 1
+            for t in range(m, at, -1):
+                snap[inst, s, t, 0] = snap[inst, s, t - 1, 0]
+                snap[inst, s, t, 1] = snap[inst, s, t - 1, 1]
+            snap[inst, s, at, 0] = key
+            snap[inst, s, at, 1] = shown
+            m += 1
+    while m > 0 and snap[inst, s, m - 1, 0] < lim:  # the window got shorter
+        m -= 1
+    if fits:
+        snap_n[inst, s] = m
+    else:
+        snap_n[inst, s] = -1
+        scalars[S_SNAP_FULL] = max(scalars[S_SNAP_FULL], np.int64(cap + 1))
+    return n, True
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _extract_one(inst, reach_bid, reach_ask, need_bid, need_ask, feed_lv, feed_bk, op, lv, ins, cu, cn, depth,
-                 mark_kind, last_px, ts, out, n, ws, snap, snap_n, stale, last_mark, tmp, scalars, executed):
+                 mark_kind, last_px, ts, out, n, ws, snap, snap_n, stale, last_mark, tmp, scalars, executed, touched,
+                 cand, heads, keys):
     """The rows of one instrument's sync from row ``n`` on (module docstring); returns the next row.
 
-    A DIFF side with nothing to say (no level changed, the same window, no consumed liquidity, not
-    executed at: ``executed`` bit ``1 << side``) writes no row at all: the matcher already holds it.
+    A side with bit ``1 << side`` of ``touched`` set is read from the keys a feed batch touched
+    (``_touched_side``: ``cand`` lists from ``heads``), else by merging its window with the snapshot.
+    A DIFF side with nothing to say (no level changed, the same window, no consumed liquidity to cut,
+    not executed at: ``executed`` bit ``1 << side``) writes no row at all: the matcher already holds it.
     """
     n_feed = feed_bk.shape[0] // 2
-    cap = snap.shape[2]
     for s in range(2):
         w = n
         fs = np.int64(0)
@@ -365,43 +515,12 @@ def _extract_one(inst, reach_bid, reach_ask, need_bid, need_ask, feed_lv, feed_b
         full = stale[inst] != 0 or snap_n[inst, s] < 0
         n = _put(out, n, ts, _UNDEF if lim == _NO_WINDOW else _price_of(s, lim), _FULL if full else _DIFF, inst,
                  _K_WINDOW, side)
-        old = np.int64(0) if full else snap_n[inst, s]
-        k = np.int64(0)  # next entry of the old snapshot
-        m = np.int64(0)  # levels of the new one
-        total = np.int64(0)
-        pos = fs + fn - 1
-        while True:  # the feed's window and the old snapshot, both best first, merged by key
-            kf = feed_lv[pos, 0] if pos >= fs and feed_lv[pos, 0] >= lim else _MIN
-            ks = snap[inst, s, k, 0] if k < old else _MIN
-            if kf == _MIN and ks == _MIN:
-                break
-            if kf != _MIN and kf >= ks:
-                size = feed_lv[pos, 2]
-                changed = True
-                if kf == ks:
-                    changed = snap[inst, s, k, 1] != size
-                    k += 1
-                if full or changed:
-                    n = _put(out, n, ts, feed_lv[pos, 1], np.uint64(size), inst, _K_LEVEL, side)
-                if m < cap:
-                    tmp[m, 0] = kf
-                    tmp[m, 1] = size
-                m += 1
-                total += size
-                pos -= 1
-            else:  # last read, no longer shown: gone from the feed (or out of the window: no row)
-                if ks >= lim:
-                    n = _put(out, n, ts, _price_of(s, ks), np.uint64(0), inst, _K_LEVEL, side)
-                k += 1
-        if m <= cap:
-            for j in range(m):
-                snap[inst, s, j, 0] = tmp[j, 0]
-                snap[inst, s, j, 1] = tmp[j, 1]
-            snap_n[inst, s] = m
-        else:  # read FULL until the snapshot grows
-            snap_n[inst, s] = -1
-            if m > scalars[S_SNAP_FULL]:
-                scalars[S_SNAP_FULL] = m
+        done = False
+        if not full and (touched >> s) & 1:
+            n, done = _touched_side(inst, s, lim, fs, fn, feed_lv, ts, side, out, n, ws, snap, snap_n, cand,
+                                    heads[inst, s], keys, scalars)
+        if not done:
+            n = _merge_side(inst, s, lim, full, fs, fn, feed_lv, ts, side, out, n, snap, snap_n, tmp, scalars)
         if inst < cn.shape[0]:
             # Consumed liquidity is cut to the size shown at its price: FULL, where no LEVEL row tells it
             # (outside the window); DIFF, wherever the size shown is below it (else the cut changes nothing).
@@ -413,8 +532,12 @@ def _extract_one(inst, reach_bid, reach_ask, need_bid, need_ask, feed_lv, feed_b
                     n = _put(out, n, ts, price, np.uint64(shown), inst, _K_DEPTH, side)
         if n == w + 1 and not full and lim == ws[inst, W_KEY + s] and not (executed >> s) & 1:
             n = w  # nothing changed on this side
+        p = _lower(feed_lv, fs, fn, lim)
+        total = np.int64(0)
+        for j in range(p, fs + fn):
+            total += feed_lv[j, 2]
         ws[inst, W_KEY + s] = lim
-        ws[inst, W_MORE + s] = 1 if pos >= fs else 0
+        ws[inst, W_MORE + s] = 1 if p > fs else 0
         ws[inst, W_SUM + s] = total
     stale[inst] = 0
     return _put_mark(inst, feed_lv, feed_bk, mark_kind, last_px, last_mark, ts, out, n)
@@ -436,7 +559,7 @@ def _rows_bound(inst, feed_bk, snap_n, cn):
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
 def extract(insts, reach, need_qty, feed_lv, feed_bk, op, lv, ins, cu, cn, depth, mark_kind, last_px, ts, out, ws,
-            snap, snap_n, stale, last_mark, tmp, synced, dirty, scalars):
+            snap, snap_n, stale, last_mark, tmp, synced, dirty, scalars, cand, heads, keys):
     """Read the feed's book of each instrument in ``insts`` into ``MARKET_INPUT`` rows; return how many.
 
     Args:
@@ -453,30 +576,40 @@ def extract(insts, reach, need_qty, feed_lv, feed_bk, op, lv, ins, cu, cn, depth
         ws, snap, snap_n, stale, last_mark: live state per instrument, written (``MarketMirror``).
         tmp: [snapshot levels, 2] scratch.
         synced, dirty: set and cleared for each instrument read.
+        cand, heads, keys: ``feed_rows``' scratch (unused here: every side is merged whole).
     """
     n = 0
     for j in range(insts.shape[0]):
         inst = insts[j]
         n = _extract_one(inst, reach[j, 0], reach[j, 1], need_qty[j, 0], need_qty[j, 1], feed_lv, feed_bk, op, lv,
                          ins, cu, cn, depth, mark_kind, last_px, ts, out, n, ws, snap, snap_n, stale, last_mark, tmp,
-                         scalars, 0)
+                         scalars, 0, 0, cand, heads, keys)
         synced[inst] = 1
         dirty[inst] = 0
     return n
 
 
-# ``MarketMirror._flagged`` while ``feed_rows`` runs: how an instrument is read, and (bits 2, 3) the sides
-# its executions hit.
+# ``MarketMirror._flagged`` while ``feed_rows`` runs: how an instrument is read, (bits 2, 3) the sides its
+# executions hit, (bits 4, 5) the sides a message changed at a price it does not tell (merged whole).
 _WATCH, _MARK_ONLY, _HOW = 1, 2, 3
+_A_ADD = np.uint8(Action.ADD)
+_A_CANCEL = np.uint8(Action.CANCEL)
+_A_DELETE = np.uint8(Action.DELETE)
+_A_TRADE = np.uint8(Action.TRADE)
+_A_CROSS = np.uint8(Action.CROSS)
+_F_ODD_REF = np.uint16(Flag.UNKNOWN_REF | Flag.DUPLICATE_REF)
 _A_REPLACE = np.uint8(Action.REPLACE)
 _A_CLEAR = np.uint8(Action.CLEAR)
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _in_window(ws, inst, action, side, price):
+def _in_window(ws, inst, action, side, price, flags):
     """Whether a book event may change what the instrument's window held at its last read: anything
-    at or inside it, on a side read whole, a replace (its old price is not in the row) or a clear."""
-    if action == _A_REPLACE or action == _A_CLEAR or (side != _BID and side != _ASK):
+    at or inside it, on a side read whole, a replace (its old price is not in the row), an execution
+    (its price is the execution's, not always the order's: ITCH C), a clear, or a message whose order
+    reference was unknown or reused."""
+    if (action == _A_REPLACE or action == _A_EXECUTE or action == _A_CLEAR or (side != _BID and side != _ASK)
+            or price <= 0 or price == _UNDEF or (flags & _F_ODD_REF) != 0):
         return True
     s = 0 if side == _BID else 1
     return ws[inst, W_MORE + s] == 0 or _key(s, price) >= ws[inst, W_KEY + s]
@@ -507,7 +640,8 @@ def _note(inst, ins, cu, cn, mirror_live, holders, synced, dirty, flagged, liste
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
 def feed_rows(ts, events, trades, feed_lv, feed_bk, op, lv, ins, cu, cn, mirror_live, holders, depth, mark_kind,
-              last_px, synced, dirty, flagged, ws, snap, snap_n, stale, last_mark, tmp, listed, out, scalars):
+              last_px, synced, dirty, flagged, ws, snap, snap_n, stale, last_mark, tmp, listed, out, scalars, cand,
+              heads, keys):
     """The rows a feed batch gives (``Engine.feed``): returns (DONE, rows) or (NEED_OUTPUT, rows needed).
 
     ``events`` / ``trades``: the batch's ``parsers.schema.EVENT`` and ``TRADE`` rows (the books have
@@ -515,9 +649,12 @@ def feed_rows(ts, events, trades, feed_lv, feed_bk, op, lv, ins, cu, cn, mirror_
     (``users_interest``) are read (``_extract_one``, no reach), those only held by an account
     (``holders``) give their MARK row if it changed. Then the EXEC rows (the books' executions) and
     the PRINT rows (printed trades) of the watched ones, each in the batch's order;
-    ``scalars[S_EXECS]`` counts the EXEC rows. Levels an execution hit are always listed. ``last_px``
-    takes the batch's printed prices. ``flagged`` (scratch, all 0) and ``listed`` (room for one entry
-    per message) are left as found. On NEED_OUTPUT call again with that many rows of ``out``.
+    ``scalars[S_EXECS]`` counts the EXEC rows. Levels an execution hit are always listed. A side is read
+    from the prices the batch's messages touched (``_touched_side``), or merged whole when a message
+    does not tell the price it changed (a replace, a clear). ``last_px`` takes the batch's printed
+    prices. Scratch, left as found: ``flagged`` (per instrument, 0), ``heads`` (per instrument and side,
+    -1), ``listed`` and ``cand`` (a row per message), ``keys``. On NEED_OUTPUT call again with that many
+    rows of ``out``.
     """
     n_px = last_px.shape[0]
     for i in range(trades.shape[0]):
@@ -525,11 +662,31 @@ def feed_rows(ts, events, trades, feed_lv, feed_bk, op, lv, ins, cu, cn, mirror_
         if t.printable == 1 and np.int64(t.instrument_id) < n_px:
             last_px[np.int64(t.instrument_id)] = t.price
     m = 0
+    c = 0  # entries of ``cand``: (key, next) lists of the keys each side's messages touched, from ``heads``
     for i in range(events.shape[0]):
         e = events[i]
         inst = np.int64(e.instrument_id)
-        if inst < ws.shape[0] and _in_window(ws, inst, e.action, e.side, e.price):
-            m = _note(inst, ins, cu, cn, mirror_live, holders, synced, dirty, flagged, listed, m)
+        if inst >= ws.shape[0] or not _in_window(ws, inst, e.action, e.side, e.price, e.flags):
+            continue
+        m = _note(inst, ins, cu, cn, mirror_live, holders, synced, dirty, flagged, listed, m)
+        a = e.action
+        if a == _A_TRADE or a == _A_CROSS:
+            continue  # no book change
+        # an add, cancel or delete tells the price of the level it changed; an execution tells its own
+        # price (ITCH C: not the order's), a replace not the old one, a message of an unknown order none,
+        # an add that reused a resting order's reference not the level the book took that order from
+        known = (a == _A_ADD or a == _A_CANCEL or a == _A_DELETE) and (e.side == _BID or e.side == _ASK) and (
+            e.price > 0 and e.price != _UNDEF and (e.flags & _F_ODD_REF) == 0)
+        if known:
+            s = 0 if e.side == _BID else 1
+            cand[c, 0] = _key(s, e.price)
+            cand[c, 1] = heads[inst, s]
+            heads[inst, s] = c
+            c += 1
+        elif a == _A_EXECUTE and (e.side == _BID or e.side == _ASK):
+            flagged[inst] |= np.uint8(16 << (0 if e.side == _BID else 1))  # merge that side whole
+        else:  # a replace (the order it replaces may rest anywhere), a clear, an unknown order: both sides
+            flagged[inst] |= np.uint8(48)
     for i in range(trades.shape[0]):
         m = _note(np.int64(trades[i].instrument_id), ins, cu, cn, mirror_live, holders, synced, dirty, flagged,
                   listed, m)
@@ -538,8 +695,7 @@ def feed_rows(ts, events, trades, feed_lv, feed_bk, op, lv, ins, cu, cn, mirror_
         inst = listed[j]
         bound += _rows_bound(inst, feed_bk, snap_n, cn) if (flagged[inst] & _HOW) == _WATCH else 1
     if bound > out.shape[0]:
-        for j in range(m):
-            flagged[listed[j]] = 0
+        _forget(events, trades, flagged, heads, listed, m)
         return NEED_OUTPUT, bound
     for i in range(trades.shape[0]):  # levels executed at are listed even if their size looks unchanged
         t = trades[i]
@@ -551,17 +707,21 @@ def feed_rows(ts, events, trades, feed_lv, feed_bk, op, lv, ins, cu, cn, mirror_
         s = 0 if t.side == _BID else 1
         flagged[inst] |= np.uint8(4 << s)
         key = _key(s, t.price)
-        for k in range(max(snap_n[inst, s], np.int64(0))):
-            if snap[inst, s, k, 0] == key:
-                snap[inst, s, k, 1] = -1
-                break
+        j = _snap_find(snap, inst, s, max(snap_n[inst, s], np.int64(0)), key)
+        if j >= 0:
+            snap[inst, s, j, 1] = -1
+        cand[c, 0] = key  # looked up even if no message of the batch tells its price
+        cand[c, 1] = heads[inst, s]
+        heads[inst, s] = c
+        c += 1
     n = 0
     for j in range(m):
         inst = listed[j]
-        if (flagged[inst] & _HOW) == _WATCH:
+        f = np.int64(flagged[inst])
+        if (f & _HOW) == _WATCH:
             n = _extract_one(inst, _NO_WINDOW, _NO_WINDOW, np.int64(0), np.int64(0), feed_lv, feed_bk, op, lv, ins,
                              cu, cn, depth, mark_kind, last_px, ts, out, n, ws, snap, snap_n, stale, last_mark, tmp,
-                             scalars, np.int64(flagged[inst] >> 2))
+                             scalars, (f >> 2) & 3, 3 & ~(f >> 4), cand, heads, keys)
             dirty[inst] = 0
         else:
             n = _put_mark(inst, feed_lv, feed_bk, mark_kind, last_px, last_mark, ts, out, n)
@@ -577,10 +737,26 @@ def feed_rows(ts, events, trades, feed_lv, feed_bk, op, lv, ins, cu, cn, mirror_
         inst = np.int64(t.instrument_id)
         if t.printable == 1 and _priced(t) and inst < flagged.shape[0] and (flagged[inst] & _HOW) == _WATCH:
             n = _put(out, n, t.ts_event, t.price, np.uint64(t.size), inst, _K_PRINT, np.uint8(0))
-    for j in range(m):
-        flagged[listed[j]] = 0
+    _forget(events, trades, flagged, heads, listed, m)
     scalars[S_EXECS] = execs
     return DONE, n
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _forget(events, trades, flagged, heads, listed, m):
+    """Leave ``feed_rows``' scratch as it found it (``listed`` holds only instruments of the messages)."""
+    for i in range(events.shape[0]):
+        inst = np.int64(events[i].instrument_id)
+        if inst < heads.shape[0]:
+            flagged[inst] = 0
+            heads[inst, 0] = -1
+            heads[inst, 1] = -1
+    for i in range(trades.shape[0]):
+        inst = np.int64(trades[i].instrument_id)
+        if inst < heads.shape[0]:
+            flagged[inst] = 0
+            heads[inst, 0] = -1
+            heads[inst, 1] = -1
 
 
 # -- what the market does to the internal book ---------------------------------------------------
@@ -1164,6 +1340,9 @@ class MarketMirror:
         self._tmp = np.zeros((SNAP_LEVELS, 2), dtype=np.int64)
         self._work = np.zeros((256, WK_COLUMNS), dtype=np.int64)
         self._listed = np.zeros(256, dtype=np.int64)
+        self._cand = np.zeros((256, 2), dtype=np.int64)  # feed_rows: (key, next) per message
+        self._heads = np.full((n, 2), -1, dtype=np.int64)  # feed_rows: first ``_cand`` entry per instrument side
+        self._keys = np.zeros(_TOUCHED_MAX, dtype=np.int64)
         self._plan = np.zeros((16, 5), dtype=np.int64)  # plan's output: instrument, reach (2), need (2)
         self._rows = np.zeros(256, dtype=_INPUT_DT)
         self._cmds = np.zeros(256, dtype=_COMMAND_DT)
@@ -1200,7 +1379,8 @@ class MarketMirror:
         out = np.zeros(rows, dtype=_INPUT_DT)
         n = extract(insts, reach, need, books.lv, bk, matcher.op, matcher.lv, matcher.ins, self.cu, self.cn,
                     self.depth, self.mark_kind, self.last_px, np.int64(ts), out, self.ws, self.snap, self.snap_n,
-                    self.stale, self.last_mark, self._tmp, self.synced, self.dirty, self.scalars)
+                    self.stale, self.last_mark, self._tmp, self.synced, self.dirty, self.scalars, self._cand,
+                    self._heads, self._keys)
         self._grow_snapshots()
         return out[:n]
 
@@ -1211,11 +1391,13 @@ class MarketMirror:
         need = len(events) + len(trades)
         if need > len(self._listed):
             self._listed = np.zeros(_pow2(need), dtype=np.int64)
+            self._cand = np.zeros((_pow2(need), 2), dtype=np.int64)
         while True:
             code, n = feed_rows(np.int64(ts), events, trades, books.lv, books.bk, matcher.op, matcher.lv, matcher.ins,
                                 self.cu, self.cn, self.mirror_live, holders, self.depth, self.mark_kind, self.last_px,
                                 self.synced, self.dirty, self._flagged, self.ws, self.snap, self.snap_n, self.stale,
-                                self.last_mark, self._tmp, self._listed, self._rows, self.scalars)
+                                self.last_mark, self._tmp, self._listed, self._rows, self.scalars, self._cand,
+                                self._heads, self._keys)
             if code == DONE:
                 break
             self._rows = np.zeros(_pow2(n), dtype=_INPUT_DT)
@@ -1289,7 +1471,7 @@ class MarketMirror:
         old = self.instruments
         for name, fill in (("cu", 0), ("cn", 0), ("mirror_live", 0), ("stale", 0), ("synced", 0), ("dirty", 0),
                            ("ws", 0), ("last_px", UNDEF_PRICE), ("last_mark", UNDEF_PRICE), ("snap", 0),
-                           ("snap_n", -1), ("_flagged", 0), ("_slot", -1), ("_group", -1)):
+                           ("snap_n", -1), ("_flagged", 0), ("_slot", -1), ("_group", -1), ("_heads", -1)):
             arr = getattr(self, name)
             grown = np.full((n,) + arr.shape[1:], fill, dtype=arr.dtype)
             grown[:old] = arr
