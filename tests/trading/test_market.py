@@ -299,6 +299,10 @@ def test_feed_rows_read_only_what_changed_and_only_where_users_are():
     assert feed((Action.EXECUTE, 1, Side.BID, 1000, 100), (Action.ADD, 23, Side.BID, 1000, 100)) == [
         ("WINDOW", "B", 999, 1), ("LEVEL", "B", 1000, 600), ("EXEC", "B", 1000, 100), ("PRINT", "", 1000, 100)]
     assert mirror.scalars[mk.S_EXECS] == 1
+    # an execution at a price other than its order's (ITCH C): the order's level is found all the same
+    assert feed((Action.EXECUTE, 2, Side.BID, 1000, 50)) == [
+        ("WINDOW", "B", 999, 1), ("LEVEL", "B", 1000, 600), ("LEVEL", "B", 999, 150), ("EXEC", "B", 1000, 50),
+        ("PRINT", "", 1000, 50)]
     assert feed((Action.DELETE, 5, Side.ASK, 1001, 100)) == [  # the best ask left: the window and the mid move
         ("WINDOW", "A", 1003, 1), ("LEVEL", "A", 1001, 0), ("LEVEL", "A", 1003, 300), ("MARK", "", 1001, 0)]
     matcher.submit(commands(dict(kind=CommandKind.CANCEL, order_id=9, account=1, ts=6)))
@@ -345,7 +349,7 @@ def _mirror_invariant(engine: Engine, books: BookEngine, inst: int) -> None:
             assert mirrored.get(p, 0) == want, (inst, s, p, lim)
 
 
-@pytest.mark.parametrize("seed", [3, 4])
+@pytest.mark.parametrize("seed", [3, 4, 5])
 def test_random_feed_and_users_keep_the_mirror_exact(seed):
     rng = np.random.default_rng(seed)
     events = random_events(seed, 30_000, instruments=[1, 2, 3])
