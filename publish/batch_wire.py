@@ -13,11 +13,14 @@ Rules this module keeps:
   the same fractions; all parts but the last carry ``FLAG_MORE`` and the reader joins them into one
   batch again, so an update's L2 rows are never split between two batches.
 - Reading copies the rows out, so the queue's space can be released at once.
+- A sink that declares ``consumes`` (the MarketBatch arrays it reads) gets the others empty: the feed
+  does not copy rows nobody will look at (``TimescaleSink`` stores no L2 rows).
 """
 from __future__ import annotations
 
 import pickle
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -38,8 +41,10 @@ ARRAYS = (("bbo", BBO.dtype), ("l2", L2.dtype), ("trades", TRADE.dtype), ("statu
 class BatchWriter:
     """Producer side: ``put(batch)`` -> records written (0: no room now, nothing written)."""
 
-    def __init__(self, queue: ShmQueue, symbols: dict[int, str] | None = None) -> None:
+    def __init__(self, queue: ShmQueue, symbols: dict[int, str] | None = None,
+                 consumes: frozenset[str] = frozenset(name for name, _ in ARRAYS)) -> None:
         self.queue = queue
+        self.consumes = consumes  # arrays the reader's sink uses; the others cross as empty
         self._venue: str | None = None
         self._symbols_obj: object = None
         self._sent: dict[int, str] = dict(symbols or {})  # what the reader knows
@@ -49,6 +54,8 @@ class BatchWriter:
 
     def put(self, batch: MarketBatch) -> int:
         extras = self._extras(batch)
+        if len(self.consumes) < len(ARRAYS):
+            batch = replace(batch, **{name: _EMPTY[name] for name, _ in ARRAYS if name not in self.consumes})
         bbo, l2, trades, status = (_u8(batch.bbo), _u8(batch.l2), _u8(batch.trades), _u8(batch.status))
         raw = len(bbo) + len(l2) + len(trades) + len(status) + len(extras)
         if raw <= self._room:  # the usual case: one record

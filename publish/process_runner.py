@@ -119,6 +119,7 @@ class ProcessSinkRunner:
         self.kwargs = dict(kwargs or {})
         probe = factory(**self.kwargs)  # bad arguments fail here, in the caller, as one line
         self.sink = SinkHandle(self, probe.name, dict(attrs or {}))
+        consumes = frozenset(getattr(probe, "consumes", ("bbo", "l2", "trades", "status")))
         del probe
         self.max_batches = max_batches
         self.policy = policy
@@ -130,7 +131,7 @@ class ProcessSinkRunner:
         self._counts = collections.Counter()  # parent side: offered, conflated, dropped_*, process_*
         warm_up_wire()  # the feed's first offer must not wait for numba to load the queue's kernels
         self._queue = ShmQueue.create(queue_bytes)
-        self._writer = BatchWriter(self._queue)
+        self._writer = BatchWriter(self._queue, consumes=consumes)
         self._rows_in_queue: collections.deque[tuple[int, int]] = collections.deque()  # (record number, rows)
         self._records = 0
         self._pending: collections.deque[MarketBatch] = collections.deque()

@@ -211,7 +211,9 @@ class ShmQueue:
         hdr[_W_MAGIC] = QUEUE_MAGIC
         del hdr
         wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        return cls(mem_fd, wake_fd, producer=True)
+        queue = cls(mem_fd, wake_fd, producer=True)
+        queue.data[:] = 0  # every page faulted in now, not on the feed's first pass through the ring
+        return queue
 
     def handles(self) -> tuple[_PassFd, _PassFd]:
         """What a spawned child passes to ``attach`` (pickled as duplicated fds)."""

@@ -208,6 +208,7 @@ class TimescaleSink:
     """
 
     name = "timescale"
+    consumes = ("bbo", "trades", "status")  # MarketBatch arrays it stores (and ohlcv); L2 rows are not kept
 
     def __init__(self, dsn: str, venue_tz: str = "America/New_York", *, schema: str = "public",
                  mode: str = "auto", compress_after: str = "7 days", query_indexes: bool = False,

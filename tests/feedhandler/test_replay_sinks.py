@@ -461,6 +461,41 @@ def test_websocket_client_that_stops_reading_does_not_slow_the_replay(capture, s
     assert not runner.counts["dropped_batches"], runner.counts
 
 
+def test_a_client_that_stops_reading_a_server_in_its_own_process_does_not_slow_the_replay(capture, small_capture):
+    """The same, with the server where ``feedhandler replay --ws`` puts it: in a sink process of its own
+    (``build_runners``). Its counters come back through the runner's report."""
+    (runner,) = build_runners({"websocket": {"listen": "127.0.0.1:0", "max_queue": 256, "stuck_s": 0.5}},
+                              venue_depth=DEPTH)
+
+    def timed(path, **options) -> float:
+        return replay(path, None, depth=DEPTH, conflate_ns=0, runners=[runner], **options).seconds
+
+    try:
+        port = ws_port(runner)
+        timed(capture.path)  # warm-up
+        alone = min(timed(capture.path) for _ in range(3))
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        with sync_connect(f"ws://127.0.0.1:{port}", sock=sock, max_queue=1, compression=None,
+                          close_timeout=0.5) as slow:
+            slow.send(json.dumps({"op": "subscribe", "channels": ["bbo", "l2", "trades"], "symbols": "*"}))
+            assert json.loads(slow.recv(5))["type"] == "subscribed"  # the last thing it ever reads
+            with_slow = [timed(capture.path) for _ in range(3)]
+            span_s = (small_capture.last_recv - small_capture.first_recv) / 1e9
+            deadline = time.monotonic() + 30
+            while runner.sink.counters.get("disconnects_slow", 0) == 0 and time.monotonic() < deadline:
+                timed(small_capture.path, speed=span_s / 0.5)
+            time.sleep(0.2)  # the child publishes its counters every 50 ms
+            counters = runner.sink.counters
+    finally:
+        report = runner.stop(10.0)
+    assert min(with_slow) < 1.5 * alone + 0.1, (with_slow, alone)
+    assert counters["dropped"] > 1000 and counters["disconnects_slow"] == 1 and counters["clients"] == 0, counters
+    assert report["written"] + report.get("conflated", 0) == report["offered"] and "dropped_batches" not in report
+    assert report["websocket_disconnects_slow"] == 1
+
+
 # -- pacing ----------------------------------------------------------------------------------------
 
 

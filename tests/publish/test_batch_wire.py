@@ -106,3 +106,15 @@ def test_no_room_writes_nothing():
     assert [writer.put(batch) for _ in range(5)] == [1, 1, 1, 1, 0]
     assert len(read_all(consumer, BatchReader())) == 4
     assert writer.put(batch) == 1
+
+
+def test_arrays_the_sink_does_not_consume_cross_empty():
+    producer = ShmQueue.create(1 << 20)
+    consumer = ShmQueue.attach(*(os.dup(h.fd) for h in producer.handles()))
+    writer = BatchWriter(producer, consumes=frozenset({"bbo", "trades", "status"}))
+    sent = MarketBatch("nasdaq", {1: "AAPL"}, bbo=random_rows(BBO, 3, 1), l2=random_rows(L2, 500, 2),
+                       trades=random_rows(TRADE, 2, 3))
+    writer.put(sent)
+    assert producer.unread_bytes() < 1000  # the 28 KB of L2 rows stayed behind
+    (got,) = read_all(consumer, BatchReader())
+    assert len(got.l2) == 0 and same_bytes(got.bbo, sent.bbo) and same_bytes(got.trades, sent.trades)
