@@ -40,13 +40,16 @@ liquidity. After each feed batch (``Engine.feed``), every watched instrument the
 synced, its executions and prints applied (``feed_rows``); one the batch touched that is not watched is
 only marked *dirty* (nothing of a user can meet its liquidity), and its MARK is read if an account
 holds a position in it. Before a batch of user commands, each instrument it names is synced if it
-is dirty or its window must reach further (``plan_sync``). A sync reads the feed's book into
+is dirty, stale or its window must reach further (``plan_sync``). Book events below a side's window
+(one with more levels than it mirrors) change nothing mirrored and are left out. A sync reads the feed's book into
 ``MARKET_INPUT`` rows (``extract``), and only those rows are the input of what follows
 (``market_commands``): the engine logs them, so replaying the write-ahead log rebuilds the same state
 with no feed at hand. When to sync is decided live only and never logged.
 
 A sync reads only what changed. Per instrument side, the levels last read are kept (``snap``, live
-only); a sync writes a ``WINDOW`` row whose ``size`` says how to read the LEVEL rows after it: DIFF (1):
+only); after a feed batch only the prices its adds, cancels and deletes name are looked up (a side a
+message changed at a price it does not tell, e.g. an execution or a replace, is compared whole). A
+sync writes a ``WINDOW`` row whose ``size`` says how to read the LEVEL rows after it: DIFF (1):
 only the levels inside the window whose displayed size differs from the last read, those new to the
 window, and those that left the feed (size 0); a level not listed is as it was. FULL (0): every level
 inside the window; one not listed is gone. A side is read FULL at its first sync, after a restart,
