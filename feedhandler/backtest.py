@@ -474,6 +474,8 @@ class _Run:
         self.line_symbol = np.where(own >= 0, own, o.symbol[named])
         self.line_side = np.where(o.side > 0, o.side, o.side[named])
         self.known_account = self.account_id[o.account] < n_acct if len(o) else np.zeros(0, dtype=bool)
+        # lines the engine takes (a cancel or modify of an unknown account it never sees, as Engine.cancel)
+        self.engine_reaches = (self.known_account | (o.action == CommandKind.NEW)).tolist()
 
     # -- the engine ----------------------------------------------------------------------------------
 
@@ -510,13 +512,11 @@ class _Run:
             self.early_status = []
         return self.engine
 
-    def _collect(self, events: np.ndarray, origin: np.ndarray | None = None) -> None:
-        """Keep ``events`` (the engine hands out arrays it never writes again) with their order lines."""
-        if not len(events):
-            return
-        if origin is None:
-            origin = self.origin_of_id[events["order_id"].astype(np.int64)]
-        self.parts.append((events, origin))
+    def _collect(self, events: np.ndarray, origin: np.ndarray | None = None, line: int = -1) -> None:
+        """Keep ``events`` (the engine hands out arrays it never writes again) for ``events()``: their order
+        lines are ``origin``, or those of their order ids (``line`` >= 0: a reject answers that line)."""
+        if len(events):
+            self.parts.append((events, origin, line))
 
     # -- the feed --------------------------------------------------------------------------------------
 
@@ -568,9 +568,10 @@ class _Run:
     def _inject(self, k0: int, k1: int) -> None:
         if k1 <= k0:
             return
-        engine = self._start_engine(int(self.orders.ts[k0]))
-        if k1 - k0 == 1 and self.known_account[k0] | (self.orders.action[k0] == CommandKind.NEW):
-            self._submit(engine, np.arange(k0, k1))  # one line: the usual case
+        engine = self.engine if self.engine is not None else self._start_engine(int(self.orders.ts[k0]))
+        if k1 - k0 == 1 and self.engine_reaches[k0]:  # one line: the usual case
+            self.submits += 1
+            self._collect(engine.submit(self.commands[k0:k1], self.names[k0:k1]), None, k0)
             return
         o = self.orders
         sel = np.arange(k0, k1)
@@ -613,18 +614,18 @@ class _Run:
         self.submits += 1
         if not len(events):
             return
+        if len(sel) == 1:
+            self._collect(events, None, int(sel[0]))
+            return
         origin = self.origin_of_id[events["order_id"].astype(np.int64)]
         rejects = events["kind"] == EventKind.REJECT
         if rejects.any():  # a reject answers the command of this call with its order id (ids are distinct here)
-            if len(sel) == 1:
-                origin[rejects] = sel[0]
-            else:
-                by_id = np.argsort(cmds["order_id"])
-                pos = np.searchsorted(cmds["order_id"], events["order_id"][rejects], sorter=by_id)
-                origin[rejects] = sel[by_id[pos]]
-                # the engine answers its refusals first; the outputs keep time order (then the engine's)
-                order = np.argsort(events["ts"], kind="stable")
-                events, origin = events[order], origin[order]
+            by_id = np.argsort(cmds["order_id"])
+            pos = np.searchsorted(cmds["order_id"], events["order_id"][rejects], sorter=by_id)
+            origin[rejects] = sel[by_id[pos]]
+            # the engine answers its refusals first; the outputs keep time order (then the engine's)
+            order = np.argsort(events["ts"], kind="stable")
+            events, origin = events[order], origin[order]
         self._collect(events, origin)
 
     def _early_rejects(self, sel: np.ndarray) -> None:
@@ -651,7 +652,16 @@ class _Run:
             return np.zeros(0, dtype=_EVENT_DT), np.zeros(0, dtype=np.int64)
         # joined as bytes: np.concatenate of tens of thousands of small structured arrays is ~20x slower
         rows = np.frombuffer(bytearray(b"".join(p[0].tobytes() for p in self.parts)), dtype=_EVENT_DT)
-        return rows, np.concatenate([p[1] for p in self.parts])
+        origin = self.origin_of_id[rows["order_id"].astype(np.int64)]
+        sizes = np.array([len(p[0]) for p in self.parts], dtype=np.int64)
+        line = np.repeat(np.array([p[2] for p in self.parts], dtype=np.int64), sizes)
+        answered = (line >= 0) & (rows["kind"] == EventKind.REJECT)  # a one-line submit's reject: that line
+        origin[answered] = line[answered]
+        ends = np.cumsum(sizes)
+        for (_, given, _), end, n in zip(self.parts, ends.tolist(), sizes.tolist()):
+            if given is not None:
+                origin[end - n:end] = given
+        return rows, origin
 
 
 def _engine_options(cfg: AccountsFile, tz: str, mark: str, tiers: dict[str, int]) -> dict:
