@@ -182,6 +182,7 @@ class Engine:
             a = self.account_ids[str(name)]
             self.portfolio.deposit(a, int(cfg.cash))
             self.risk.add_account(a, str(name), bool(cfg.margin), cfg.limits, bool(cfg.suspended))
+        self._bad = np.zeros(64, dtype=np.uint8)  # _reasons' output
         self._mark_ids = np.zeros(64, dtype=np.int64)  # collect_marks' output
         self._mark_px = np.zeros(64, dtype=np.int64)
         self._ids: dict[tuple[int, str], int] = {}  # (account, client order id) -> order id
@@ -211,7 +212,7 @@ class Engine:
         parts = [_HEADER.pack(kind, value, _len(rows), _len(commands), _len(status), len(names))]
         for arr in (rows, commands, status):
             if arr is not None and len(arr):
-                parts.append(np.ascontiguousarray(arr).tobytes())
+                parts.append(arr.tobytes())  # C order, whatever the view's strides
         parts.append(names)
         self._wal.append(b"".join(parts))
         self._wal.commit()
@@ -303,10 +304,13 @@ class Engine:
         return _joined(parts)
 
     def _reasons(self, commands: np.ndarray) -> np.ndarray:
-        """A Reason per user command: the engine's own refusals, then the risk gate's (one call)."""
-        bad = np.zeros(len(commands), dtype=np.uint8)
+        """A Reason per user command: the engine's own refusals, then the risk gate's (one call). A view
+        of a buffer the next call overwrites."""
+        if len(commands) > len(self._bad):
+            self._bad = np.zeros(max(len(commands), 2 * len(self._bad)), dtype=np.uint8)
+        bad = self._bad[:len(commands)]
         if not refuse_commands(commands, bad):
-            return self.risk.check(commands)
+            return self.risk.check(commands, out=bad)
         ok = bad == 0
         if ok.any():
             bad[ok] = self.risk.check(commands[ok])
@@ -633,13 +637,15 @@ def collect_marks(rows, known, ids, prices):
 @nb.njit(cache=True, nogil=True, _nrt=False)
 def refuse_commands(commands, out):
     """INVALID_ORDER into ``out`` for what users may not send: kinds other than NEW, CANCEL, MODIFY
-    (1..3), and order ids of the market account; returns how many."""
+    (1..3), and order ids of the market account, 0 for the others; returns how many were refused."""
     n = 0
     for i in range(commands.shape[0]):
         c = commands[i]
         if c.kind < _K_NEW or c.kind > _K_MODIFY or c.order_id >= _USER_ID_END:
             out[i] = _R_INVALID
             n += 1
+        else:
+            out[i] = 0
     return n
 
 

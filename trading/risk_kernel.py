@@ -45,6 +45,8 @@ from trading.risk import (MAINT_LONG_BP, MAINT_SHORT_BP, MAINT_SHORT_HIGH_PER_SH
                           MAINT_SHORT_LOW_PRICE, MARGIN_MIN_EQUITY, MWCB_HALT_NS, NO_LIMIT, REG_T_INITIAL_BP,
                           Limits, RiskConfig)
 
+_COMMAND_DT, _EVENT_DT = COMMAND.dtype, ORDER_EVENT.dtype
+
 # Return codes of the kernels (with the index of the row to resume from).
 DONE = 0
 NEED_IDS = 1  # grow the order id table
@@ -952,18 +954,20 @@ class RiskGate:
         while self.scalars[S_IDS] + n > self.scalars[S_ID_LIMIT]:
             self._grow_ids()
 
-    def check(self, commands: np.ndarray) -> np.ndarray:
+    def check(self, commands: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """A ``Reason`` code (uint8) per COMMAND row, 0 = passed; one kernel call for the batch.
 
         NEW and MODIFY rows are checked; passed ones reserve their worst case until ``on_events`` sees
-        them end. CANCEL, TRIGGER, SESSION_END and other appliance commands pass unchecked.
+        them end. CANCEL, TRIGGER, SESSION_END and other appliance commands pass unchecked. ``out``: a
+        uint8 array of the commands' length to write the codes into (returned).
         """
-        if commands.dtype != COMMAND.dtype:
+        if commands.dtype != _COMMAND_DT:
             raise ValueError(f"check takes trading.orders.COMMAND rows, not {commands.dtype}")
         self._sync()
         if len(commands) > 4096:  # size the id table once instead of growing it step by step
             self.reserve_ids(int(np.count_nonzero(commands["kind"] == CommandKind.NEW)))
-        out = np.zeros(len(commands), dtype=np.uint8)
+        if out is None:
+            out = np.zeros(len(commands), dtype=np.uint8)
         pf = self.portfolio
         i = 0
         while True:
@@ -981,7 +985,7 @@ class RiskGate:
         reservation; CANCELLED / EXPIRED, and a REJECT that ends the order (``_rejects_order``: never a
         duplicate-id reject, which answers another command) -> release; MODIFIED -> the reservation
         follows the new quantity and price."""
-        if events.dtype != ORDER_EVENT.dtype:
+        if events.dtype != _EVENT_DT:
             raise ValueError(f"on_events takes trading.orders.ORDER_EVENT rows, not {events.dtype}")
         pf = self.portfolio
         self._sync()
