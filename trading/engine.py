@@ -8,8 +8,9 @@
 
 ``submit(commands) -> events`` is the batch path (``trading.orders.COMMAND`` in, ``ORDER_EVENT`` out):
 
-1. sync: instruments the batch names whose feed book changed since their last sync, or whose mirrored
-   window must reach further for these orders, are read from ``books`` (``trading.market``);
+1. sync: instruments the batch names whose feed book changed since their last sync (or whose mirror
+   orders traded with each other), or whose mirrored window must reach further for these orders, are
+   read from ``books`` (``trading.market``: what changed since the last read);
 2. write-ahead log: what was read (``MARKET_INPUT`` rows) and the commands, one record, committed (one
    group commit per batch) before anything is acknowledged;
 3. the market rows become the market account's commands and run through the matcher;
@@ -21,8 +22,11 @@
 7. audit hand-off (the ``audit`` callable only enqueues), events out: REJECTs of step 4 first, then the
    matcher's events in command order.
 
-``on_feed`` logs what it read of the feed (levels of the active instruments it touched, executions,
-prints, marks, status rows) and applies it the same way (``trading.market``'s PRE and POST steps).
+``on_feed`` / ``feed`` log what they read of the feed (what changed in the levels of the watched
+instruments the batch touched, i.e. those with a live user order or consumed liquidity, their
+executions and prints, marks that moved, status rows) and apply it the same way (``trading.market``'s
+PRE and POST steps). ``end_session`` / ``session_end`` expire DAY orders. The dict forms (``order``,
+``cancel``, ``modify``, ``on_feed``, ``end_session``) name symbols and sides as the user sent them.
 
 Rules this module keeps:
 - the log holds inputs only: users' commands (with their client order ids), everything read from the
