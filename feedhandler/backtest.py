@@ -78,7 +78,6 @@ _LIQUIDITY_NAMES = {int(Liquidity.MAKER): "maker", int(Liquidity.TAKER): "taker"
 _REASON_NAMES = {int(r): r.name.lower() for r in Reason}
 _EVENT_DT, _COMMAND_DT = ORDER_EVENT.dtype, COMMAND.dtype
 _U4_MAX = 2**32 - 1
-_NO_OUTPUT_NS = 1 << 62  # a conflation window no capture reaches
 
 
 class BacktestError(Exception):
@@ -430,10 +429,8 @@ class _Run:
         self.cfg = accounts
         self.mark = mark
         self.wal_dir = wal_dir
-        # BBO and L2 rows unused (the engine reads the levels): one conflation window longer than any
-        # capture, so the books write no rows at all (a book cut at every order would otherwise hand
-        # out and replace its output buffers at each cut)
-        self.books = BookEngine(depth=1, venue=source.venue.id, out_rows=1024, conflate_ns=_NO_OUTPUT_NS)
+        # BBO and L2 rows unused (the engine reads the levels): books only, no rows made
+        self.books = BookEngine(depth=1, venue=source.venue.id, outputs=False)
         self.engine: Engine | None = None
         self.directory: list[tuple[int, str, int, int]] = []
         self.tiers: dict[str, int] = {}
