@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from sinks import OwnRedis, obtain_capture, wait_open  # noqa: E402  (the publishing bench's helpers)
+from sinks import OwnRedis, _sink_nice, make_runners, obtain_capture, wait_open  # noqa: E402  (the publishing bench's helpers)
 
 TARGET_P99_NS = 1_000_000
 STOP_CHANNEL = "bench:latency:stop"
@@ -170,6 +170,11 @@ def main(argv=None) -> int:
     ap.add_argument("--conflate", default="0", help="conflation window (default 0: every update)")
     ap.add_argument("--depth", type=int, default=10)
     ap.add_argument("--redis", help="use this Redis (default: start a redis-server on a free port)")
+    ap.add_argument("--mode", choices=("process", "thread"), default="process",
+                    help="sinks each in a process of their own (default, as feedhandler replay runs them) "
+                         "or on threads of the feed's process (process = false)")
+    ap.add_argument("--nice", type=int, default=None,
+                    help="niceness added to sink processes (default: feedhandler.sinks.SINK_NICE)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--subscriber", nargs=3, metavar=("KIND", "URL", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -181,10 +186,6 @@ def main(argv=None) -> int:
 
     import feedhandler.replay as fr
     from feedhandler.times import parse_duration
-    from publish.redis_pub import RedisPublisher
-    from publish.runner import SinkRunner
-    from publish.websocket_server import WebSocketServer
-
     log = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
     conflate_ns = parse_duration(args.conflate)
     path, how = obtain_capture(args.messages, args.symbols, args.seed)
@@ -200,10 +201,10 @@ def main(argv=None) -> int:
     redis_url = args.redis or own.url
     tmp = tempfile.mkdtemp(prefix="bench-latency-")
     releases: list[tuple[int, int, int]] = []
-    runners = [SinkRunner(RedisPublisher(redis_url, venue_depth=args.depth)),
-               SinkRunner(WebSocketServer("127.0.0.1", 0, depth=args.depth))]
+    runners = []
     saved = fr.Pacer
     try:
+        runners, _ = make_runners(["redis", "websocket"], redis_url, "", args.depth, args.mode, args.nice)
         wait_open(runners)
         subs = [Subscriber("ws", f"ws://127.0.0.1:{runners[1].sink.port}", tmp), Subscriber("redis", redis_url, tmp)]
         fr.Pacer = recording_pacer(releases)
@@ -238,7 +239,9 @@ def main(argv=None) -> int:
             results[kind][name] = percentiles(lat[rows[ok, 2] == code])
     report = {"capture": {"path": str(path.relative_to(ROOT)), "messages": summary.messages,
                           "symbols": args.symbols, "span_hours": span_ns / 3.6e12, "made_by": how},
-              "speed": speed, "conflate": args.conflate, "replay_seconds": wall, "pieces": int(len(rel)),
+              "speed": speed, "conflate": args.conflate, "mode": args.mode, "sink_nice": _sink_nice(args.nice),
+              "replay_seconds": wall,
+              "pieces": int(len(rel)),
               "release_late_us": {"p50": float(np.percentile(late, 50)) / 1e3,
                                   "p99": float(np.percentile(late, 99)) / 1e3, "max": float(late.max()) / 1e3},
               "latency": results, "sinks": reports,
@@ -255,7 +258,10 @@ def print_table(report: dict) -> None:
     c, m = report["capture"], report["machine"]
     print(f"Latency: {c['messages']:,} messages, {c['symbols']} symbols, {c['span_hours']:.1f} h of capture time "
           f"replayed at {report['speed']:,.0f}x in {report['replay_seconds']:.1f} s ({report['pieces']:,} pieces), "
-          f"conflate {report['conflate']}; Python {m['python']}, {m['cores']} cores, load {m['load_avg_1m']:.2f}")
+          f"conflate {report['conflate']}; sinks in {report['mode']}s"
+          + (f" at nice +{report['sink_nice']}" if report["mode"] == "process" else "")
+          + f"; Python {m['python']}, {m['cores']} cores, "
+          f"load {m['load_avg_1m']:.2f}")
     print("from the pacer releasing a piece to a subscriber process reading each message it caused (loopback)")
     head = f"{'path':<34} {'messages':>9} {'p50 us':>8} {'p99 us':>8} {'p99.9 us':>9} {'max us':>9}  target p99<=1ms"
     print(head)

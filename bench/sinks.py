@@ -170,7 +170,7 @@ class Reader:
 
 # ===================================================================== 2. replays with sinks
 def make_runners(names: list[str], redis_url: str, dsn: str, depth: int, mode: str = "process",
-                 nice: int = 0) -> tuple[list, list[str]]:
+                 nice: int | None = None) -> tuple[list, list[str]]:
     """The runners ``feedhandler replay --redis ... --timescale ... --ws ...`` builds
     (``feedhandler.sinks.build_runners``): each sink in a process of its own, or with ``mode="thread"``
     (``process = false``) on a thread of the feed's process, as before."""
@@ -186,7 +186,7 @@ def make_runners(names: list[str], redis_url: str, dsn: str, depth: int, mode: s
         else:
             conf = {"listen": "127.0.0.1:0"}
         conf["process"] = mode == "process"
-        if mode == "process":
+        if mode == "process" and nice is not None:
             conf["nice"] = nice
         settings[name] = conf
     return build_runners(settings, venue_depth=depth), schemas
@@ -422,7 +422,8 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", default="process",
                     help="how sinks run: process (each in its own, the default), thread (in the feed's "
                          "process, as before), or both: process,thread")
-    ap.add_argument("--nice", type=int, default=0, help="niceness added to sink processes (default 0)")
+    ap.add_argument("--nice", type=int, default=None,
+                    help="niceness added to sink processes (default: feedhandler.sinks.SINK_NICE)")
     ap.add_argument("--regenerate", action="store_true")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     ap.add_argument("--ws-reader", metavar="URL", help=argparse.SUPPRESS)  # the reader subprocess
@@ -449,21 +450,23 @@ def main(argv=None) -> int:
     report = {"capture": {"path": str(path.relative_to(ROOT)), "messages": args.messages, "symbols": args.symbols,
                           "seed": args.seed, "made_by": how},
               "conflate": args.conflate, "depth": args.depth, "repeat": args.repeat,
+              "sink_nice": _sink_nice(args.nice),
               "redis_url": redis_url, "redis_own_server": own is not None,
               "machine": {"python": platform.python_version(), "cores": os.cpu_count(),
                           "load_avg_1m": os.getloadavg()[0]}}
     try:
         if "replay" in parts:
-            runs = []
             sets = [["redis", "timescale", "websocket"] if s == "all" else [s] for s in args.sets.split(",")]
-            for mode, names in [("", [])] + [(m, n) for m in args.modes.split(",") for n in sets]:
-                best = None
-                for _ in range(args.repeat):
-                    log(f"replay, sinks: {'+'.join(names) or 'null'} {mode} ...")
+            plan = [("", [])] + [(m, n) for m in args.modes.split(",") for n in sets]
+            runs: list[dict | None] = [None] * len(plan)
+            # Interleaved (null, redis, ..., null, redis, ...), best of each: a load that comes and goes
+            # on a shared machine then weighs on every configuration alike.
+            for rep in range(args.repeat):
+                for k, (mode, names) in enumerate(plan):
+                    log(f"replay {rep + 1}/{args.repeat}, sinks: {'+'.join(names) or 'null'} {mode} ...")
                     r = run_replay(path, names, args, redis_url, mode)
-                    if best is None or r["feed_seconds"] < best["feed_seconds"]:
-                        best = r
-                runs.append(best)
+                    if runs[k] is None or r["feed_seconds"] < runs[k]["feed_seconds"]:
+                        runs[k] = r
             null = runs[0]
             for r in runs:
                 r["feed_over_null"] = r["feed_per_s"] / null["feed_per_s"]
@@ -491,10 +494,17 @@ def main(argv=None) -> int:
     return 0
 
 
+def _sink_nice(nice: int | None) -> int:
+    from feedhandler.sinks import SINK_NICE
+
+    return SINK_NICE if nice is None else nice
+
+
 def print_tables(report: dict) -> None:
     c, m = report["capture"], report["machine"]
     print(f"Publishing: {c['messages']:,} messages, {c['symbols']:,} symbols, MoldUDP64 pcap ({c['made_by']}); "
-          f"conflate {report['conflate']}, depth {report['depth']}; best of {report['repeat']}; Python {m['python']}, "
+          f"conflate {report['conflate']}, depth {report['depth']}; sink processes at nice +{report.get('sink_nice', 0)}; "
+          f"best of {report['repeat']}; Python {m['python']}, "
           f"{m['cores']} cores, 1-min load {m['load_avg_1m']:.2f} -> {m['load_avg_1m_after']:.2f}")
     if "replay" in report:
         print()

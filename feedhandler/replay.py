@@ -156,6 +156,7 @@ def replay(
     outputs = _Outputs(out_dir)
     publisher = _Publisher(source, runners)
     interrupted = False
+    last_piece = None  # paced with conflation: capture time of the last piece applied since a flush
     try:
         for batch in source.batches():
             outputs.open_once(source)
@@ -164,7 +165,16 @@ def replay(
                     interrupted = True
                     break
                 if pacer and capture_ns:  # a piece without book events has no time to wait for
+                    if last_piece is not None and capture_ns - last_piece >= conflate_ns:
+                        # Quiet for a whole window: emit it once the window is over, as a live handler's
+                        # idle flush does, instead of holding the updates until the next packet.
+                        pacer.wait_until(last_piece + conflate_ns)
+                        book = engine.finish()
+                        outputs.write("bbo", book.bbo)
+                        outputs.write("l2", book.l2)
+                        publisher.publish(bbo=book.bbo, l2=book.l2)
                     pacer.wait_until(capture_ns)
+                    last_piece = capture_ns if engine is not None and conflate_ns > 0 else None
                 for name, rows in piece.records().items():
                     outputs.write(name, rows)
                 if engine is not None:

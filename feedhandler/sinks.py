@@ -13,7 +13,7 @@
     queue_batches = 64        # batches waiting before the policy applies
     process = true            # run the sink in a process of its own (false: a thread of the feed's)
     queue_mb = 64             # process: the shared-memory queue between the feed and the sink
-    nice = 0                  # process: added to the sink process's niceness
+    nice = 10                 # process: added to the sink process's niceness (the feed comes first)
 
     [sinks.timescale]
     dsn = "postgresql://postgres@127.0.0.1:5432/marketdata"
@@ -31,6 +31,9 @@ from publish.process_runner import ProcessSinkRunner
 from publish.runner import SinkRunner
 
 DEFAULT_CONFIG = "feedhandler.toml"
+# Sink processes run this much nicer than the feed: when cores are short, the feed keeps its share and
+# the sinks take what is left (their queues conflate meanwhile). 0 treats them as equals.
+SINK_NICE = 10
 
 
 class ConfigError(Exception):
@@ -64,7 +67,7 @@ def build_runners(settings: dict[str, dict], venue_depth: int = 10) -> list[Sink
             max_batches = int(conf.pop("queue_batches", 64))  # the runner's; sinks keep their own settings
             in_process = _flag(name, conf.pop("process", True))
             queue_mb = float(conf.pop("queue_mb", 64))
-            nice = int(conf.pop("nice", 0))
+            nice = int(conf.pop("nice", SINK_NICE))
             factory, kwargs, attrs = _sink(name, conf, venue_depth)
             if in_process:
                 runners.append(ProcessSinkRunner(factory, kwargs, max_batches=max_batches, policy=policy,

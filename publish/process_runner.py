@@ -13,9 +13,11 @@ Rules this module keeps:
   two oldest waiting batches merge, ``publish.batch.conflate``; ``drop-oldest``), counted; a helper
   thread moves waiting batches into the queue as the child frees room.
 - The child takes everything the queue holds at once and writes it to the sink as one batch (rows
-  concatenated, nothing lost: ``publish.batch.concat``), so a sink that fell behind catches up with
-  bigger writes instead of a longer queue. Over ``max_batches`` waiting in the child, the same policy
-  applies there. A failing sink is closed, counted (``failures``) and reopened with a doubling
+  concatenated, nothing lost: ``publish.batch.concat``, up to ``MERGE_MAX_ROWS``), so a sink that fell
+  behind catches up with bigger writes instead of a longer queue. A sink with an event loop of its
+  own (``WebSocketServer``: ``attach_reader``/``apply``) is fed on that loop instead, one batch per
+  loop round, so no second thread is woken per batch. Over ``max_batches`` waiting in the child, the
+  same policy applies there. A failing sink is closed, counted (``failures``) and reopened with a doubling
   backoff while the child keeps draining the queue; the batch it failed on is retried once after
   the reopen (the same object: ``RedisPublisher`` re-sends the same commands), then dropped and counted.
 - A child that dies is restarted (``process_restarts``, with a doubling backoff), given the symbol
@@ -26,8 +28,12 @@ Rules this module keeps:
   parent decides when it ends (a terminal's ^C reaches the whole process group), and a child whose
   parent is gone ends by itself.
 - Counters: ``offered`` = ``written`` + ``conflated`` + ``dropped_batches`` once everything drained.
-  ``writes`` counts sink writes (one per merged run of batches). The sink's own counters come back
-  through the queue's status blob, prefixed with the sink's name, as ``SinkRunner.report`` gives them.
+  ``writes`` counts sink writes (one per merged run of batches), ``queue_full`` offers that found no
+  room, ``handoff_p50_us``/``p99``/``max`` the time from ``offer`` to the sink's write returning.
+  The sink's own counters come back through the queue's status blob (at most every
+  ``STATUS_EVERY_S``), prefixed with the sink's name, as ``SinkRunner.report`` gives them.
+- The child warms the sink's compiled code up and freezes the garbage collector's view of everything
+  it loaded before it takes the first batch; the feed warms up the queue's code when the runner is made.
 """
 from __future__ import annotations
 
@@ -154,6 +160,8 @@ class ProcessSinkRunner:
 
     def offer(self, batch: MarketBatch) -> None:
         """Copy the batch into the queue; never blocks (when it is full, the overflow policy decides)."""
+        if self._final is not None:
+            return  # stopped: the queue is gone
         with self._lock:
             self._counts["offered"] += 1
             if self._pending:

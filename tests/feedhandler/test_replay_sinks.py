@@ -486,7 +486,9 @@ def test_a_client_that_stops_reading_a_server_in_its_own_process_does_not_slow_t
             deadline = time.monotonic() + 30
             while runner.sink.counters.get("disconnects_slow", 0) == 0 and time.monotonic() < deadline:
                 timed(small_capture.path, speed=span_s / 0.5)
-            time.sleep(0.2)  # the child publishes its counters every 50 ms
+            deadline = time.monotonic() + 10  # the child publishes its counters every 50 ms or so
+            while runner.sink.counters.get("clients") != 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
             counters = runner.sink.counters
     finally:
         report = runner.stop(10.0)
@@ -497,6 +499,44 @@ def test_a_client_that_stops_reading_a_server_in_its_own_process_does_not_slow_t
 
 
 # -- pacing ----------------------------------------------------------------------------------------
+
+
+def test_a_paced_replay_emits_a_quiet_conflation_window_when_it_ends(small_capture, monkeypatch):
+    """At ``--speed N`` with ``--conflate``, a window no packet follows is emitted once it is over (as a
+    live handler's idle flush does), not held until the next packet: every BBO row reaches the sinks
+    within two windows of the capture time the pacer has released; the final state is the engine's."""
+    import feedhandler.replay as fr
+
+    conflate_ns = 50_000_000
+    released: list[int] = []
+
+    class RecordingPacer(fr.Pacer):
+        def wait_until(self, capture_ns: int) -> None:
+            super().wait_until(capture_ns)
+            released.append(capture_ns)
+
+    class Offers:  # what the replay hands its runners, and when (in capture time)
+        sink = type("Sink", (), {"name": "offers"})()
+
+        def __init__(self) -> None:
+            self.seen: list[tuple[int, object]] = []
+
+        def offer(self, batch) -> None:
+            self.seen.append((released[-1] if released else 0, batch))
+
+    monkeypatch.setattr(fr, "Pacer", RecordingPacer)
+    offers = Offers()
+    span_s = (small_capture.last_recv - small_capture.first_recv) / 1e9
+    replay(small_capture.path, None, depth=DEPTH, conflate_ns=conflate_ns, speed=span_s / 1.0, runners=[offers])
+    late = [(at - int(b.bbo["ts_recv"].min())) / 1e6 for at, b in offers.seen[:-1] if len(b.bbo)]
+    assert len(late) > 100 and max(late) <= 2 * conflate_ns / 1e6, max(late)  # ms behind the released time
+    last = {}
+    for _, b in offers.seen:
+        for row in b.bbo:
+            last[int(row["instrument_id"])] = (int(row["bid_px"]), int(row["bid_sz"]), int(row["ask_px"]),
+                                               int(row["ask_sz"]))
+    engine = small_capture.engine
+    assert last == {i: (lambda q: (q[0], q[1], q[3], q[4]))(engine.bbo(i)) for i in small_capture.symbols}
 
 
 def test_speed_paces_a_replay_by_the_capture_clock(small_capture):
