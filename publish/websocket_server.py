@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
 import time
 import urllib.parse
@@ -355,15 +354,13 @@ class WebSocketServer:
 
     async def _writer(self, ws: ServerConnection, cid: int, wake: asyncio.Event) -> None:
         hub = self.hub
-        cork = _Cork(ws)
         try:
             while True:
                 await wake.wait()
                 wake.clear()
                 while messages := hub.data_to_send(cid, self.send_chunk):
-                    with cork:  # one segment, one wake-up of the client, for the whole chunk
-                        for text in messages:
-                            await ws.send(text)
+                    for text in messages:
+                        await ws.send(text)
                     self.counters["messages_sent"] += len(messages)
                 close = hub.closing(cid)
                 if close is not None and close[2]:
@@ -371,25 +368,3 @@ class WebSocketServer:
                     return
         except ConnectionClosed:
             pass
-
-
-class _Cork:
-    """TCP_CORK around a run of sends: the kernel sends the frames as full segments when uncorked,
-    instead of one packet (and one wake-up of the client) per message. A no-op off TCP."""
-
-    def __init__(self, ws: ServerConnection) -> None:
-        sock = ws.transport.get_extra_info("socket") if ws.transport is not None else None
-        self.sock = sock if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6) else None
-
-    def __enter__(self) -> None:
-        self._set(1)
-
-    def __exit__(self, *exc) -> None:
-        self._set(0)
-
-    def _set(self, on: int) -> None:
-        if self.sock is not None:
-            try:
-                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, on)
-            except OSError:
-                self.sock = None  # the connection went away; the sends will say so
