@@ -19,6 +19,7 @@ from trading.audit import (
     OrderStatus,
     client_id_words,
 )
+from tests.trading.command_rows import cancel, modify, new
 from trading.matching import MatchingEngine
 from trading.orders import (
     ORDER_EVENT,
@@ -37,29 +38,6 @@ P = 10_000_000  # one cent
 BUY, SELL = OrderSide.BUY, OrderSide.SELL
 LIMIT, MARKET, STOP = OrderType.LIMIT, OrderType.MARKET, OrderType.STOP
 DAY, GTC, IOC = TimeInForce.DAY, TimeInForce.GTC, TimeInForce.IOC
-
-
-def new(oid, side, qty, price=None, typ=LIMIT, tif=DAY, stop=None, inst=1, account=7, ts=0):
-    row = dict(kind=CommandKind.NEW, order_id=oid, side=side, qty=qty, order_type=typ, tif=tif, instrument_id=inst,
-               account=account, ts=ts)
-    if price is not None:
-        row["price"] = price * P
-    if stop is not None:
-        row["stop_price"] = stop * P
-    return row
-
-
-def cancel(oid, account=7, ts=0):
-    return dict(kind=CommandKind.CANCEL, order_id=oid, account=account, ts=ts)
-
-
-def modify(oid, price=None, qty=0, stop=None, account=7, ts=0):
-    row = dict(kind=CommandKind.MODIFY, order_id=oid, qty=qty, account=account, ts=ts)
-    if price is not None:
-        row["price"] = price * P
-    if stop is not None:
-        row["stop_price"] = stop * P
-    return row
 
 
 def audited(matcher, trail, *rows, client_ids=None):

@@ -9,6 +9,7 @@ import pytest
 
 from parsers.schema import UNDEF_PRICE
 from tests.trading.reference_matching import EVENT_FIELDS, ReferenceMatcher
+from tests.trading.command_rows import cancel, modify, new
 from trading.matching import MatchingEngine
 from trading.orders import (
     COMMAND,
@@ -56,29 +57,6 @@ def test_event_layout():
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def new(oid, side, qty, price=None, typ=LIMIT, tif=DAY, stop=None, inst=1, account=7, ts=0):
-    row = dict(kind=CommandKind.NEW, order_id=oid, side=side, qty=qty, order_type=typ, tif=tif, instrument_id=inst,
-               account=account, ts=ts)
-    if price is not None:
-        row["price"] = price * P
-    if stop is not None:
-        row["stop_price"] = stop * P
-    return row
-
-
-def cancel(oid, account=7, ts=0):
-    return dict(kind=CommandKind.CANCEL, order_id=oid, account=account, ts=ts)
-
-
-def modify(oid, price=None, qty=0, stop=None, account=7, ts=0):
-    row = dict(kind=CommandKind.MODIFY, order_id=oid, qty=qty, account=account, ts=ts)
-    if price is not None:
-        row["price"] = price * P
-    if stop is not None:
-        row["stop_price"] = stop * P
-    return row
 
 
 def trigger(price, inst=1, ts=0):
