@@ -31,9 +31,9 @@ import time
 
 import numba as nb
 import numpy as np
+
 from multiprocessing import reduction
-from numba.core import types
-from numba.core.extending import intrinsic
+from parsers.fences import acquire_fence, full_fence, release_fence
 
 QUEUE_MAGIC = int.from_bytes(b"FHSINKQ1", "little")
 HEADER_SIZE = 8192
@@ -52,52 +52,28 @@ BLOB_OFFSET = 130 * 8
 BLOB_MAX = HEADER_SIZE - BLOB_OFFSET
 
 
-@intrinsic
-def _acquire_fence(typingctx):
-    def codegen(context, builder, signature, args):
-        builder.fence("acquire")
-        return context.get_dummy_value()
-    return types.void(), codegen
-
-
-@intrinsic
-def _release_fence(typingctx):
-    def codegen(context, builder, signature, args):
-        builder.fence("release")
-        return context.get_dummy_value()
-    return types.void(), codegen
-
-
-@intrinsic
-def _full_fence(typingctx):
-    def codegen(context, builder, signature, args):
-        builder.fence("seq_cst")
-        return context.get_dummy_value()
-    return types.void(), codegen
-
-
 @nb.njit(cache=True, nogil=True)
 def _load_acquire(hdr, word):
     """hdr[word], then an acquire fence (what the other side wrote before storing it is visible)."""
     value = hdr[word]
-    _acquire_fence()
+    acquire_fence()
     return value
 
 
 @nb.njit(cache=True, nogil=True)
 def _store_release(hdr, word, value):
     """A release fence (everything written so far), then hdr[word] = value."""
-    _release_fence()
+    release_fence()
     hdr[word] = value
 
 
 @nb.njit(cache=True, nogil=True)
 def _publish(hdr, write_pos, records):
     """Producer: publish up to ``write_pos``; returns True when the consumer must be woken."""
-    _release_fence()
+    release_fence()
     hdr[_W_RECORDS] = records
     hdr[_W_WRITE] = write_pos
-    _full_fence()  # the store above before the load below (Dekker with ``_prepare_sleep``)
+    full_fence()  # the store above before the load below (Dekker with ``_prepare_sleep``)
     return hdr[_W_SLEEPING] != 0
 
 
@@ -117,7 +93,7 @@ def _write_record(hdr, data, w, records, kind, parts, max_record):
     off = w % cap
     filler = cap - off if off + size > cap else 0
     r = hdr[_W_READ]
-    _acquire_fence()  # what the consumer released is done being read
+    acquire_fence()  # what the consumer released is done being read
     if cap - (w - r) < filler + size:
         return -1, False
     if filler:
@@ -135,10 +111,10 @@ def _write_record(hdr, data, w, records, kind, parts, max_record):
         data[pos:pos + n] = part
         pos += (n + 7) & ~7
     w += size
-    _release_fence()  # the record before the position that publishes it
+    release_fence()  # the record before the position that publishes it
     hdr[_W_RECORDS] = records
     hdr[_W_WRITE] = w
-    _full_fence()  # the store above before the load below (Dekker with ``_prepare_sleep``)
+    full_fence()  # the store above before the load below (Dekker with ``_prepare_sleep``)
     return w, hdr[_W_SLEEPING] != 0
 
 
@@ -146,7 +122,7 @@ def _write_record(hdr, data, w, records, kind, parts, max_record):
 def _prepare_sleep(hdr, read_pos):
     """Consumer: announce it is about to block; returns True if records arrived meanwhile (do not block)."""
     hdr[_W_SLEEPING] = 1
-    _full_fence()
+    full_fence()
     if hdr[_W_WRITE] != read_pos:
         hdr[_W_SLEEPING] = 0
         return True

@@ -29,8 +29,6 @@ from typing import Iterable
 
 import numba as nb
 import numpy as np
-from numba import types
-from numba.extending import intrinsic
 
 from feedhandler.sources import _bpf
 from feedhandler.sources.base import (
@@ -44,6 +42,7 @@ from feedhandler.sources.base import (
     parse_group_port,
     wait_readable,
 )
+from parsers.fences import acquire_fence, release_fence
 
 # linux/if_packet.h, linux/if_ether.h
 ETH_P_ALL = 0x0003
@@ -201,26 +200,6 @@ def udp_filter_program(pairs: list[tuple[int, int]]) -> bytes:
 
 
 # --- kernel helpers (shared with the AF_XDP source) -------------------------------------------------
-
-@intrinsic
-def acquire_fence(typingctx):
-    """Loads after it see everything published before the ownership word (block status, ring
-    producer) that the caller read: put it first in a kernel that reads shared ring memory."""
-    def codegen(context, builder, signature, args):
-        builder.fence("acquire")
-        return context.get_dummy_value()
-    return types.void(), codegen
-
-
-@intrinsic
-def release_fence(typingctx):
-    """Loads and stores before it complete before the caller's next store (the one that hands
-    memory back to the kernel): put it last in a kernel that reads or fills shared ring memory."""
-    def codegen(context, builder, signature, args):
-        builder.fence("release")
-        return context.get_dummy_value()
-    return types.void(), codegen
-
 
 @nb.njit(cache=True, inline="always")
 def _be16(buf, i):

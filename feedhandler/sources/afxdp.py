@@ -62,13 +62,11 @@ from feedhandler.sources._bpf import (
     SIZE_W,
 )
 from feedhandler.sources.afpacket import (
-    acquire_fence,
     interface_index,
     join_groups,
     kernel_refusal,
     locate_udp_payload,
     normalize_groups_ports,
-    release_fence,
     unmap,
 )
 from feedhandler.sources.base import (
@@ -80,6 +78,7 @@ from feedhandler.sources.base import (
     int_to_ipv4,
     wait_readable,
 )
+from parsers.fences import acquire_fence, release_fence
 
 WHO = "AF_XDP"
 

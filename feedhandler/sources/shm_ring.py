@@ -29,10 +29,9 @@ import time
 
 import numba as nb
 import numpy as np
-from numba.core import types
-from numba.core.extending import intrinsic
 
 from feedhandler.sources.base import READ_TIMEOUT_S, PacketBatch, SourceError, empty_batch
+from parsers.fences import acquire_fence, release_fence
 
 RING_MAGIC = int.from_bytes(b"FHSHMRNG", "little")  # bytes "FHSHMRNG" at offset 0
 RING_VERSION = 1
@@ -81,22 +80,6 @@ SPIN_S = 0.0002  # read() polls flat out this long before it starts sleeping bet
 SLEEP_S = 0.00005
 
 
-@intrinsic
-def _acquire_fence(typingctx):
-    def codegen(context, builder, signature, args):
-        builder.fence("acquire")
-        return context.get_dummy_value()
-    return types.void(), codegen
-
-
-@intrinsic
-def _release_fence(typingctx):
-    def codegen(context, builder, signature, args):
-        builder.fence("release")
-        return context.get_dummy_value()
-    return types.void(), codegen
-
-
 @nb.njit(cache=True, nogil=True)
 def _ring_write(hdr, slots, slot_size, count, data, offset, length, ts_recv, group, port, start, stop_when_full):
     """Copy packets from ``start`` on into free slots and publish them.
@@ -115,7 +98,7 @@ def _ring_write(hdr, slots, slot_size, count, data, offset, length, ts_recv, gro
     """
     w = hdr[_W_WRITE]
     r = hdr[_W_READ]
-    _acquire_fence()  # slots the consumer released are done being read
+    acquire_fence()  # slots the consumer released are done being read
     mask = np.uint64(count - 1)
     room = slot_size - SLOT_HEADER_SIZE
     s32 = slots.view(np.uint32)
@@ -125,7 +108,7 @@ def _ring_write(hdr, slots, slot_size, count, data, offset, length, ts_recv, gro
     for i in range(start, offset.shape[0]):
         if w - r >= np.uint64(count):
             r = hdr[_W_READ]
-            _acquire_fence()
+            acquire_fence()
             if w - r >= np.uint64(count):
                 if stop_when_full:
                     break
@@ -147,7 +130,7 @@ def _ring_write(hdr, slots, slot_size, count, data, offset, length, ts_recv, gro
         s16[(base + SLOT_OFF_FLAGS) // 2] = np.uint16(flags)
         w += np.uint64(1)
         written += 1
-    _release_fence()  # slot contents before the index that publishes them
+    release_fence()  # slot contents before the index that publishes them
     hdr[_W_WRITE] = w
     return written
 
@@ -167,10 +150,10 @@ def _ring_read(hdr, slots, slot_size, count, release_to, max_packets, offset, le
     Returns:
         rows filled; the caller releases ``release_to + rows`` on its next call.
     """
-    _release_fence()  # the previous batch was read before its slots go back
+    release_fence()  # the previous batch was read before its slots go back
     hdr[_W_READ] = release_to
     w = hdr[_W_WRITE]
-    _acquire_fence()  # slot contents after the index that published them
+    acquire_fence()  # slot contents after the index that published them
     r = release_to
     n = min(np.int64(w - r), np.int64(max_packets))
     if n < 0:  # a write index behind ours: a broken writer; take nothing rather than garbage
