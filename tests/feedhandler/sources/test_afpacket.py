@@ -16,7 +16,6 @@ from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 from feedhandler.sources import SourceError, ipv4_to_int, open_source
 from feedhandler.sources.afpacket import AfPacketSource, locate_udp_payload, udp_filter_program
 from feedhandler.sources.socket_source import SocketSource
-from parsers.moldudp64 import MoldSessionTracker
 from tests.feedhandler.netns import (
     ADDR_A,
     ADDR_B,
@@ -25,6 +24,7 @@ from tests.feedhandler.netns import (
     netns_pair,  # noqa: F401  (fixture)
     send_payloads,
 )
+from tests.feedhandler.sources.mold_check import assert_frames_back
 
 GROUP = "239.77.2.1"
 PORT = 26400
@@ -75,12 +75,7 @@ def test_same_packets_and_kernel_times_as_socket_source(netns_pair):
     assert stats["bytes"] == sum(map(len, packets))
     assert stats["kernel_drops"] == 0 and stats["not_udp"] == 0 and stats["truncated"] == 0
     # and the payloads frame back into the generated ITCH messages without a gap
-    data = np.frombuffer(b"".join(got), np.uint8)
-    lengths = np.array([len(p) for p in got], np.int64)
-    tracker = MoldSessionTracker()
-    frames = tracker.frame_packets(data, np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths, ts)
-    assert tracker.gaps == [] and tracker.messages == len(messages)
-    assert [data[o:o + n].tobytes() for o, n in zip(frames["offset"], frames["length"])] == messages
+    assert_frames_back(got, ts, messages)
 
 
 def test_kernel_filter_keeps_only_the_feed(netns_pair):

@@ -19,7 +19,6 @@ from feedhandler.sources import SourceError, ipv4_to_int, open_source
 from feedhandler.sources import _bpf
 from feedhandler.sources.afxdp import AfXdpSource, redirect_program
 from feedhandler.sources.socket_source import SocketSource
-from parsers.moldudp64 import MoldSessionTracker
 from tests.feedhandler.netns import (
     ADDR_A,
     ADDR_B,
@@ -28,6 +27,7 @@ from tests.feedhandler.netns import (
     netns_pair,  # noqa: F401  (fixture)
     send_payloads,
 )
+from tests.feedhandler.sources.mold_check import assert_frames_back
 from tests.feedhandler.sources.test_afpacket import drain, raw_sender, tagged_frame
 
 GROUP = "239.77.2.1"  # the same as test_afpacket's, whose crafted frames are reused
@@ -73,12 +73,7 @@ def test_same_packets_as_socket_source_with_kernel_side_times(netns_pair, mode):
     assert stats["packets"] == len(packets) and stats["bytes"] == sum(map(len, packets))
     assert stats["kernel_drops"] == 0 and stats["other_queue"] == 0 and stats["not_udp"] == 0
     assert stats["mode"] == mode and stats["zero_copy"] is False
-    data = np.frombuffer(b"".join(got), np.uint8)
-    lengths = np.array([len(p) for p in got], np.int64)
-    tracker = MoldSessionTracker()
-    frames = tracker.frame_packets(data, np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths, ts)
-    assert tracker.gaps == [] and tracker.messages == len(messages)
-    assert [data[o:o + n].tobytes() for o, n in zip(frames["offset"], frames["length"])] == messages
+    assert_frames_back(got, ts, messages)
 
 
 def test_feed_is_redirected_everything_else_reaches_the_stack(netns_pair):
