@@ -31,27 +31,59 @@ class MarketBatch:
             len(v) for v in self.ohlcv.values())
 
 
-def conflate(older: MarketBatch, newer: MarketBatch) -> MarketBatch:
-    """One batch standing for two consecutive ones, latest state winning.
+def conflate(*batches: MarketBatch) -> MarketBatch:
+    """One batch standing for consecutive ones (oldest first), latest state winning.
 
-    BBO: the last row per instrument. L2: per instrument, the rows of its last update if that update was
-    a complete snapshot, else every row (deltas must all arrive). Trades and status are kept whole:
-    they are events, not state.
+    BBO: the last row per instrument. L2, trades and status are kept whole: L2 rows may be deltas,
+    which must all arrive, and trades and status are events, not state.
     """
-    bbo = _joined([older.bbo, newer.bbo])
-    if len(bbo):
+    bbo = _joined([b.bbo for b in batches])
+    if len(batches) > 1 and len(bbo):
         _, last = np.unique(bbo["instrument_id"][::-1], return_index=True)
         bbo = bbo[np.sort(len(bbo) - 1 - last)]
+    ohlcv: dict[str, np.ndarray] = {}
+    for b in batches:
+        ohlcv.update(b.ohlcv)
+    newest = batches[-1]
     return MarketBatch(
-        venue=newer.venue,
-        symbols=newer.symbols,
+        venue=newest.venue,
+        symbols=newest.symbols,
         bbo=bbo,
-        l2=_joined([older.l2, newer.l2]),
-        trades=_joined([older.trades, newer.trades]),
-        status=_joined([older.status, newer.status]),
-        ohlcv={**older.ohlcv, **newer.ohlcv},
-        final=older.final or newer.final,
+        l2=_joined([b.l2 for b in batches]),
+        trades=_joined([b.trades for b in batches]),
+        status=_joined([b.status for b in batches]),
+        ohlcv=ohlcv,
+        final=any(b.final for b in batches),
     )
+
+
+class Merging:
+    """Consecutive batches that a full queue has merged into one entry, conflated once when the entry
+    is taken. Conflating on every arrival would copy the growing batch again each time: quadratic work
+    for exactly the sink that has fallen furthest behind."""
+
+    __slots__ = ("parts", "rows")
+
+    def __init__(self, oldest: MarketBatch) -> None:
+        self.parts = [oldest]
+        self.rows = oldest.rows
+
+    def add(self, newer: MarketBatch) -> None:
+        self.parts.append(newer)
+        self.rows += newer.rows
+
+
+def merge(older: MarketBatch | Merging, newer: MarketBatch | Merging) -> Merging:
+    """``older`` and ``newer`` as one queue entry (in O(newer's parts), not O(rows))."""
+    merged = older if isinstance(older, Merging) else Merging(older)
+    for part in newer.parts if isinstance(newer, Merging) else (newer,):
+        merged.add(part)
+    return merged
+
+
+def settled(entry: MarketBatch | Merging) -> MarketBatch:
+    """The batch a queue entry stands for (a merged entry is conflated now)."""
+    return conflate(*entry.parts) if isinstance(entry, Merging) else entry
 
 
 def concat(batches: list[MarketBatch]) -> MarketBatch:

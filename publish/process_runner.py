@@ -50,7 +50,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from publish.batch import MarketBatch, concat, conflate
+from publish.batch import MarketBatch, Merging, concat, merge, settled
 from publish.batch_wire import KIND_BATCH, BatchReader, BatchWriter
 from publish.batch_wire import warm_up as warm_up_wire
 from publish.runner import POLICIES
@@ -140,7 +140,7 @@ class ProcessSinkRunner:
         self._writer = BatchWriter(self._queue, consumes=consumes)
         self._rows_in_queue: collections.deque[tuple[int, int]] = collections.deque()  # (record number, rows)
         self._records = 0
-        self._pending: collections.deque[MarketBatch] = collections.deque()
+        self._pending: collections.deque[MarketBatch | Merging] = collections.deque()
         self._lock = threading.Lock()  # one producer at a time: the feed's offer or the helper's flush
         self._carried: collections.Counter = collections.Counter()  # sink counters of children that died
         self._status_cache: tuple[float, dict] = (0.0, {})
@@ -263,14 +263,18 @@ class ProcessSinkRunner:
         if len(pending) > self.max_batches:
             if self.policy == "conflate":
                 first = pending.popleft()
-                pending[0] = conflate(first, pending[0])
+                pending[0] = merge(first, pending[0])
                 self._counts["conflated"] += 1
             else:
                 self._count_dropped(pending.popleft().rows)
 
     def _flush_pending(self) -> None:
         pending = self._pending
-        while pending and self._put(pending[0]):
+        while pending:
+            if isinstance(pending[0], Merging):
+                pending[0] = settled(pending[0])  # once: a put that finds no room keeps the merged batch
+            if not self._put(pending[0]):
+                break
             pending.popleft()
 
     def _count_dropped(self, rows: int) -> None:
@@ -452,7 +456,7 @@ class _ChildLoop:
         self.max_backoff_s = max_backoff_s
         self.parent_pid = parent_pid
         self.c = queue.counters()
-        self.backlog: collections.deque[MarketBatch] = collections.deque()
+        self.backlog: collections.deque[MarketBatch | Merging] = collections.deque()
         self.handed: collections.deque[int] = collections.deque()  # when the feed offered each (monotonic ns)
         self.retry: tuple[MarketBatch, list[int]] | None = None  # a batch whose write failed, and its hand-offs
         self.latency = LatencyHistogram()
@@ -546,7 +550,7 @@ class _ChildLoop:
         if not self.backlog:
             return
         handed = [self.handed.popleft()]
-        self._write(self.backlog.popleft(), handed, attempt=2)  # on the loop: a failed apply is not retried
+        self._write(self._take(), handed, attempt=2)  # on the loop: a failed apply is not retried
         self.publish_status()
         if self.backlog:
             self._stepping = True
@@ -572,11 +576,9 @@ class _ChildLoop:
             if len(backlog) > self.max_batches:
                 if self.policy == "conflate":
                     first = backlog.popleft()
-                    rows = first.rows + backlog[0].rows
-                    backlog[0] = conflate(first, backlog[0])
+                    backlog[0] = merge(first, backlog[0])  # conflated once, when taken (_take)
                     handed[0] = handed.popleft()  # the merged batch waited since the older one came
                     c[C_CONFLATED] += 1
-                    c[C_CONFLATED_ROWS] += rows - backlog[0].rows
                 else:
                     handed.popleft()
                     dropped = backlog.popleft()
@@ -595,11 +597,20 @@ class _ChildLoop:
         take, handed, rows = [], [], 0
         backlog = self.backlog
         while backlog and (not take or rows + backlog[0].rows <= MERGE_MAX_ROWS):
-            batch = backlog.popleft()
+            batch = self._take()
             handed.append(self.handed.popleft())
             rows += batch.rows
             take.append(batch)
         self._write(concat(take), handed, attempt=1)
+
+    def _take(self) -> MarketBatch:
+        """The oldest backlog entry as one batch (a merged entry is conflated now, and counted)."""
+        entry = self.backlog.popleft()
+        if not isinstance(entry, Merging):
+            return entry
+        batch = settled(entry)
+        self.c[C_CONFLATED_ROWS] += entry.rows - batch.rows
+        return batch
 
     def _write(self, batch: MarketBatch, handed: list[int], attempt: int) -> None:
         c = self.c

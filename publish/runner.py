@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Protocol
 
-from publish.batch import MarketBatch, conflate
+from publish.batch import MarketBatch, Merging, merge, settled
 
 POLICIES = ("drop-oldest", "conflate")
 
@@ -48,7 +48,7 @@ class SinkRunner:
         self.max_backoff_s = max_backoff_s
         self.counts = collections.Counter()  # offered, written, dropped_batches, dropped_rows, conflated, failures, restarts
         self.last_error: str | None = None
-        self._queue: collections.deque[MarketBatch] = collections.deque()
+        self._queue: collections.deque[MarketBatch | Merging] = collections.deque()
         self._cv = threading.Condition()
         self._stopping = False
         self._abandon_at: float | None = None
@@ -65,7 +65,7 @@ class SinkRunner:
                 if self.policy == "conflate" and len(self._queue) >= 2:
                     first = self._queue.popleft()
                     second = self._queue.popleft()
-                    self._queue.appendleft(conflate(first, second))
+                    self._queue.appendleft(merge(first, second))
                     self.counts["conflated"] += 1
                 else:
                     dropped = self._queue.popleft()
@@ -104,8 +104,10 @@ class SinkRunner:
             while not self._queue and not self._stopping:
                 self._cv.wait(0.1)
             if self._queue and not (self._abandon_at is not None and time.monotonic() > self._abandon_at):
-                return self._queue.popleft()
-            return None
+                entry = self._queue.popleft()
+            else:
+                return None
+        return settled(entry)  # outside the lock: the feed never waits for a merge
 
     def _run(self) -> None:
         opened = self._open()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 import time
 import urllib.parse
@@ -37,7 +38,7 @@ import urllib.parse
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from publish.batch import MarketBatch, conflate
+from publish.batch import MarketBatch, Merging, merge, settled
 from publish.ws_protocol import Hub
 
 
@@ -55,6 +56,8 @@ class WebSocketServer:
         auth_timeout_s: a client that does not authenticate in time is disconnected (1008).
         max_batches: batches handed to the loop and not yet applied before they conflate.
         send_chunk: messages taken from the hub per writer round.
+        send_buffer: kernel send buffer per connection, in bytes (SO_SNDBUF). Bounds what a client that
+            stops reading can swallow before its queue backs up (Linux autotunes it to megabytes).
         close_timeout: seconds to wait for a closing handshake before aborting the connection.
         users: token -> user name: connections authenticated with one act for that user (order entry).
         order_handler: ``handler(user, request) -> [(user, message), ...]``, run on the server's loop for
@@ -66,6 +69,7 @@ class WebSocketServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 8765, token: str | None = None, max_clients: int = 256,
                  max_queue: int = 4096, *, depth: int = 10, max_subscriptions: int = 10_000, stuck_s: float = 5.0,
                  auth_timeout_s: float = 10.0, max_batches: int = 64, send_chunk: int = 256,
+                 send_buffer: int = 262_144,
                  close_timeout: float = 2.0, max_message_bytes: int = 65_536, users=None,
                  order_handler=None) -> None:
         if max_batches < 2:
@@ -79,6 +83,7 @@ class WebSocketServer:
                               order_handler=order_handler)
         self.max_batches = max_batches
         self.send_chunk = send_chunk
+        self.send_buffer = send_buffer
         self.close_timeout = close_timeout
         self.max_message_bytes = max_message_bytes
         self.counters: dict[str, int] = dict.fromkeys(
@@ -87,7 +92,7 @@ class WebSocketServer:
              "order_messages_unseen"), 0)
         self.hub: Hub | None = None
         self._lock = threading.Lock()
-        self._handoff: list[MarketBatch] = []
+        self._handoff: list[MarketBatch | Merging] = []
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -132,7 +137,7 @@ class WebSocketServer:
             raise RuntimeError("WebSocketServer.write before open()")
         with self._lock:
             if len(self._handoff) >= self.max_batches:  # the loop is behind: merge into the newest
-                self._handoff[-1] = conflate(self._handoff[-1], batch)
+                self._handoff[-1] = merge(self._handoff[-1], batch)  # conflated once, when applied
                 self.counters["batches_conflated"] += 1
             else:
                 self._handoff.append(batch)
@@ -274,7 +279,7 @@ class WebSocketServer:
         now = time.monotonic()
         woken: set[int] = set()
         for batch in batches:
-            woken |= hub.apply(batch, now)
+            woken |= hub.apply(settled(batch), now)
         self.counters["batches"] += len(batches)
         for cid in woken:
             conn = self._conns.get(cid)
@@ -324,6 +329,9 @@ class WebSocketServer:
         hub = self.hub
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(ws.request.path).query)
         url_token = query.get("token", [None])[0]
+        sock = ws.transport.get_extra_info("socket")
+        if sock is not None and self.send_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
         cid = hub.connect(time.monotonic(), url_token)
         wake = asyncio.Event()
         wake.set()

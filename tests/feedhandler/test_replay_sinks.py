@@ -436,7 +436,7 @@ def test_websocket_client_that_stops_reading_does_not_slow_the_replay(capture, s
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", port))
         with sync_connect(f"ws://127.0.0.1:{port}", sock=sock, max_queue=1, compression=None,
-                          close_timeout=0.5) as slow:
+                          close_timeout=0.5, ping_interval=None) as slow:  # its own keepalive would end it first
             slow.send(json.dumps({"op": "subscribe", "channels": ["bbo", "l2", "trades"], "symbols": "*"}))
             assert json.loads(slow.recv(5))["type"] == "subscribed"  # the last thing it ever reads
             with_slow = [_timed_replay(capture, runner) for _ in range(3)]
@@ -478,7 +478,7 @@ def test_a_client_that_stops_reading_a_server_in_its_own_process_does_not_slow_t
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", port))
         with sync_connect(f"ws://127.0.0.1:{port}", sock=sock, max_queue=1, compression=None,
-                          close_timeout=0.5) as slow:
+                          close_timeout=0.5, ping_interval=None) as slow:  # its own keepalive would end it first
             slow.send(json.dumps({"op": "subscribe", "channels": ["bbo", "l2", "trades"], "symbols": "*"}))
             assert json.loads(slow.recv(5))["type"] == "subscribed"  # the last thing it ever reads
             with_slow = [timed(capture.path) for _ in range(3)]

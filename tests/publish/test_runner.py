@@ -5,7 +5,7 @@ import time
 import numpy as np
 
 from orderbook.records import BBO
-from publish.batch import MarketBatch, conflate
+from publish.batch import MarketBatch, Merging, conflate, merge, settled
 from publish.runner import SinkRunner
 
 
@@ -48,6 +48,24 @@ def bbo_batch(*rows):
 def test_conflate_keeps_the_latest_bbo_per_instrument_in_order():
     merged = conflate(bbo_batch((1, 10), (2, 20)), bbo_batch((1, 11), (3, 30)))
     assert [(int(r["instrument_id"]), int(r["bid_px"])) for r in merged.bbo] == [(2, 20), (1, 11), (3, 30)]
+
+
+def test_a_merged_queue_entry_conflates_once_to_what_pairwise_conflation_gives():
+    """A full queue merges entries without copying rows (``merge``); taking the entry (``settled``)
+    gives exactly the batch that conflating pair by pair would have."""
+    rng = np.random.default_rng(7)
+    batches = [bbo_batch(*((int(i), int(p)) for i, p in zip(rng.integers(1, 6, 4), rng.integers(1, 99, 4))))
+               for _ in range(50)]
+    entry = batches[0]
+    pairwise = batches[0]
+    for b in batches[1:]:
+        entry = merge(entry, b)
+        pairwise = conflate(pairwise, b)
+    assert isinstance(entry, Merging) and len(entry.parts) == 50 and entry.rows == 200
+    assert merge(merge(batches[0], batches[1]), merge(batches[2], batches[3])).parts == batches[:4]
+    got = settled(entry)
+    assert got.bbo.tobytes() == pairwise.bbo.tobytes() and len(got.bbo) == 5
+    assert settled(batches[3]) is batches[3]
 
 
 def test_full_queue_drops_oldest_and_counts_it_without_blocking():
