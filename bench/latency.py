@@ -152,6 +152,43 @@ def recording_pacer(releases: list[tuple[int, int, int]]):
     return RecordingPacer
 
 
+def hop_breakdown(rel: np.ndarray, received: dict, trace_dir: str, sinks: dict) -> dict:
+    """Where each subscriber's latency goes, hop by hop (percentiles of each hop's own time):
+    release -> offer (the feed: book update, batch, queue copy), offer -> taken (the sink process
+    waking), taken -> write start (waiting behind other writes), write (encode and send), and
+    write done -> read by the subscriber (server, kernel, the subscriber's own process). From the
+    sink processes' ``HopTrace`` files; a write is matched to the piece its oldest batch came from."""
+    from publish.process_runner import HopTrace
+
+    out = {}
+    for kind, sink in sinks.items():
+        files = sorted(f for f in os.listdir(trace_dir) if f.startswith(f"{sink}-"))
+        if not files or kind not in received:
+            continue
+        t = np.concatenate([np.load(os.path.join(trace_dir, f)) for f in files])
+        col = {name: t[:, k] for k, name in enumerate(HopTrace.COLUMNS)}
+        piece = np.searchsorted(rel[:, 2], col["handed"], side="right") - 1
+        ok = (piece >= 0) & (col["taken"] > 0)
+        hops = {"release_to_offer": col["handed"][ok] - rel[piece[ok], 2],
+                "offer_to_taken": (col["taken"] - col["handed"])[ok],
+                "taken_to_start": (col["start"] - col["taken"])[ok],
+                "write": (col["done"] - col["start"])[ok]}
+        # Each message read: the write that carried its piece (the first write whose oldest batch came
+        # from that piece or an earlier one and that ended last before... simply: the write of its piece).
+        rows = received[kind]
+        msg_piece = np.searchsorted(rel[:, 0], rows[:, 1], side="right") - 1
+        wp, wdone = piece[ok], col["done"][ok]
+        order = np.argsort(wp, kind="stable")
+        wp, wdone = wp[order], wdone[order]
+        at = np.searchsorted(wp, msg_piece, side="right") - 1  # the last write starting at or before it
+        good = (msg_piece >= 0) & (at >= 0)
+        after = rows[good, 0] - wdone[at[good]]
+        hops["write_to_read"] = after[after >= 0]
+        out[kind] = {name: percentiles(ns) for name, ns in hops.items()}
+        out[kind]["batches_per_write_max"] = int(col["batches"].max()) if len(t) else 0
+    return out
+
+
 def percentiles(ns: np.ndarray) -> dict:
     if not len(ns):
         return {"count": 0}
@@ -203,6 +240,12 @@ def main(argv=None) -> int:
     releases: list[tuple[int, int, int]] = []
     runners = []
     saved = fr.Pacer
+    from publish.process_runner import TRACE_ENV
+
+    trace_dir = os.path.join(tmp, "hops")
+    os.makedirs(trace_dir)
+    if args.mode == "process":
+        os.environ[TRACE_ENV] = trace_dir  # the sink processes record each hop (HopTrace)
     try:
         runners, _ = make_runners(["redis", "websocket"], redis_url, "", args.depth, args.mode, args.nice)
         wait_open(runners)
@@ -218,6 +261,7 @@ def main(argv=None) -> int:
         client.close()
         received = {s.kind: s.result() for s in subs}
     finally:
+        os.environ.pop(TRACE_ENV, None)
         fr.Pacer = saved
         for r in runners:
             r.stop(0)
@@ -237,6 +281,7 @@ def main(argv=None) -> int:
         results[kind] = {"all": percentiles(lat), "unmatched": int((~ok).sum())}
         for code, name in ((0, "bbo"), (1, "l2"), (2, "trade")):
             results[kind][name] = percentiles(lat[rows[ok, 2] == code])
+    hops = hop_breakdown(rel, received, trace_dir, {"ws": "websocket", "redis": "redis"})
     report = {"capture": {"path": str(path.relative_to(ROOT)), "messages": summary.messages,
                           "symbols": args.symbols, "span_hours": span_ns / 3.6e12, "made_by": how},
               "speed": speed, "conflate": args.conflate, "mode": args.mode, "sink_nice": _sink_nice(args.nice),
@@ -244,7 +289,7 @@ def main(argv=None) -> int:
               "pieces": int(len(rel)),
               "release_late_us": {"p50": float(np.percentile(late, 50)) / 1e3,
                                   "p99": float(np.percentile(late, 99)) / 1e3, "max": float(late.max()) / 1e3},
-              "latency": results, "sinks": reports,
+              "latency": results, "hops": hops, "sinks": reports,
               "machine": {"python": platform.python_version(), "cores": os.cpu_count(),
                           "load_avg_1m": os.getloadavg()[0]}}
     if args.json:
@@ -275,6 +320,12 @@ def print_table(report: dict) -> None:
             label = f"{labels[kind]} {name}" if name != "all" else labels[kind]
             print(f"{label:<34} {p['count']:>9,} {p['p50_us']:>8.0f} {p['p99_us']:>8.0f} {p['p99_9_us']:>9.0f} "
                   f"{p['max_us']:>9.0f}  " + ("ok" if p["meets_target"] else "MISS"))
+    for kind, hops in report.get("hops", {}).items():
+        print(f"{labels[kind]}, hop by hop (each hop's own percentiles, us):")
+        for name, p in hops.items():
+            if isinstance(p, dict) and p.get("count"):
+                print(f"  {name:<32} {p['count']:>9,} {p['p50_us']:>8.0f} {p['p99_us']:>8.0f} {p['p99_9_us']:>9.0f} "
+                      f"{p['max_us']:>9.0f}")
     late = report["release_late_us"]
     print(f"pacer releases after their due time: p50 {late['p50']:.0f} us, p99 {late['p99']:.0f} us, "
           f"max {late['max']:.0f} us (not in the latencies above)")

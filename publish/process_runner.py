@@ -60,6 +60,9 @@ STOP_GRACE_S = 8.0  # after the drain deadline: the sink's close (WebSocketServe
 STATUS_EVERY_S = 0.05  # the child republishes its sink's counters at most this often while busy
 MERGE_MAX_ROWS = 1 << 20  # rows of one merged write; what is left waits for the next write
 MONITOR_S = 0.05
+# A directory: each sink process writes the time of every hop of every write there when it ends
+# (``HopTrace``; bench/latency.py reads them). Unset: nothing recorded.
+TRACE_ENV = "FEEDHANDLER_SINK_TRACE"
 
 # Child counter words (ShmQueue.counters()).
 C_TAKEN, C_WRITTEN, C_WRITES, C_CONFLATED, C_DROPPED_BATCHES, C_DROPPED_ROWS, C_FAILURES, C_RESTARTS, \
@@ -411,6 +414,34 @@ class LatencyHistogram:
                 "max_us": round(self.max_ns / 1e3, 1)}
 
 
+class HopTrace:
+    """Per sink write, when each hop ended (CLOCK_MONOTONIC ns): the feed's offer of the oldest batch
+    in it, this process taking that batch from the queue, the write starting and returning; and how
+    many batches it held. Kept in memory (fixed size: the oldest rows are overwritten) and saved as
+    ``{dir}/{sink}-{pid}.npy`` when the process ends. For measuring (``TRACE_ENV``), not for production.
+    """
+
+    COLUMNS = ("handed", "taken", "start", "done", "batches")
+
+    def __init__(self, path: str, rows: int = 1 << 18) -> None:
+        self.path = path
+        self.rows = np.zeros((rows, len(self.COLUMNS)), dtype=np.int64)
+        self.n = 0
+
+    @classmethod
+    def from_env(cls, name: str) -> HopTrace | None:
+        where = os.environ.get(TRACE_ENV)
+        return cls(os.path.join(where, f"{name}-{os.getpid()}.npy")) if where else None
+
+    def add(self, handed: int, taken: int, start: int, done: int, batches: int) -> None:
+        self.rows[self.n % len(self.rows)] = (handed, taken, start, done, batches)
+        self.n += 1
+
+    def save(self) -> None:
+        n = min(self.n, len(self.rows))
+        np.save(self.path, self.rows[:n] if self.n <= len(self.rows) else np.roll(self.rows, -(self.n % n), axis=0))
+
+
 # ---------------------------------------------------------------------------------------------------
 # the child process
 
@@ -458,6 +489,8 @@ class _ChildLoop:
         self.c = queue.counters()
         self.backlog: collections.deque[MarketBatch | Merging] = collections.deque()
         self.handed: collections.deque[int] = collections.deque()  # when the feed offered each (monotonic ns)
+        self.taken: collections.deque[int] = collections.deque()  # when this process took each from the queue
+        self.trace = HopTrace.from_env(sink.name)
         self.retry: tuple[MarketBatch, list[int]] | None = None  # a batch whose write failed, and its hand-offs
         self.latency = LatencyHistogram()
         self.opened = False
@@ -550,7 +583,7 @@ class _ChildLoop:
         if not self.backlog:
             return
         handed = [self.handed.popleft()]
-        self._write(self._take(), handed, attempt=2)  # on the loop: a failed apply is not retried
+        self._write(self._take(), handed, attempt=2, taken=self.taken.popleft())  # on the loop: a failed apply is not retried
         self.publish_status()
         if self.backlog:
             self._stepping = True
@@ -562,7 +595,8 @@ class _ChildLoop:
         records = self.queue.take()
         if not records:
             return
-        backlog, handed, c = self.backlog, self.handed, self.c
+        backlog, handed, taken, c = self.backlog, self.handed, self.taken, self.c
+        now = time.monotonic_ns()
         for kind, body in records:
             if kind != KIND_BATCH:
                 continue
@@ -573,14 +607,17 @@ class _ChildLoop:
             c[C_TAKEN_ROWS] += batch.rows
             backlog.append(batch)
             handed.append(self.reader.last_handed_ns)
+            taken.append(now)
             if len(backlog) > self.max_batches:
                 if self.policy == "conflate":
                     first = backlog.popleft()
                     backlog[0] = merge(first, backlog[0])  # conflated once, when taken (_take)
                     handed[0] = handed.popleft()  # the merged batch waited since the older one came
+                    taken[0] = taken.popleft()
                     c[C_CONFLATED] += 1
                 else:
                     handed.popleft()
+                    taken.popleft()
                     dropped = backlog.popleft()
                     c[C_DROPPED_BATCHES] += 1
                     c[C_DROPPED_ROWS] += dropped.rows
@@ -596,12 +633,14 @@ class _ChildLoop:
             return
         take, handed, rows = [], [], 0
         backlog = self.backlog
+        taken = self.taken[0] if self.taken else 0
         while backlog and (not take or rows + backlog[0].rows <= MERGE_MAX_ROWS):
             batch = self._take()
             handed.append(self.handed.popleft())
+            self.taken.popleft()
             rows += batch.rows
             take.append(batch)
-        self._write(concat(take), handed, attempt=1)
+        self._write(concat(take), handed, attempt=1, taken=taken)
 
     def _take(self) -> MarketBatch:
         """The oldest backlog entry as one batch (a merged entry is conflated now, and counted)."""
@@ -612,8 +651,9 @@ class _ChildLoop:
         self.c[C_CONFLATED_ROWS] += entry.rows - batch.rows
         return batch
 
-    def _write(self, batch: MarketBatch, handed: list[int], attempt: int) -> None:
+    def _write(self, batch: MarketBatch, handed: list[int], attempt: int, taken: int = 0) -> None:
         c = self.c
+        start = time.monotonic_ns()
         try:
             if self.on_loop:
                 self.sink.apply(batch)
@@ -630,6 +670,8 @@ class _ChildLoop:
         done = time.monotonic_ns()
         for t in handed:
             self.latency.add(done - t)
+        if self.trace is not None:
+            self.trace.add(handed[0], taken, start, done, len(handed))
         self._dirty = True
         c[C_WRITES] += 1
         c[C_WRITTEN] += len(handed)
@@ -678,6 +720,9 @@ class _ChildLoop:
             c[C_DROPPED_ROWS] += batch.rows
         self.backlog.clear()
         self.handed.clear()
+        self.taken.clear()
+        if self.trace is not None:
+            self.trace.save()
 
     # -- status -------------------------------------------------------------------------------------
 
