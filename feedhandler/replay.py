@@ -72,10 +72,14 @@ class ReplayError(Exception):
 
 
 class DecodedCapture:
-    """A capture decoded batch by batch into the common schema (``batches()``), and its counts."""
+    """A capture decoded batch by batch into the common schema (``batches()``), and its counts.
+
+    With ``books`` (a ``BookEngine``), the engine is the normalizer's order index: each batch is applied
+    to the books as it is decoded, and its book rows come in ``batch.book``.
+    """
 
     def __init__(self, path: str | Path, date: dt.date | None = None, venue: str = "nasdaq",
-                 udp_port: int | None = None) -> None:
+                 udp_port: int | None = None, books: BookEngine | None = None) -> None:
         try:
             self.capture = open_capture(path, udp_port=udp_port)
         except CaptureError as exc:
@@ -83,6 +87,7 @@ class DecodedCapture:
         self.path = str(path)
         self.venue = VENUES_BY_NAME[venue]
         self.date = date
+        self.books = books
         self.normalizer: ItchNormalizer | None = None
         self.instruments = _InstrumentSet()
         self.messages_done = 0
@@ -94,7 +99,7 @@ class DecodedCapture:
                 part = frames[start : start + BATCH_MESSAGES]
                 if self.normalizer is None:
                     day = self.date or _date_from_capture(self.capture, self.path, part, self.venue)
-                    self.normalizer = ItchNormalizer(clock=VenueClock(day, self.venue.tz), venue=self.venue.id)
+                    self.normalizer = self._normalizer(day)
                 batch = self.normalizer.normalize(buf, part)
                 for rows in batch.records().values():
                     if "instrument_id" in rows.dtype.names and len(rows):
@@ -103,7 +108,11 @@ class DecodedCapture:
                 yield batch
         if self.normalizer is None:  # nothing framed: a valid, empty replay (no timestamps to convert)
             day = self.date or dt.date(1970, 1, 1)
-            self.normalizer = ItchNormalizer(clock=VenueClock(day, self.venue.tz), venue=self.venue.id)
+            self.normalizer = self._normalizer(day)
+
+    def _normalizer(self, day: dt.date) -> ItchNormalizer:
+        index = {} if self.books is None else {"orders": self.books}
+        return ItchNormalizer(clock=VenueClock(day, self.venue.tz), venue=self.venue.id, **index)
 
     def summary(self) -> ReplaySummary:
         """Counts of everything decoded so far (call after ``batches()`` ran)."""
@@ -148,10 +157,13 @@ def replay(
     with everything decoded so far written (``summary.interrupted``).
     """
     started = time.perf_counter()
-    source = DecodedCapture(path, date, venue, udp_port)
     pacer = Pacer(speed) if speed else None
-    engine = (BookEngine(depth=depth, conflate_ns=conflate_ns, venue=source.venue.id,
+    engine = (BookEngine(depth=depth, conflate_ns=conflate_ns, venue=VENUES_BY_NAME[venue].id,
                          **({"out_rows": PACED_OUT_ROWS} if pacer else {})) if books else None)
+    # Unpaced, the engine indexes the orders as the normalizer decodes (one index, not two); paced, a
+    # batch is applied piece by piece at each piece's time, so the normalizer keeps its own index.
+    fused = engine is not None and pacer is None
+    source = DecodedCapture(path, date, venue, udp_port, books=engine if fused else None)
     bars = BarBuilder(venue=source.venue.id, tz=source.venue.tz) if books else None
     outputs = _Outputs(out_dir)
     publisher = _Publisher(source, runners)
@@ -178,7 +190,7 @@ def replay(
                 for name, rows in piece.records().items():
                     outputs.write(name, rows)
                 if engine is not None:
-                    book = engine.apply(piece.events)
+                    book = piece.book if fused else engine.apply(piece.events)
                     outputs.write("bbo", book.bbo)
                     outputs.write("l2", book.l2)
                     bars.add_trades(piece.trades)

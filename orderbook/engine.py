@@ -2,7 +2,9 @@
 
 The engine owns the arrays ``orderbook.kernel`` works on, grows them when the kernel asks, and hands
 out BBO and L2 rows batch by batch. Feed it ``schema.EVENT`` arrays in sequence order (as
-``ItchNormalizer`` makes them); trades, status and the rest pass it by. Snapshots (L2 to any depth,
+``ItchNormalizer`` makes them); trades, status and the rest pass it by. The engine fills in the events
+as it applies them (side, price and size from the resting order), so it can be the normalizer's order
+index (``ItchNormalizer(orders=engine)``): a day's orders are then indexed once, not twice. Snapshots (L2 to any depth,
 L3 in time priority) are read from the same arrays on demand.
 """
 from __future__ import annotations
@@ -154,6 +156,18 @@ class BookEngine:
                 self._grow_books(int(events["instrument_id"][i]))
             elif code == k.NEED_OUTPUT:
                 self._make_room()
+
+    def enrich(self, events: np.ndarray) -> BookOutput:
+        """As the order index of an ``ItchNormalizer`` (``orders=engine``): apply the batch, which fills
+        in its events as ``OrderRefTable.enrich`` would; the book rows it produced."""
+        return self.apply(events)
+
+    def anomaly_counts(self) -> dict[str, int]:
+        """As an order index: the order-reference anomalies, under ``OrderRefTable``'s names."""
+        totals = self._integrity().sum(axis=0)
+        named = {"unknown_order_ref": totals[k.I_UNKNOWN], "duplicate_order_ref": totals[k.I_DUPLICATE],
+                 "size_below_zero": totals[k.I_BELOW_ZERO]}
+        return {name: int(v) for name, v in named.items() if v}
 
     def finish(self) -> BookOutput:
         """Emit what the open conflation window holds (call once at the end of a replay)."""

@@ -78,6 +78,8 @@ _F_CROSSED = np.uint16(BookFlag.CROSSED)
 _F_LOCKED = np.uint16(BookFlag.LOCKED)
 _F_INTEGRITY = np.uint16(BookFlag.INTEGRITY)
 _F_CARRY = np.uint16(Flag.LAST | Flag.RECOVERED)
+_EV_UNKNOWN_REF = np.uint16(Flag.UNKNOWN_REF)
+_EV_DUPLICATE_REF = np.uint16(Flag.DUPLICATE_REF)
 _DIRTY_BBO = 1  # conflation: the BBO changed in the window
 _DIRTY_BID = 2  # conflation: the bid side's top N changed in the window
 _DIRTY_ASK = 4  # conflation: the ask side's top N changed in the window
@@ -386,8 +388,14 @@ def apply_events(start, events, venue, depth, conflate_ns, od, lv, bk, st, dirty
                  bbo_out, l2_out, scalars):
     """Apply ``events[start:]`` to the books; return (code, index of the next event to apply).
 
+    The events are filled in as they are applied, as ``parsers.order_refs.enrich_events`` would: an
+    execution, cancel or delete gets its order's side (and price when the venue left it out; a delete
+    its remaining size), a replace its order's side; a reference that is not resting is flagged
+    UNKNOWN_REF, an add of a live reference DUPLICATE_REF. So a normalizer feeding this engine needs
+    no order index of its own (``ItchNormalizer(orders=engine)``).
+
     Args:
-        events: ``parsers.schema.EVENT`` rows in sequence order, as the normalizer enriched them.
+        events: ``parsers.schema.EVENT`` rows in sequence order (filled in place, see above).
         venue, depth, conflate_ns: venue id for outputs; top-N depth (<= 255); conflation window in
             ns (0: every update is emitted; NO_OUTPUTS: books only, nothing emitted).
         od, lv, bk, st: order table, level pool, book runs, per-instrument state (module docstring).
@@ -447,7 +455,14 @@ def apply_events(start, events, venue, depth, conflate_ns, od, lv, bk, st, dirty
             if slot < 0:
                 st[inst, ST_INTEGRITY + I_UNKNOWN] += 1
                 flags |= _F_INTEGRITY
-            elif _o_inst(od, slot) != inst:
+                ev.flags |= _EV_UNKNOWN_REF
+            else:  # fill in what the venue left out (before the order changes or leaves)
+                ev.side = named_side
+                if a != _REPLACE and ev.price == _UNDEF:
+                    ev.price = od[slot, 1]
+                if a == _DELETE:
+                    ev.size = np.uint32(_o_size(od, slot))
+            if slot >= 0 and _o_inst(od, slot) != inst:
                 st[inst, ST_INTEGRITY + I_MISMATCH] += 1
                 flags |= _F_INTEGRITY
                 other = _o_inst(od, slot)
@@ -518,6 +533,7 @@ def apply_events(start, events, venue, depth, conflate_ns, od, lv, bk, st, dirty
                 if od[s, 0] == key:  # a live reference added again: the old order leaves first
                     st[inst, ST_INTEGRITY + I_DUPLICATE] += 1
                     flags |= _F_INTEGRITY
+                    ev.flags |= _EV_DUPLICATE_REF
                     owner = _o_inst(od, s)
                     old_side = _o_side(od, s)
                     if owner != inst:

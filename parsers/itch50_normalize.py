@@ -2,9 +2,12 @@
 
 A batch is a byte buffer plus its frame table (``parsers.frames``), in venue sequence order. Each
 message type is decoded in one vectorised pass (``itch50.decode_type``) and scattered into its record
-rows at the message's position; one compiled pass (``order_refs.enrich_events``) then fills in the
-price, side and size that executions, cancels and deletes leave out. State that spans batches (resting
-orders, the stock directory) lives in the ``ItchNormalizer``.
+rows at the message's position; the normalizer's order index then fills in the price, side and size
+that executions, cancels and deletes leave out: an ``OrderRefTable`` (``order_refs.enrich_events``), or
+the ``BookEngine`` that builds the books, which does it as it applies the batch, so that a day's orders
+are indexed once (``ItchNormalizer(orders=engine)``; the batch's book rows come back in
+``Normalized.book``). State that spans batches (resting orders, the stock directory) lives in the
+``ItchNormalizer`` and its order index.
 
 Anomalies are counted, never raised: an unknown message type, a message shorter than its specified
 size (skipped), a longer one (decoded; the specification lets messages grow), a timestamp past
@@ -20,7 +23,7 @@ import numpy as np
 
 from parsers import itch50, itch50_book, schema
 from parsers.clock import NANOS_PER_DAY, VenueClock
-from parsers.order_refs import ANOMALY_NAMES, OrderRefTable, enrich_all
+from parsers.order_refs import OrderRefTable
 from parsers.trades import trades_from_events
 from parsers.schema import UNDEF_PRICE, Action, Flag, Side, StatusKind, TradingState
 
@@ -46,6 +49,7 @@ class Normalized:
     broken_trades: np.ndarray
     system_events: np.ndarray
     messages: int = 0
+    book: object = None  # the BookOutput of this batch when the order index is a BookEngine
 
     def records(self) -> dict[str, np.ndarray]:
         """Record name (``schema.Record.name``) -> rows."""
@@ -67,13 +71,12 @@ class ItchNormalizer:
 
     clock: VenueClock
     venue: int = 1
-    orders: OrderRefTable = field(default_factory=OrderRefTable)
+    orders: OrderRefTable = field(default_factory=OrderRefTable)  # or a BookEngine (module docstring)
     _type_counts: np.ndarray = field(default_factory=lambda: np.zeros(256, dtype=np.int64))  # decoded, by type byte
     anomalies: Counter = field(default_factory=Counter)
     symbols: dict[int, str] = field(default_factory=dict)  # instrument id (locate) -> symbol
     _known_locate: np.ndarray = field(default_factory=lambda: np.zeros(1 << 16, dtype=bool))
     _unknown_counts: np.ndarray = field(default_factory=lambda: np.zeros(256, dtype=np.int64))  # per batch
-    _ref_anomalies: np.ndarray = field(default_factory=lambda: np.zeros(len(ANOMALY_NAMES), dtype=np.int64))
     first_ts_event: int | None = None
     last_ts_event: int | None = None
 
@@ -82,7 +85,7 @@ class ItchNormalizer:
         typed, book = self._decode(buf, frames)
         if b"R" in typed:
             self._learn_directory(typed[b"R"])
-        events, wide_size, cross_type = self._events(buf, frames, book)
+        events, wide_size, cross_type, book_rows = self._events(buf, frames, book)
         out = Normalized(
             events=events,
             trades=self._trades(events, wide_size, cross_type),
@@ -94,6 +97,7 @@ class ItchNormalizer:
             broken_trades=self._broken(typed.get(b"B")),
             system_events=self._system(typed.get(b"S")),
             messages=len(frames),
+            book=book_rows,
         )
         self._count_unknown_instruments(typed)
         return out
@@ -105,8 +109,7 @@ class ItchNormalizer:
 
     def anomaly_counts(self) -> dict[str, int]:
         counts = Counter(self.anomalies)
-        for name, n in zip(ANOMALY_NAMES, self._ref_anomalies):
-            counts[name] += int(n)
+        counts.update(self.orders.anomaly_counts())
         return {k: v for k, v in sorted(counts.items()) if v}
 
     # -- decoding ---------------------------------------------------------------------------------
@@ -176,12 +179,13 @@ class ItchNormalizer:
     # -- book events and trades -------------------------------------------------------------------
 
     def _events(self, buf: np.ndarray, frames: np.ndarray, book: np.ndarray):
-        """Book messages as enriched event rows, with each row's full wire size and cross type."""
+        """Book messages as enriched event rows, with each row's full wire size and cross type, and what
+        the order index gave back (a BookEngine's rows)."""
         rows = schema.EVENT.empty(len(book))
         wide_size = np.empty(len(book), dtype=np.uint64)
         cross_type = np.empty(len(book), dtype=np.uint8)
         if not len(book):
-            return rows, wide_size, cross_type
+            return rows, wide_size, cross_type, self.orders.enrich(rows)
         counts = np.array([0, 0, _NO_SPAN[0], _NO_SPAN[1]], dtype=np.int64)
         itch50_book.decode_book_events(
             buf, frames, book, itch50_book.BOOK_OFFSET, itch50_book.BOOK_WIDTH, itch50_book.BOOK_ACTION,
@@ -193,8 +197,7 @@ class ItchNormalizer:
             self.anomalies["unknown_instrument"] += int(counts[1])
         if counts[2] <= counts[3]:
             self._note_span(int(counts[2]), int(counts[3]))
-        enrich_all(self.orders, rows, self._ref_anomalies)
-        return rows, wide_size, cross_type
+        return rows, wide_size, cross_type, self.orders.enrich(rows)
 
     def _trades(self, events: np.ndarray, wide_size: np.ndarray, cross_type: np.ndarray) -> np.ndarray:
         """Executions, non-book trades and crosses with shares, in sequence order."""

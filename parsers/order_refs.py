@@ -44,6 +44,7 @@ class OrderRefTable:
 
     def __init__(self, capacity: int = 1 << 16) -> None:
         self._allocate(_pow2(capacity))
+        self.anomalies = np.zeros(len(ANOMALY_NAMES), dtype=np.int64)  # by ``ANOMALY_*``
         self.count = np.zeros(1, dtype=np.int64)  # an array so kernels can update it in place
         self.limit = int(self.capacity * self.MAX_LOAD)  # kernels stop at this many live orders
 
@@ -67,6 +68,14 @@ class OrderRefTable:
         self._allocate(2 * self.capacity)
         _rehash(*old, self.keys, self.price, self.size, self.side, self.instrument)
         self.limit = int(self.capacity * self.MAX_LOAD)
+
+    def enrich(self, events: np.ndarray) -> None:
+        """Fill in a batch of ``schema.EVENT`` rows in place (``enrich_all``); count the anomalies."""
+        if len(events):
+            enrich_all(self, events, self.anomalies)
+
+    def anomaly_counts(self) -> dict[str, int]:
+        return {name: int(n) for name, n in zip(ANOMALY_NAMES, self.anomalies) if n}
 
     def arrays(self):
         return self.keys, self.price, self.size, self.side, self.instrument, self.count

@@ -12,7 +12,8 @@ from parsers import itch50
 from parsers.clock import VenueClock
 from parsers.frames import empty_frames
 from parsers.itch50_normalize import ItchNormalizer
-from parsers.schema import EVENT, UNDEF_PRICE, Action, Side
+from parsers.order_refs import OrderRefTable
+from parsers.schema import EVENT, UNDEF_PRICE, Action, Flag, Side
 from tests.orderbook.event_streams import event_streams, random_events
 from tests.orderbook.reference_book import ReferenceBooks
 
@@ -282,3 +283,61 @@ def test_itch_messages_through_normalizer_and_engine():
     engine = BookEngine()
     engine.apply(events_)
     assert engine.l2(3) == ([(100_000_000_000, 70, 1)], [(100_020_000_000, 70, 1)])
+
+
+# -- the engine as the normalizer's order index -----------------------------------------------------
+
+
+def _stripped(events):
+    """``events`` as a venue sends them: what the order index fills in taken out again."""
+    raw = events.copy()
+    a = raw["action"]
+    named = (a == Action.EXECUTE) | (a == Action.CANCEL) | (a == Action.DELETE) | (a == Action.REPLACE)
+    raw["side"][named] = Side.NONE
+    raw["price"][(a == Action.CANCEL) | (a == Action.DELETE)] = UNDEF
+    raw["price"][(a == Action.EXECUTE) & (raw["sequence"] % 2 == 0)] = UNDEF  # E: no price; C: its own
+    raw["size"][a == Action.DELETE] = 0
+    raw["flags"] &= ~np.uint16(Flag.UNKNOWN_REF | Flag.DUPLICATE_REF)
+    return raw
+
+
+@pytest.mark.parametrize("seed", [21, 22])
+def test_the_engine_fills_in_events_exactly_as_the_order_table_does(seed):
+    """Applying venue-style events (no side, price or size where ITCH leaves them out) to a BookEngine
+    fills them in byte for byte as ``OrderRefTable.enrich`` does, unknown and duplicate references
+    flagged and counted alike."""
+    raw = _stripped(random_events(seed, 20_000, instruments=5, invalid=True))
+    by_table, by_engine = raw.copy(), raw.copy()
+    table = OrderRefTable(16)
+    engine = BookEngine(instruments=2, orders=16, levels=16)
+    for i in range(0, len(raw), 777):
+        table.enrich(by_table[i : i + 777])
+        engine.enrich(by_engine[i : i + 777])
+    assert by_engine.tobytes() == by_table.tobytes()
+    assert table.anomaly_counts() and engine.anomaly_counts() == table.anomaly_counts()
+
+
+def test_a_normalizer_indexing_with_its_engine_gives_the_same_events_trades_and_books():
+    """``ItchNormalizer(orders=engine)`` on a generated session: the same events and trades as a
+    normalizer with its own order table, and the same book rows as applying those events after."""
+    session = generate(messages=40_000, symbols=40, seed=12)
+    frames = empty_frames(len(session))
+    frames["offset"] = session.offsets
+    frames["length"] = session.lengths
+    frames["ts_recv"] = session.ts_recv
+    frames["sequence"] = np.arange(1, len(session) + 1)
+    frames["session"] = frames["flags"] = 0
+    own = ItchNormalizer(VenueClock(session.date))
+    separate = BookEngine(conflate_ns=1_000_000)
+    fused_engine = BookEngine(conflate_ns=1_000_000)
+    fused = ItchNormalizer(VenueClock(session.date), orders=fused_engine)
+    rows_separate, rows_fused = [], []
+    for i in range(0, len(frames), 5_000):
+        a = own.normalize(session.buf, frames[i : i + 5_000])
+        b = fused.normalize(session.buf, frames[i : i + 5_000])
+        assert a.events.tobytes() == b.events.tobytes() and a.trades.tobytes() == b.trades.tobytes()
+        out = separate.apply(a.events)
+        rows_separate += [out.bbo.tobytes(), out.l2.tobytes()]
+        rows_fused += [b.book.bbo.tobytes(), b.book.l2.tobytes()]
+    assert rows_fused == rows_separate and len(b"".join(rows_fused)) > 0
+    assert fused.anomaly_counts() == own.anomaly_counts()
