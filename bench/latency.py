@@ -189,6 +189,26 @@ def hop_breakdown(rel: np.ndarray, received: dict, trace_dir: str, sinks: dict) 
     return out
 
 
+def cpu_times(runners, subs, own) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each process on the path."""
+    pids = {"feed": os.getpid(), **{f"sub_{s.kind}": s.proc.pid for s in subs}}
+    for r in runners:
+        if getattr(r, "pid", None):
+            pids[f"sink_{r.sink.name}"] = r.pid
+    if own is not None:
+        pids["redis-server"] = own.proc.pid
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, pid in pids.items():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[name] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
 def percentiles(ns: np.ndarray) -> dict:
     if not len(ns):
         return {"count": 0}
@@ -252,8 +272,10 @@ def main(argv=None) -> int:
         subs = [Subscriber("ws", f"ws://127.0.0.1:{runners[1].sink.port}", tmp), Subscriber("redis", redis_url, tmp)]
         fr.Pacer = recording_pacer(releases)
         t0 = time.perf_counter()
+        cpu0 = cpu_times(runners, subs, own)
         summary = fr.replay(path, None, depth=args.depth, conflate_ns=conflate_ns, speed=speed, runners=runners)
         wall = time.perf_counter() - t0
+        cpu = {k: v - cpu0.get(k, 0.0) for k, v in cpu_times(runners, subs, own).items()}
         fr.Pacer = saved
         reports = {r.sink.name: r.stop(30) for r in runners}  # the WebSocket server closes: its client ends
         client = redis.Redis.from_url(redis_url)
@@ -286,6 +308,7 @@ def main(argv=None) -> int:
                           "symbols": args.symbols, "span_hours": span_ns / 3.6e12, "made_by": how},
               "speed": speed, "conflate": args.conflate, "mode": args.mode, "sink_nice": _sink_nice(args.nice),
               "replay_seconds": wall,
+              "cpu_us_per_piece": {k: v * 1e6 / max(1, len(rel)) for k, v in cpu.items()},
               "pieces": int(len(rel)),
               "release_late_us": {"p50": float(np.percentile(late, 50)) / 1e3,
                                   "p99": float(np.percentile(late, 99)) / 1e3, "max": float(late.max()) / 1e3},
@@ -326,6 +349,7 @@ def print_table(report: dict) -> None:
             if isinstance(p, dict) and p.get("count"):
                 print(f"  {name:<32} {p['count']:>9,} {p['p50_us']:>8.0f} {p['p99_us']:>8.0f} {p['p99_9_us']:>9.0f} "
                       f"{p['max_us']:>9.0f}")
+    print("CPU per piece (us): " + ", ".join(f"{k} {v:.0f}" for k, v in report["cpu_us_per_piece"].items()))
     late = report["release_late_us"]
     print(f"pacer releases after their due time: p50 {late['p50']:.0f} us, p99 {late['p99']:.0f} us, "
           f"max {late['max']:.0f} us (not in the latencies above)")

@@ -15,8 +15,9 @@ Rules this module keeps:
 - The child takes everything the queue holds at once and writes it to the sink as one batch (rows
   concatenated, nothing lost: ``publish.batch.concat``, up to ``MERGE_MAX_ROWS``), so a sink that fell
   behind catches up with bigger writes instead of a longer queue. A sink with an event loop of its
-  own (``WebSocketServer``: ``attach_reader``/``apply``) is fed on that loop instead, one batch per
-  loop round, so no second thread is woken per batch. Over ``max_batches`` waiting in the child, the
+  own (``WebSocketServer``: ``attach_reader``/``apply``) is fed on that loop instead: each batch
+  applied on its own, as many as wait (up to ``STEP_ROWS`` rows) per loop round before the loop's
+  writers run, so no second thread is woken per batch and a burst goes out in one round. Over ``max_batches`` waiting in the child, the
   same policy applies there. A failing sink is closed, counted (``failures``) and reopened with a doubling
   backoff while the child keeps draining the queue; the batch it failed on is retried once after
   the reopen (the same object: ``RedisPublisher`` re-sends the same commands), then dropped and counted.
@@ -59,6 +60,7 @@ from publish.shm_queue import ShmQueue
 STOP_GRACE_S = 8.0  # after the drain deadline: the sink's close (WebSocketServer waits close_timeout + 5 s)
 STATUS_EVERY_S = 0.05  # the child republishes its sink's counters at most this often while busy
 MERGE_MAX_ROWS = 1 << 20  # rows of one merged write; what is left waits for the next write
+STEP_ROWS = 4096  # a sink on its own loop applies batches up to this many rows per loop round
 MONITOR_S = 0.05
 # A directory: each sink process writes the time of every hop of every write there when it ends
 # (``HopTrace``; bench/latency.py reads them). Unset: nothing recorded.
@@ -171,6 +173,12 @@ class ProcessSinkRunner:
                 self._flush_pending()
             if self._pending or not self._put(batch):
                 self._wait_in_parent(batch)
+
+    @property
+    def pid(self) -> int | None:
+        """The sink process's pid (None while none runs)."""
+        proc = self._proc
+        return proc.pid if proc is not None else None
 
     def queued(self) -> int:
         """Batches offered and not yet written, dropped or merged (in the parent, the queue, the child)."""
@@ -536,8 +544,8 @@ class _ChildLoop:
 
     def run_on_sink_loop(self) -> None:
         """A sink with an event loop of its own (``WebSocketServer``): batches are read and applied on
-        that loop (``attach_reader``, ``apply``), one per loop round so its clients are served between
-        them; this thread only opens the sink, watches for the stop request, and closes it."""
+        that loop (``attach_reader``, ``apply``), as many as wait (up to ``STEP_ROWS`` rows) per loop
+        round, then its clients are served; this thread only opens the sink, watches for the stop request, and closes it."""
         queue = self.queue
         self.on_loop = True
         while not self._try_open():
@@ -580,10 +588,12 @@ class _ChildLoop:
 
     def _step(self) -> None:
         self._stepping = False
-        if not self.backlog:
-            return
-        handed = [self.handed.popleft()]
-        self._write(self._take(), handed, attempt=2, taken=self.taken.popleft())  # on the loop: a failed apply is not retried
+        rows = 0
+        while self.backlog and rows < STEP_ROWS:  # what waits, up to STEP_ROWS rows, then the writers run
+            handed = [self.handed.popleft()]
+            batch = self._take()
+            rows += batch.rows
+            self._write(batch, handed, attempt=2, taken=self.taken.popleft())  # on the loop: no retry
         self.publish_status()
         if self.backlog:
             self._stepping = True

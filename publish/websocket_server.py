@@ -10,7 +10,9 @@ Rules this module keeps:
   takes the whole list at once, so a merged batch holds at most what arrived during one loop round.
 - Per connection: a reader task feeds the hub; a writer task takes messages from the hub only when the
   previous send has drained (websockets' ``write_limit``), so a client that stops reading stops taking,
-  and its hub queue conflates behind it. A stuck client is closed with 1013 and, since it is not
+  and its hub queue conflates behind it. The messages of one writer round go out as frames of one
+  buffer, in one socket write (``_Connection``): one segment and one wake-up of the client per round,
+  not per message. A stuck client is closed with 1013 and, since it is not
   reading, its TCP connection is aborted after ``close_timeout``.
 - ``close()`` closes every connection (1001 going away) and stops the loop; ``open()`` may follow again.
 - In a sink process (``publish.process_runner``) batches skip the hand-off: the process's queue is
@@ -256,7 +258,8 @@ class WebSocketServer:
         self._conns = {}
         self._stop = asyncio.Event()
         async with serve(self._handle, self.host, self._requested_port, max_size=self.max_message_bytes,
-                         close_timeout=self.close_timeout, compression=None) as server:
+                         close_timeout=self.close_timeout, compression=None,
+                         create_connection=_Connection) as server:
             self.port = server.sockets[0].getsockname()[1]
             self._loop = asyncio.get_running_loop()
             self._ready.set()
@@ -367,8 +370,11 @@ class WebSocketServer:
                 await wake.wait()
                 wake.clear()
                 while messages := hub.data_to_send(cid, self.send_chunk):
-                    for text in messages:
-                        await ws.send(text)
+                    async with ws.send_context():  # every frame, then one write (_Connection); raises
+                        # ConnectionClosed as send() does once the connection is not open
+                        send_text = ws.protocol.send_text
+                        for text in messages:
+                            send_text(text.encode())
                     self.counters["messages_sent"] += len(messages)
                 close = hub.closing(cid)
                 if close is not None and close[2]:
@@ -376,3 +382,25 @@ class WebSocketServer:
                     return
         except ConnectionClosed:
             pass
+
+
+class _Connection(ServerConnection):
+    """websockets' server connection, writing the frames queued since its last write as one buffer
+    (its own ``send_data`` writes each frame with a system call of its own)."""
+
+    def send_data(self) -> None:
+        pending: list[bytes] = []
+        for data in self.protocol.data_to_send():
+            if data:
+                pending.append(data)
+                continue
+            if pending:  # the frames before the end of the stream, then the end as the library does it
+                self.transport.write(b"".join(pending))
+                pending = []
+            if self.transport.can_write_eof():
+                with contextlib.suppress(Exception):
+                    self.transport.write_eof()
+            else:
+                self.transport.close()
+        if pending:
+            self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
