@@ -48,11 +48,14 @@ from feedhandler.arbitration import (
     LineSilent,
 )
 from feedhandler.live_config import LiveConfig
+from feedhandler.live_kernel import FusedPath
 from feedhandler.metrics import LatencyHistogram, MetricsServer
 from feedhandler.sources.base import PacketBatch, SourceError, ipv4_to_int
 from orderbook.engine import BookEngine
 from parsers.clock import VenueClock, session_date
 from parsers.itch50_normalize import ItchNormalizer
+from parsers.order_refs import OrderRefTable
+from parsers.schema import STATUS
 from parsers.venues import VENUES_BY_NAME
 from publish.batch import MarketBatch
 from publish.runner import SinkRunner
@@ -64,6 +67,7 @@ BOOK_OUT_ROWS = 1024  # BookEngine output rows: of 256..65536, 1024 costs least 
 MAX_EVENTS_KEPT = 50  # latest arbiter events kept for the status page
 CLONE_NEWNET = 0x40000000
 LINE_LABELS = {LINE_A: "A", LINE_B: "B"}
+_NO_STATUS = STATUS.empty(0)  # a fused batch carries no status messages (shared: a zero-length array never changes)
 
 
 class LiveError(Exception):
@@ -222,6 +226,15 @@ def warm_up(venue: str = "nasdaq", depth: int = 10) -> float:
     arbiter.feed(batch, LINE_B)
     arbiter.poll(time.time_ns())
     engine.finish()
+    # the fused path's kernel (one compiled call per batch), on books of its own
+    fused = FusedPath(Arbiter(lines=2, expect_from=1), ItchNormalizer(clock=VenueClock(day.date, v.tz), venue=v.id),
+                      BookEngine(depth=depth, venue=v.id, out_rows=BOOK_OUT_ROWS), LatencyHistogram(), keep_rows=True)
+    writable = PacketBatch(data.copy(), offset, length, ts, batch.group, batch.port)
+    for part, line in ((writable, LINE_A), (batch, LINE_B)):  # sources hand out both kinds of buffer
+        fused.feed(part, line)
+        fused.rows()
+    fused.take_row_counts()
+    fused.sync()
     return time.perf_counter() - started
 
 
@@ -298,6 +311,9 @@ class LiveHandler:
         self._give_ups_unlogged = 0
         self._poller = self._make_poller()
         self._last_snapshot: dict = {}
+        self._conflating = cfg.conflate > 0
+        self._use_fused = cfg.fused
+        self._fused: FusedPath | None = None
         gc.collect()  # here, not in the loop: a full collection of this heap takes ~100 ms
         gc.freeze()  # what exists now (modules, kernels, buffers) is never scanned again: shorter GC pauses
 
@@ -344,7 +360,7 @@ class LiveHandler:
         if self.client is not None:
             answers = self.client.read(256, 0)
             if len(answers.offset):
-                self._deliver(*self.arbiter.feed(answers, LINE_RECOVERY, time.time_ns()))
+                self._feed(answers, LINE_RECOVERY, time.time_ns())
                 got = True
         return got
 
@@ -376,7 +392,7 @@ class LiveHandler:
 
     def _on_packets(self, feed: FeedSource, batch: PacketBatch) -> None:
         if len(feed.lines) == 1:  # no split (a ring's writer may not even fill in the destination)
-            self._deliver(*self.arbiter.feed(batch, feed.lines[0]))
+            self._feed(batch, feed.lines[0])
             return
         # Line by line, A's packets of the batch before B's: one arbiter call per line, not per run of
         # packets (first copies inside one batch are credited to A; nothing else depends on the order).
@@ -386,12 +402,39 @@ class LiveHandler:
             n = int(np.count_nonzero(mask))
             picked += n
             if n == len(batch.offset):
-                self._deliver(*self.arbiter.feed(batch, line))
+                self._feed(batch, line)
             elif n:
                 part = PacketBatch(batch.data, batch.offset[mask], batch.length[mask], batch.ts_recv[mask],
                                    batch.group[mask], batch.port[mask])
-                self._deliver(*self.arbiter.feed(part, line))
+                self._feed(part, line)
         self.counts["other_packets"] += len(batch.offset) - picked
+
+    def _feed(self, batch: PacketBatch, line: int, now: int | None = None) -> None:
+        """One batch of ``line`` through the arbiter to the books: in one compiled call when the fused
+        path can take it (``feedhandler.live_kernel``), else the arbiter, normalizer and engine one by one."""
+        fused = self._fused
+        if fused is None:
+            self._deliver(*self.arbiter.feed(batch, line, now))
+            return
+        fast, rest = fused.feed(batch, line, now)
+        if fast:
+            self.counts["batches"] += 1
+            self._last_message = time.monotonic()
+            self._window_open = self._conflating
+            if self.runners:
+                book, trades = fused.rows()
+                self._publish(book.bbo, book.l2, trades, _NO_STATUS)
+            else:
+                n_bbo, n_l2, n_trades = fused.take_row_counts()
+                c = self.counts
+                c["bbo_rows"] += n_bbo
+                c["l2_rows"] += n_l2
+                c["trades"] += n_trades
+        if rest is not None:
+            fused.sync()
+            self._deliver(*rest)
+        elif self.arbiter.events:
+            self._on_events(self.arbiter.take_events())
 
     def _deliver(self, buf: np.ndarray, frames: np.ndarray) -> None:
         """Decode, apply and publish the messages the arbiter released (views valid until its next call)."""
@@ -399,6 +442,9 @@ class LiveHandler:
             if self.normalizer is None:
                 day = self.cfg.date or session_date(int(frames["ts_recv"][0]), self.venue.tz)
                 self.normalizer = ItchNormalizer(clock=VenueClock(day, self.venue.tz), venue=self.venue.id)
+                if self._use_fused and isinstance(self.normalizer.orders, OrderRefTable):
+                    self._fused = FusedPath(self.arbiter, self.normalizer, self.engine, self.latency,
+                                            keep_rows=bool(self.runners))
             norm = self.normalizer.normalize(buf, frames)
             book = self.engine.apply(norm.events)
             self.latency.record(frames["ts_recv"], time.time_ns())
@@ -480,6 +526,8 @@ class LiveHandler:
 
     def snapshot(self) -> dict:
         """Every counter, as the metrics endpoint and ``feedhandler status`` show them."""
+        if self._fused is not None:
+            self._fused.sync()
         st = self.arbiter.stats()
         drops = {name: 0 for name in LINE_LABELS.values()}
         sources = []

@@ -60,6 +60,7 @@ _SCALARS = {
     "rcvbuf": (64 << 20, "int"),
     "read_batch": (1024, "int"),
     "busy_poll": (False, "bool"),
+    "fused": (True, "bool"),
     "idle_wait": (50 * MS, "duration"),
     "xdp_queue": (0, "int"),
     "xdp_mode": ("generic", "str"),
@@ -120,6 +121,7 @@ class LiveConfig:
     rcvbuf: int = 64 << 20
     read_batch: int = 1024
     busy_poll: bool = False
+    fused: bool = True  # arbitration -> decode -> books in one compiled call per batch (feedhandler.live_kernel)
     idle_wait: int = 50 * MS
     xdp_queue: int = 0
     xdp_mode: str = "generic"
