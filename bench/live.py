@@ -55,6 +55,7 @@ TARGET_LOSS_RATE = 500_000  # no handler loss at this rate, socket source
 SETTLE_S = 0.5
 WARM_S = 0.25  # latency leaves out the first quarter second of traffic (the pipeline's first calls)
 SESSION = "BENCHLIVE"
+RT_HANDLER, RT_SENDER = 20, 10  # SCHED_FIFO priorities with --rt
 
 
 # ===================================================================== input
@@ -78,12 +79,23 @@ def make_packets(day, messages: int, rate: int, per_packet: int):
 
 
 # ===================================================================== the two sides (forked children)
-def run_handler(overrides: dict, expected: int, ready, done, warm_messages: int = 0) -> dict:
+def _pin(cpu: int | None, rt: int = 0) -> None:
+    """Run this process on ``cpu`` only (None: wherever the scheduler likes), and with ``rt`` > 0 in the
+    SCHED_FIFO class at that priority (a waking handler then preempts any ordinary process at once)."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    if rt > 0:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(rt))
+
+
+def run_handler(overrides: dict, expected: int, ready, done, warm_messages: int = 0, cpu: int | None = None,
+                rt: int = 0) -> dict:
     """Namespace b: the live pipeline until the sender is done and the counters stand still. Latency
     counts from the first snapshot after ``warm_messages`` were delivered (the sustained part)."""
     from feedhandler.live import LiveError, LiveHandler
     from feedhandler.live_config import live_config
 
+    _pin(cpu, rt)
     try:
         handler = LiveHandler(live_config({}, overrides))
     except LiveError as exc:
@@ -95,6 +107,8 @@ def run_handler(overrides: dict, expected: int, ready, done, warm_messages: int 
     def finished(snap: dict) -> bool:
         if not still["warm"] and snap["feed"]["messages"] >= warm_messages:
             handler.latency.reset()
+            if handler.read_latency is not None:
+                handler.read_latency.reset()
             still["warm"] = True
         if not done.is_set():
             return False
@@ -113,21 +127,23 @@ def run_handler(overrides: dict, expected: int, ready, done, warm_messages: int 
     return final
 
 
-def run_sender(packets, iface: str) -> dict:
+def run_sender(packets, iface: str, cpu: int | None = None, rt: int = 0) -> dict:
     """Namespace a: ``feedhandler send --speed 1`` on both lines."""
     from feedhandler.sender import Sender
 
+    _pin(cpu, rt)
     summary = Sender(packets, [(GROUP_A, PORT), (GROUP_B, PORT)], speed=1.0, iface=iface).run()
     return {"seconds": summary.seconds, "lines": {k: {"sent": c.sent, "errors": c.send_errors}
                                                   for k, c in summary.lines.items()}}
 
 
-def run_shm_writer(packets, path: str, created, go) -> dict:
+def run_shm_writer(packets, path: str, created, go, cpu: int | None = None, rt: int = 0) -> dict:
     """The kernel-bypass hook's producer: creates the ring (the handler maps it once ``created`` is
     set), then at ``go`` writes the packets with the same pacing, both lines, stamped at write."""
     from feedhandler.sources.base import PacketBatch, ipv4_to_int
     from feedhandler.sources.shm_ring import ShmWriter
 
+    _pin(cpu, rt)
     writer = ShmWriter(path, slot_count=1 << 17)
     created.set()
     go.wait(300)
@@ -158,27 +174,32 @@ def run_shm_writer(packets, path: str, created, go) -> dict:
 
 
 # ===================================================================== one measurement
-def measure(pair, source: str, packets, rate: int, busy_poll: bool) -> dict:
+def measure(pair, source: str, packets, rate: int, busy_poll: bool, fused: bool = True, profile: bool = False,
+            pin: str = "", rt: bool = False) -> dict:
     overrides = {"group": f"{GROUP_A}:{PORT}", "b_group": f"{GROUP_B}:{PORT}", "source": source, "metrics": "off",
-                 "expect_from": 1, "iface": pair.veths["b"], "busy_poll": busy_poll, "give_up": "200ms"}
+                 "expect_from": 1, "iface": pair.veths["b"], "busy_poll": busy_poll, "give_up": "200ms",
+                 "fused": fused, "profile": profile}
+    handler_cpu, sender_cpu = {"": (None, None), "apart": (1, 0), "same": (1, 1)}[pin]
+    handler_rt, sender_rt = (RT_HANDLER, RT_SENDER) if rt else (0, 0)
     shm_path = None
     ready, done = pair.event(), pair.event()
     if source == "shm":
         shm_path = f"/dev/shm/fh-bench-live-{os.getpid()}"
         overrides["shm_path"] = shm_path
         created, go = pair.event(), pair.event()
-        writer = pair.start("a", run_shm_writer, packets, shm_path, created, go)
+        writer = pair.start("a", run_shm_writer, packets, shm_path, created, go, sender_cpu, sender_rt)
         if not created.wait(60):
             raise SystemExit("the ring writer did not start within 60 s")
     warm = int(rate * WARM_S) if packets.messages > 4 * rate * WARM_S else 0
-    handler = pair.start("b", run_handler, overrides, packets.messages, ready, done, warm)
+    handler = pair.start("b", run_handler, overrides, packets.messages, ready, done, warm, handler_cpu,
+                         handler_rt)
     try:
         if not ready.wait(120):
             raise SystemExit("the handler did not start within 120 s")
         if shm_path:
             go.set()
         else:
-            writer = pair.start("a", run_sender, packets, pair.veths["a"])
+            writer = pair.start("a", run_sender, packets, pair.veths["a"], sender_cpu, sender_rt)
         sent = writer.result(timeout=600)
         done.set()
         final = handler.result(timeout=600)
@@ -187,7 +208,8 @@ def measure(pair, source: str, packets, rate: int, busy_poll: bool) -> dict:
             for p in (shm_path,):
                 if os.path.exists(p):
                     os.unlink(p)
-    row = {"source": source, "rate": rate, "busy_poll": busy_poll, "messages": packets.messages,
+    row = {"source": source, "rate": rate, "busy_poll": busy_poll, "fused": fused, "pinned": pin, "rt": rt,
+           "messages": packets.messages,
            "packets": len(packets), "per_packet": round(packets.messages / max(1, len(packets)), 1)}
     if "error" in final:
         row["error"] = final["error"]
@@ -209,6 +231,8 @@ def measure(pair, source: str, packets, rate: int, busy_poll: bool) -> dict:
         warm_up_s=final.get("warm_up_s"),
         batches=final["books"].get("batches", 0),
     )
+    if "read_latency" in final:
+        row["read_latency_ns"] = {k: final["read_latency"][k] for k in ("p50_ns", "p99_ns", "p999_ns", "max_ns", "count")}
     return row
 
 
@@ -231,8 +255,11 @@ def targets(rows: list[dict]) -> dict:
 
 def print_table(report: dict) -> None:
     m = report["machine"]
+    prm = report["params"]
+    how = ", ".join(k for k, on in (("busy poll", prm["busy_poll"]), (f"pinned {prm['pin']}", prm["pin"]), ("SCHED_FIFO", prm["rt"]),
+                                    ("ordinary path", not prm["fused"])) if on) or "defaults"
     print(f"live bench: python {m['python']}, {m['cores']} cores, load {m['load_avg_1m']:.2f}; "
-          f"{report['params']['seconds']} s per row, ~{report['params']['per_packet']} messages/packet, lines A+B")
+          f"{prm['seconds']} s per row, ~{prm['per_packet']} messages/packet, lines A+B; {how}")
     head = (f"{'source':<9}{'rate/s':>9}{'achieved':>10}{'msg/pkt':>8}{'sent A':>9}{'lost A':>8}{'lost B':>8}"
             f"{'kdrop':>7}{'msgs lost':>10}{'p50 us':>9}{'p99 us':>9}{'p99.9 us':>10}{'max us':>10}")
     print(head)
@@ -245,6 +272,10 @@ def print_table(report: dict) -> None:
               f"{row['sent']['A']:>9,}{row['lost']['A']:>8,}{row['lost']['B']:>8,}"
               f"{sum(row['kernel_drops'].values()):>7,}{row['messages_lost']:>10,}{lat['p50_ns'] / 1e3:>9.1f}"
               f"{lat['p99_ns'] / 1e3:>9.1f}{lat['p999_ns'] / 1e3:>10.1f}{lat['max_ns'] / 1e3:>10.1f}")
+        if "read_latency_ns" in row:
+            rd = row["read_latency_ns"]
+            print(f"{'':<9}{'receive -> read returned, per packet:':>62}{rd['p50_ns'] / 1e3:>9.1f}"
+                  f"{rd['p99_ns'] / 1e3:>9.1f}{rd['p999_ns'] / 1e3:>10.1f}{rd['max_ns'] / 1e3:>10.1f}")
     print("targets:")
     for name, t in report["targets"].items():
         ratio = f", ratio {t['ratio']}" if "ratio" in t else ""
@@ -260,6 +291,17 @@ def main(argv=None) -> int:
     ap.add_argument("--sources", default=",".join(SOURCES), help="packet sources, comma separated")
     ap.add_argument("--per-packet", type=int, default=16, help="messages per MoldUDP64 packet (default 16)")
     ap.add_argument("--busy-poll", action="store_true", help="the handler spins instead of sleeping in poll")
+    ap.add_argument("--pin", choices=("apart", "same"), default="",
+                    help="sched_setaffinity: apart = handler on CPU 1, sender on CPU 0; same = both on CPU 1 (the "
+                         "packets' softirq then wakes the handler on its own CPU, as a NIC interrupt steered "
+                         "to the handler's core would)")
+    ap.add_argument("--rt", action="store_true",
+                    help=f"handler and sender in SCHED_FIFO (priorities {RT_HANDLER} / {RT_SENDER}): other load "
+                         "on the machine no longer delays them (not with --busy-poll: it would take a core)")
+    ap.add_argument("--ordinary", action="store_true",
+                    help="the handler without its fused path (arbiter, normalizer, engine called one by one)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also measure receive -> read returned per packet (printed under each row)")
     args = ap.parse_args(argv)
     seconds = 1.0 if args.quick else args.seconds
     rates = [int(r) for r in args.rates.split(",")]
@@ -278,10 +320,12 @@ def main(argv=None) -> int:
             for source in sources:
                 if not args.json:
                     print(f"... {source} at {rate:,} msg/s", file=sys.stderr, flush=True)
-                rows.append(measure(pair, source, packets, rate, args.busy_poll))
+                rows.append(measure(pair, source, packets, rate, args.busy_poll, not args.ordinary, args.profile,
+                                    args.pin, args.rt))
     report = {"bench": "live", "machine": machine(),
               "params": {"seconds": seconds, "rates": rates, "sources": sources, "per_packet": args.per_packet,
-                         "busy_poll": args.busy_poll},
+                         "busy_poll": args.busy_poll, "pin": args.pin, "rt": args.rt, "fused": not args.ordinary,
+                         "profile": args.profile},
               "rows": rows}
     report["targets"] = targets(rows)
     return emit(report, args.json, print_table)

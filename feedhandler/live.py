@@ -297,6 +297,8 @@ class LiveHandler:
         self.runners = list(runners)
         self.metrics = metrics
         self.latency = LatencyHistogram()
+        # kernel receive time -> the source's read returned, per packet (benchmarks: where the latency goes)
+        self.read_latency: LatencyHistogram | None = LatencyHistogram() if cfg.profile else None
         self.stale_since = np.zeros(1 << 16, np.int64)  # per instrument id: when it went stale, 0 = fresh
         self.events: list[dict] = []
         self.counts = {"bbo_rows": 0, "l2_rows": 0, "trades": 0, "status_rows": 0, "batches": 0,
@@ -387,10 +389,14 @@ class LiveHandler:
         self._deliver(*self.arbiter.poll(time.time_ns()))
         if self._window_open and time.monotonic() - self._last_message > self.cfg.conflate / 1e9:
             book = self.engine.finish()
+            if self._fused is not None:  # finish may hand the output buffers out
+                self._fused.refresh()
             self._window_open = False
             self._publish(book.bbo, book.l2, None, None)
 
     def _on_packets(self, feed: FeedSource, batch: PacketBatch) -> None:
+        if self.read_latency is not None:
+            self.read_latency.record(batch.ts_recv, time.time_ns())
         if len(feed.lines) == 1:  # no split (a ring's writer may not even fill in the destination)
             self._feed(batch, feed.lines[0])
             return
@@ -416,20 +422,24 @@ class LiveHandler:
         if fused is None:
             self._deliver(*self.arbiter.feed(batch, line, now))
             return
-        fast, rest = fused.feed(batch, line, now)
+        fast, after, rest = fused.feed(batch, line, now)
         if fast:
             self.counts["batches"] += 1
             self._last_message = time.monotonic()
             self._window_open = self._conflating
+            status = _NO_STATUS
+            if after is not None:  # status, imbalance, ...: no book changes, normalized once the books are stamped
+                status = self.normalizer.normalize(*after).status
             if self.runners:
                 book, trades = fused.rows()
-                self._publish(book.bbo, book.l2, trades, _NO_STATUS)
+                self._publish(book.bbo, book.l2, trades, status)
             else:
                 n_bbo, n_l2, n_trades = fused.take_row_counts()
                 c = self.counts
                 c["bbo_rows"] += n_bbo
                 c["l2_rows"] += n_l2
                 c["trades"] += n_trades
+                c["status_rows"] += len(status)
         if rest is not None:
             fused.sync()
             self._deliver(*rest)
@@ -448,6 +458,8 @@ class LiveHandler:
             norm = self.normalizer.normalize(buf, frames)
             book = self.engine.apply(norm.events)
             self.latency.record(frames["ts_recv"], time.time_ns())
+            if self._fused is not None:  # the normalizer's and engine's arrays may have grown
+                self._fused.refresh()
             self.counts["batches"] += 1
             self._last_message = time.monotonic()
             self._window_open = self.cfg.conflate > 0
@@ -561,6 +573,7 @@ class LiveHandler:
                       "stale_instruments": self.counts["stale_instruments"], "stale_symbols": self.stale_symbols()[:100],
                       **{k: v for k, v in self.counts.items() if k != "stale_instruments"}},
             "latency": self.latency.summary(),
+            **({"read_latency": self.read_latency.summary()} if self.read_latency is not None else {}),
             "sinks": sinks,
             "sources": sources,
             "anomalies": self.normalizer.anomaly_counts() if self.normalizer is not None else {},

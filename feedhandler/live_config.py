@@ -61,6 +61,7 @@ _SCALARS = {
     "read_batch": (1024, "int"),
     "busy_poll": (False, "bool"),
     "fused": (True, "bool"),
+    "profile": (False, "bool"),
     "idle_wait": (50 * MS, "duration"),
     "xdp_queue": (0, "int"),
     "xdp_mode": ("generic", "str"),
@@ -122,6 +123,7 @@ class LiveConfig:
     read_batch: int = 1024
     busy_poll: bool = False
     fused: bool = True  # arbitration -> decode -> books in one compiled call per batch (feedhandler.live_kernel)
+    profile: bool = False  # also measure receive -> read per packet (status "read_latency"; costs ~2 us a batch)
     idle_wait: int = 50 * MS
     xdp_queue: int = 0
     xdp_mode: str = "generic"

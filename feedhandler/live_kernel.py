@@ -52,8 +52,8 @@ FUSED_NEED_REFS = 3  # the order-reference table is at its load limit: grow it, 
 FUSED_NEED_BOOK = 4  # the book kernel asked for room (``out[O_BOOK_CODE]``: orderbook.kernel NEED_*)
 
 # Slots of ``out`` (int64), written by every call.
-O_STAGE, O_INDEX, O_BOOK_CODE, O_FRAMES, O_STAMP = range(5)
-OUT_SLOTS = 5
+O_STAGE, O_INDEX, O_BOOK_CODE, O_FRAMES, O_STAMP, O_BOOK, O_REST = range(7)
+OUT_SLOTS = 7
 
 # Slots of ``acc`` (int64): counts the normalizer keeps in Python, gathered until ``sync()``.
 A_BAD_TS, A_UNKNOWN_INSTRUMENT, A_SPAN_LO, A_SPAN_HI, A_BBO_ROWS, A_L2_ROWS, A_TRADES = range(7)
@@ -64,6 +64,8 @@ _NO_SPAN_HI = np.iinfo(np.int64).min
 _EXECUTE = np.uint8(Action.EXECUTE)
 _TRADE = np.uint8(Action.TRADE)
 _CROSS = np.uint8(Action.CROSS)
+
+_DIRECTORY = np.uint8(ord("R"))
 
 _clock_gettime = types.ExternalFunction("clock_gettime", types.int32(types.int32, types.voidptr))
 _CLOCK_REALTIME = 0
@@ -77,14 +79,24 @@ def wall_ns(ts):
 
 
 @nb.njit(cache=True, nogil=True)
-def _all_book(buf, frames, n, size_by_code, book_lut):
-    """Whether every one of the first ``n`` frames is a whole book message of exactly its specified size."""
+def _split(buf, frames, n, size_by_code, book_lut, book, rest):
+    """Book frames into ``book``, the others into ``rest`` (indexes, in order); (-1, -1) when a frame is
+    one the fast path does not take: an unknown type, a length other than specified, or a directory
+    message (it changes how the batch's book messages decode)."""
+    n_book = 0
+    n_rest = 0
     for i in range(n):
         t = buf[frames[i].offset]
         spec = size_by_code[t]
-        if spec == 0 or book_lut[t] == 0 or np.int64(frames[i].length) != spec:
-            return False
-    return True
+        if spec == 0 or np.int64(frames[i].length) != spec or t == _DIRECTORY:
+            return -1, -1
+        if book_lut[t] != 0:
+            book[n_book] = i
+            n_book += 1
+        else:
+            rest[n_rest] = i
+            n_rest += 1
+    return n_book, n_rest
 
 
 @nb.njit(cache=True, nogil=True)
@@ -94,7 +106,7 @@ def live_step(stage, start, discard_rows,
               arb_events,
               # decode (ItchNormalizer state)
               size_by_code, book_lut, book_offset, book_width, type_counts, known_locate,
-              midnight, change_local, offset_before, offset_after, venue, selected, events, wide_size, cross_type,
+              midnight, change_local, offset_before, offset_after, venue, selected, rest, events, wide_size, cross_type,
               # enrichment (columns of ``events``, the OrderRefTable)
               c_action, c_order_id, c_prev, c_price, c_size, c_side, c_instrument, c_flags, keys, tprice, tsize, tside, tinstrument, ref_count, ref_limit, ref_anomalies,
               # books (BookEngine state)
@@ -112,8 +124,9 @@ def live_step(stage, start, discard_rows,
         size_by_code, book_lut, book_offset, book_width: ``itch50.SIZE_BY_CODE``, ``itch50_book.BOOK_ACTION``,
             ``BOOK_OFFSET``, ``BOOK_WIDTH``; type_counts, known_locate: the normalizer's arrays.
         midnight .. offset_after: ``VenueClock.kernel_params()``; venue: venue id.
-        selected: int64 0..k (k >= frames), the identity selection for ``decode_book_events``.
-        events, wide_size, cross_type: decode outputs, at least as long as ``frames``.
+        selected, rest: int64 scratch, as long as ``frames``: indexes of the book frames (decoded here)
+            and of the others (``out[O_REST]`` of them, left to the caller's normalizer).
+        events, wide_size, cross_type: decode outputs (one row per book frame), as long as ``frames``.
         c_action .. c_flags: views of ``events``' columns (numba sees in-kernel field views of this
             packed record as unaligned); keys .. ref_anomalies: the ``OrderRefTable`` arrays, its load
             limit, the enrichment counters.
@@ -137,25 +150,27 @@ def live_step(stage, start, discard_rows,
     n = scal[arb.S_OUT_FRAMES]
     out[O_FRAMES] = n
     if n == 0:
-        out[O_STAGE] = STAGE_BOOK
-        out[O_INDEX] = 0
+        out[O_BOOK] = 0
+        out[O_REST] = 0
         return FUSED_DONE
-    ev = events[:n]
     if stage == STAGE_DECODE:
-        if not _all_book(out_buf, frames, n, size_by_code, book_lut):
+        n_book, n_rest = _split(out_buf, frames, n, size_by_code, book_lut, selected, rest)
+        if n_book < 0:
             out[O_STAGE] = STAGE_DECODE
             out[O_INDEX] = 0
             return FUSED_FALLBACK
-        for i in range(n):
-            type_counts[out_buf[frames[i].offset]] += 1
+        out[O_BOOK] = n_book
+        out[O_REST] = n_rest
+        for j in range(n_book):
+            type_counts[out_buf[frames[selected[j]].offset]] += 1
         counts = np.empty(4, np.int64)
         counts[0] = 0
         counts[1] = 0
         counts[2] = _NO_SPAN_LO
         counts[3] = _NO_SPAN_HI
-        itch50_book.decode_book_events(out_buf, frames, selected[:n], book_offset, book_width, book_lut, known_locate,
-                                       midnight, change_local, offset_before, offset_after, venue, ev,
-                                       wide_size[:n], cross_type[:n], counts)
+        itch50_book.decode_book_events(out_buf, frames, selected[:n_book], book_offset, book_width, book_lut,
+                                       known_locate, midnight, change_local, offset_before, offset_after, venue,
+                                       events[:n_book], wide_size[:n_book], cross_type[:n_book], counts)
         acc[A_BAD_TS] += counts[0]
         acc[A_UNKNOWN_INSTRUMENT] += counts[1]
         if counts[2] <= counts[3]:
@@ -163,11 +178,12 @@ def live_step(stage, start, discard_rows,
             acc[A_SPAN_HI] = max(acc[A_SPAN_HI], counts[3])
         stage = STAGE_ENRICH
         start = 0
+    m = out[O_BOOK]
     if stage == STAGE_ENRICH:
-        i = enrich_events(start, ref_limit, c_action[:n], c_order_id[:n], c_prev[:n], c_price[:n], c_size[:n],
-                          c_side[:n], c_instrument[:n], c_flags[:n], keys, tprice, tsize, tside, tinstrument,
+        i = enrich_events(start, ref_limit, c_action[:m], c_order_id[:m], c_prev[:m], c_price[:m], c_size[:m],
+                          c_side[:m], c_instrument[:m], c_flags[:m], keys, tprice, tsize, tside, tinstrument,
                           ref_count, ref_anomalies)
-        if i < n:
+        if i < m:
             out[O_STAGE] = STAGE_ENRICH
             out[O_INDEX] = i
             return FUSED_NEED_REFS
@@ -178,22 +194,20 @@ def live_step(stage, start, discard_rows,
             acc[A_L2_ROWS] += bscal[bk.S_L2_ROWS]
             bscal[bk.S_BBO_ROWS] = 0
             bscal[bk.S_L2_ROWS] = 0
-    code, i = bk.apply_events(start, ev, venue, depth, conflate_ns, od, lv, bkr, st, dirty, emitted, emitted_n,
-                              bbo_out, l2_out, bscal)
+    code, i = bk.apply_events(start, events[:m], venue, depth, conflate_ns, od, lv, bkr, st, dirty, emitted,
+                              emitted_n, bbo_out, l2_out, bscal)
     if code != bk.DONE:
         out[O_STAGE] = STAGE_BOOK
         out[O_INDEX] = i
         out[O_BOOK_CODE] = code
         return FUSED_NEED_BOOK
     stamp = wall_ns(clock_ts)
-    _record(lat_counts, lat_scal, frames.ts_recv[:n], stamp)
-    out[O_STAGE] = STAGE_BOOK
-    out[O_INDEX] = n
+    _record(lat_counts, lat_scal, frames.ts_recv[:n], stamp)  # every message released, as the ordinary path
     out[O_STAMP] = stamp
     trades = 0  # what parsers.trades counts as a trade row (for the counters when no sink builds them)
-    for i in range(n):
-        a = c_action[i]
-        if (a == _EXECUTE or a == _TRADE or a == _CROSS) and wide_size[i] > 0:
+    for j in range(m):
+        a = c_action[j]
+        if (a == _EXECUTE or a == _TRADE or a == _CROSS) and wide_size[j] > 0:
             trades += 1
     acc[A_TRADES] += trades
     return FUSED_DONE
@@ -202,29 +216,34 @@ def live_step(stage, start, discard_rows,
 class FusedPath:
     """Drives ``live_step`` for a ``LiveHandler``'s arbiter, normalizer, book engine and latency histogram.
 
-    ``feed(batch, line)`` returns ``(fast, rest)``: ``fast`` messages went the fast path (books updated,
-    latency recorded); ``rest`` is None or ``(buf, frames)``, arbiter outputs still to be decoded and
-    applied the ordinary way (a batch with other messages, or messages a give-up released after the
-    fast part).
-    ``rows()`` hands out what the book kernel wrote for the sinks (with ``keep_rows``); ``events`` /
-    ``wide_size`` / ``cross_type`` hold the last fast batch's decoded rows (for trades).
+    ``feed(batch, line)`` returns ``(fast, after, rest)``: ``fast`` messages went the fast path (books
+    updated, latency recorded); ``after`` is None or ``(buf, frames)``, the batch's messages that are
+    not book messages (trading status, imbalance, ...; they touch no book), for the caller's
+    normalizer once the books are stamped; ``rest`` is None or ``(buf, frames)``, arbiter outputs
+    still to go the ordinary way (a batch the fast path does not take, or messages a give-up
+    released after the fast part). ``rows()`` hands out the book kernel's rows and the trades for
+    sinks (with ``keep_rows``); ``take_row_counts()`` counts and drops them (without).
+
+    The ~70 kernel arguments are kept in a list and only the batch's are set per call: any array the
+    arbiter, normalizer, engine or order table may have replaced (by growing) is re-read by
+    ``refresh()``, which the path calls itself after it grew something and the caller must call
+    after it used any of them the ordinary way (``Arbiter.feed``, ``normalize``, ``BookEngine.apply``
+    or ``finish``).
     """
 
     def __init__(self, arbiter, normalizer, engine, latency, keep_rows: bool) -> None:
+        table = normalizer.orders
+        if not isinstance(table, OrderRefTable):
+            raise TypeError("the fused path enriches through an OrderRefTable; this normalizer has another order index")
         self.arbiter = arbiter
         self.normalizer = normalizer
         self.engine = engine
         self.latency = latency
         self.keep_rows = keep_rows
-        self._discard = 0 if keep_rows else 1
-        table = normalizer.orders
-        if not isinstance(table, OrderRefTable):
-            raise TypeError("the fused path enriches through an OrderRefTable; this normalizer has another order index")
         # the enrichment counters: the table's own (newer parsers) or the normalizer's
         anomalies = getattr(table, "anomalies", None)
         self._ref_anomalies = anomalies if anomalies is not None else normalizer._ref_anomalies
         self._clock = tuple(int(x) for x in normalizer.clock.kernel_params())
-        self._venue = int(normalizer.venue)
         self._clock_ts = np.zeros(2, np.int64)
         self.acc = np.zeros(ACC_SLOTS, np.int64)
         self.acc[A_SPAN_LO] = _NO_SPAN_LO
@@ -232,69 +251,108 @@ class FusedPath:
         self.out = np.zeros(OUT_SLOTS, np.int64)
         self._grow_rows(1 << 12)
         self.batches = 0  # batches taken by the fast path
-        self.fallbacks = 0  # batches normalized the ordinary way
+        self.fallbacks = 0  # batches that went the ordinary way
+        self._args: list = []
+        self.refresh()
 
     def _grow_rows(self, n: int) -> None:
         self.events = schema.EVENT.empty(n)
         self.wide_size = np.zeros(n, np.uint64)
         self.cross_type = np.zeros(n, np.uint8)
-        self._selected = np.arange(n, dtype=np.int64)
+        self._selected = np.zeros(n, np.int64)
+        self._rest = np.zeros(n, np.int64)
         self._columns = tuple(self.events[name] for name in ("action", "order_id", "prev_order_id", "price", "size",
                                                               "side", "instrument_id", "flags"))
+
+    def refresh(self) -> None:
+        """Re-read every state array (after anything may have replaced one by growing it)."""
+        a, norm, eng, table = self.arbiter, self.normalizer, self.engine, self.normalizer.orders
+        midnight, change_local, before, after = self._clock
+        self._args = [
+            STAGE_ARBITRATE, 0, 0 if self.keep_rows else 1,
+            None, None, None, None, 0, 0,  # the batch: data, offset, length, ts_recv; line, now (_A_DATA..)
+            a._names, a._ss, a._lc, a._held, a._arenas, a._scal, a._out_buf, a._frames, a._events,
+            itch50.SIZE_BY_CODE, itch50_book.BOOK_ACTION, itch50_book.BOOK_OFFSET, itch50_book.BOOK_WIDTH,
+            norm._type_counts, norm._known_locate, midnight, change_local, before, after, int(norm.venue),
+            self._selected, self._rest, self.events, self.wide_size, self.cross_type, *self._columns,
+            table.keys, table.price, table.size, table.side, table.instrument, table.count, table.limit,
+            self._ref_anomalies,
+            eng.depth, eng._kernel_conflate, eng.od, eng.lv, eng.bk, eng.st, eng.dirty, eng.emitted,
+            eng.emitted_n, eng._bbo, eng._l2, eng.scalars,
+            self.latency.counts, self.latency.scal, self._clock_ts, self.acc, self.out,
+        ]
+        self._watched = (a._frames, a._out_buf, a._events)
+        self._i_rows = next(i for i, x in enumerate(self._args) if x is eng._bbo)  # the output buffers' places
 
     def feed(self, batch, line: int, now: int | None = None):
         """Arbitrate ``batch`` of ``line`` and, on the fast path, decode, enrich, apply and stamp it."""
         a = self.arbiter
         n = len(batch.offset)
         if n == 0:
-            return None
+            return 0, None, None
+        ts_recv = batch.ts_recv
         if now is None:
-            now = int(batch.ts_recv[n - 1])
+            now = int(ts_recv[n - 1])
         if a._first_ts is None:
             a._first_ts = now
-        payload = int(batch.length[0]) if n == 1 else int(batch.length.sum())
+        length = batch.length
+        payload = int(length[0]) if n == 1 else int(length.sum())
         a._reset_outputs(payload // 2 + 1, payload)
         if len(self.events) < len(a._frames):
             self._grow_rows(len(a._frames))
+            self.refresh()
+        elif a._frames is not self._watched[0] or a._out_buf is not self._watched[1] or a._events is not self._watched[2]:
+            self.refresh()
         offset = batch.offset if batch.offset.dtype == np.int64 else batch.offset.astype(np.int64)
-        stage, start = STAGE_ARBITRATE, 0
-        norm, eng, lat, table, out = self.normalizer, self.engine, self.latency, self.normalizer.orders, self.out
-        midnight, change_local, before, after = self._clock
+        args, out = self._args, self.out
+        args[0] = STAGE_ARBITRATE
+        args[1] = 0
+        args[3] = batch.data
+        args[4] = offset
+        args[5] = length
+        args[6] = ts_recv
+        args[7] = int(line)
+        args[8] = now
         fallback = False
         while True:
-            code = live_step(
-                stage, start, self._discard,
-                batch.data, offset, batch.length, batch.ts_recv, int(line), now, a._names, a._ss, a._lc, a._held,
-                a._arenas, a._scal, a._out_buf, a._frames, a._events,
-                itch50.SIZE_BY_CODE, itch50_book.BOOK_ACTION, itch50_book.BOOK_OFFSET, itch50_book.BOOK_WIDTH,
-                norm._type_counts, norm._known_locate, midnight, change_local, before, after, self._venue,
-                self._selected, self.events, self.wide_size, self.cross_type, *self._columns,
-                table.keys, table.price, table.size, table.side, table.instrument, table.count, table.limit,
-                self._ref_anomalies,
-                eng.depth, eng._kernel_conflate, eng.od, eng.lv, eng.bk, eng.st, eng.dirty, eng.emitted,
-                eng.emitted_n, eng._bbo, eng._l2, eng.scalars,
-                lat.counts, lat.scal, self._clock_ts, self.acc, out)
+            code = live_step(*args)
             if code == FUSED_DONE:
                 break
-            stage, start = int(out[O_STAGE]), int(out[O_INDEX])
+            args[0], args[1] = stage, start = int(out[O_STAGE]), int(out[O_INDEX])
             if code == FUSED_NEED_SESSION:
                 at = int(offset[start])
                 a._add_session(batch.data[at: at + arb.MOLD_SESSION_LEN].tobytes())
             elif code == FUSED_NEED_REFS:
-                table.grow()
+                self.normalizer.orders.grow()
             elif code == FUSED_NEED_BOOK:
                 self._book_room(int(out[O_BOOK_CODE]), start)
             else:  # FUSED_FALLBACK
                 fallback = True
                 break
-        done = 0 if fallback else int(out[O_FRAMES])
+            self.refresh()
+            args = self._args
+            args[0], args[1] = stage, start
+            args[3], args[4], args[5], args[6], args[7], args[8] = batch.data, offset, length, ts_recv, int(line), now
+        args[3] = args[4] = args[5] = args[6] = None  # hold no views of the source's buffers
+        scal = a._scal
         if fallback:
             self.fallbacks += 1
-        elif done:
-            self.batches += 1
-        a._tick(now)  # timers, exactly as Arbiter.feed runs them: a give-up may release more frames
+            done = 0
+        else:
+            done = int(out[O_FRAMES])
+            if done:
+                self.batches += 1
+        # the timers, exactly as Arbiter.feed runs them: a give-up may release more frames
+        a._tick(now)
+        if scal[arb.S_OUT_FRAMES] == done and scal[arb.S_OUT_EVENTS] == 0:
+            after = None
+            if done and out[O_REST]:
+                frames = a._frames[:done]
+                after = (a._out_buf[: scal[arb.S_OUT_BYTES]], frames[self._rest[: out[O_REST]]])
+            return done, after, None
         buf, frames = a._outputs()
-        return done, ((buf, frames[done:]) if len(frames) > done else None)
+        after = (buf, frames[self._rest[: out[O_REST]]]) if done and out[O_REST] else None
+        return done, after, ((buf, frames[done:]) if len(frames) > done else None)
 
     def _book_room(self, code: int, index: int) -> None:
         """What ``BookEngine.apply`` does for each of the kernel's requests."""
@@ -313,13 +371,12 @@ class FusedPath:
     def rows(self):
         """The BBO and L2 rows the book kernel wrote since the last call (``BookEngine`` output), and the
         last fast batch's trades (``schema.TRADE`` rows, as ``ItchNormalizer.normalize`` makes them)."""
-        n = int(self.out[O_FRAMES])
+        m = int(self.out[O_BOOK])
         self.acc[A_TRADES] = 0  # counted from the rows by the caller
-        return self.engine._collect(), trades_from_events(self.events[:n], self.wide_size[:n], self.cross_type[:n])
-
-    def last_events(self) -> int:
-        """Frames (= event rows) of the last fast batch."""
-        return int(self.out[O_FRAMES])
+        book = self.engine._collect()
+        i = self._i_rows  # _collect may have handed the buffers out and made new ones
+        self._args[i], self._args[i + 1] = self.engine._bbo, self.engine._l2
+        return book, trades_from_events(self.events[:m], self.wide_size[:m], self.cross_type[:m])
 
     def take_row_counts(self) -> tuple[int, int, int]:
         """BBO rows, L2 rows and trades of the fast batches since the last call, when no sink takes
@@ -338,6 +395,7 @@ class FusedPath:
             rows = eng._collect()
             n_bbo += len(rows.bbo)
             n_l2 += len(rows.l2)
+            self.refresh()
         return n_bbo, n_l2, n_trades
 
     def sync(self) -> None:

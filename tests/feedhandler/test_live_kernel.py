@@ -130,7 +130,7 @@ def _ordinary(feed: Feed):
     arbiter = Arbiter(lines=2, expect_from=1, give_up_ns=10**10, request_delay_ns=10**10)
     normalizer = ItchNormalizer(clock=VenueClock(feed.day.date, NASDAQ.tz), venue=NASDAQ.id)
     engine = BookEngine(depth=10, venue=NASDAQ.id, out_rows=BOOK_OUT_ROWS)
-    out = {"bbo": [], "l2": [], "trades": []}
+    out = {"bbo": [], "l2": [], "trades": [], "status": [], "imbalance": []}
     for line, idx in feed.batches:
         if len(idx) == 0:
             continue
@@ -141,6 +141,8 @@ def _ordinary(feed: Feed):
             out["bbo"].append(book.bbo)
             out["l2"].append(book.l2)
             out["trades"].append(norm.trades)
+            out["status"].append(norm.status)
+            out["imbalance"].append(norm.imbalance)
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
@@ -151,27 +153,35 @@ def test_fused_path_rows_equal_the_ordinary_rows(feed):
     normalizer = ItchNormalizer(clock=VenueClock(feed.day.date, NASDAQ.tz), venue=NASDAQ.id, orders=OrderRefTable(16))
     engine = BookEngine(depth=10, venue=NASDAQ.id, out_rows=64, orders=16, levels=16, instruments=4)
     path = FusedPath(arbiter, normalizer, engine, LatencyHistogram(), keep_rows=True)
-    out = {"bbo": [], "l2": [], "trades": []}
+    out = {"bbo": [], "l2": [], "trades": [], "status": [], "imbalance": []}
     fast_total = 0
     for line, idx in feed.batches:
         if len(idx) == 0:
             continue
-        fast, rest = path.feed(feed.batch(idx), line)
+        fast, after, rest = path.feed(feed.batch(idx), line)
         fast_total += fast
         if fast:
             book, trades = path.rows()
             out["bbo"].append(book.bbo)
             out["l2"].append(book.l2)
             out["trades"].append(trades)
+            if after is not None:
+                norm = normalizer.normalize(*after)
+                assert len(norm.events) == 0 and len(norm.trades) == 0
+                out["status"].append(norm.status)
+                out["imbalance"].append(norm.imbalance)
         if rest is not None:
             norm = normalizer.normalize(*rest)
             book = engine.apply(norm.events)
+            path.refresh()
             out["bbo"].append(book.bbo)
             out["l2"].append(book.l2)
             out["trades"].append(norm.trades)
+            out["status"].append(norm.status)
+            out["imbalance"].append(norm.imbalance)
     got = {k: np.concatenate(v) for k, v in out.items()}
     want = _ordinary(feed)
-    for key in ("bbo", "l2", "trades"):
+    for key in ("bbo", "l2", "trades", "status", "imbalance"):
         assert len(got[key]) == len(want[key]) > 0, key
         assert got[key].tobytes() == want[key].tobytes(), key
     assert path.fallbacks > 0 and path.batches > 100
