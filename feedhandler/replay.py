@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 import threading
 
+import numba as nb
 import numpy as np
 
 from captures.reader import CAPTURE_BINARYFILE, CaptureError, open_capture
@@ -172,7 +173,7 @@ def replay(
     try:
         for batch in source.batches():
             outputs.open_once(source)
-            for capture_ns, piece in (time_slices(batch) if pacer else [(0, batch)]):
+            for capture_ns, piece in (pacer.pieces(batch) if pacer else [(0, batch)]):
                 if stop is not None and stop.is_set():
                     interrupted = True
                     break
@@ -288,13 +289,26 @@ class _InstrumentSet:
         self._large: set[int] = set()
 
     def note(self, ids: np.ndarray) -> None:
-        small = ids < self.SMALL
-        self._small[ids[small]] = True
-        if not small.all():
-            self._large.update(np.unique(ids[~small]).tolist())
+        if _mark_small(ids, self._small):  # one compiled pass; the rare large ids in numpy
+            large = ids[ids >= self.SMALL]
+            self._large.update(np.unique(large).tolist())
 
     def __len__(self) -> int:
         return int(self._small[1:].sum()) + len(self._large)
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _mark_small(ids, bitmap):
+    """Mark the ids below ``len(bitmap)``; True if there were others."""
+    n = bitmap.shape[0]
+    large = False
+    for i in range(ids.shape[0]):
+        v = ids[i]
+        if v < n:
+            bitmap[v] = True
+        else:
+            large = True
+    return large
 
 
 def _date_from_capture(capture, path: str, frames: np.ndarray, venue: Venue | None = None) -> dt.date:

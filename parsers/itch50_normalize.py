@@ -181,7 +181,7 @@ class ItchNormalizer:
     def _events(self, buf: np.ndarray, frames: np.ndarray, book: np.ndarray):
         """Book messages as enriched event rows, with each row's full wire size and cross type, and what
         the order index gave back (a BookEngine's rows)."""
-        rows = schema.EVENT.empty(len(book))
+        rows = np.empty(len(book), dtype=schema.EVENT.dtype)  # the kernel sets every column (no padding)
         wide_size = np.empty(len(book), dtype=np.uint64)
         cross_type = np.empty(len(book), dtype=np.uint8)
         if not len(book):
