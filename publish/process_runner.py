@@ -60,6 +60,9 @@ from publish.shm_queue import ShmQueue
 STOP_GRACE_S = 8.0  # after the drain deadline: the sink's close (WebSocketServer waits close_timeout + 5 s)
 STATUS_EVERY_S = 0.05  # the child republishes its sink's counters at most this often while busy
 MERGE_MAX_ROWS = 1 << 20  # rows of one merged write; what is left waits for the next write
+BUSY_WINDOW_S = 0.5  # the sink process measures its CPU share over windows this long
+BUSY_SHARE = 0.5  # busier than this (of one core): it takes its ``nice``, and the feed keeps its core
+IDLE_SHARE = 0.2  # below this again: back to the feed's niceness (where the OS lets a process lower it)
 STEP_ROWS = 4096  # a sink on its own loop applies batches up to this many rows per loop round
 MONITOR_S = 0.05
 # A directory: each sink process writes the time of every hop of every write there when it ends
@@ -68,10 +71,10 @@ TRACE_ENV = "FEEDHANDLER_SINK_TRACE"
 
 # Child counter words (ShmQueue.counters()).
 C_TAKEN, C_WRITTEN, C_WRITES, C_CONFLATED, C_DROPPED_BATCHES, C_DROPPED_ROWS, C_FAILURES, C_RESTARTS, \
-    C_OPENED, C_TAKEN_ROWS, C_WRITTEN_ROWS, C_CONFLATED_ROWS = range(12)
+    C_OPENED, C_TAKEN_ROWS, C_WRITTEN_ROWS, C_CONFLATED_ROWS, C_NICED = range(13)
 _CHILD_COUNTS = {"written": C_WRITTEN, "writes": C_WRITES, "conflated": C_CONFLATED,
                  "dropped_batches": C_DROPPED_BATCHES, "dropped_rows": C_DROPPED_ROWS, "failures": C_FAILURES,
-                 "restarts": C_RESTARTS}
+                 "restarts": C_RESTARTS, "niced": C_NICED}
 
 
 class SinkHandle:
@@ -113,7 +116,9 @@ class ProcessSinkRunner:
             the overflow policy applies.
         policy: ``conflate`` or ``drop-oldest``.
         queue_bytes: the shared-memory queue's size.
-        nice: added to the child's scheduling niceness (the feed keeps its core when they compete).
+        nice: added to the child's scheduling niceness while it is busy (``_Niceness``: over half a core),
+            so the feed keeps its core when they compete; a child that keeps up runs at the feed's
+            niceness, and a wake-up of it is not queued behind every other process of the machine.
         backoff_s, max_backoff_s: sink reopens and process restarts wait this long, doubling to the cap.
         attrs: names the handle answers before the child reports (e.g. ``host``, ``port``).
         close_grace_s: ``stop`` waits this long past its deadline for the sink's own close.
@@ -459,8 +464,6 @@ def child_main(factory, kwargs, mem_fd, wake_fd, venue, symbols, policy, max_bat
     """The sink process: read batches from the queue, write them to the sink, until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent drains us; ^C reaches the whole group
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if nice:
-        os.nice(nice)
     queue = ShmQueue.attach(mem_fd, wake_fd)
     sink = factory(**kwargs)
     warm_up = getattr(sink, "warm_up", None)
@@ -470,7 +473,7 @@ def child_main(factory, kwargs, mem_fd, wake_fd, venue, symbols, policy, max_bat
     gc.collect()
     gc.freeze()  # what exists now (modules, the sink) is never scanned again: shorter collections
     loop = _ChildLoop(sink, queue, BatchReader(venue, symbols), policy, max_batches, backoff_s, max_backoff_s,
-                      parent_pid)
+                      parent_pid, _Niceness(nice, queue.counters()))
     try:
         if hasattr(loop.sink, "attach_reader"):
             loop.run_on_sink_loop()
@@ -483,10 +486,78 @@ def child_main(factory, kwargs, mem_fd, wake_fd, venue, symbols, policy, max_bat
     queue.close()
 
 
+class _Niceness:
+    """The sink process's niceness: the feed's while it keeps up, ``nice`` more while it is busy.
+
+    A sink process is mostly idle behind a paced or live feed; its wake-ups are then on the path of
+    every update to a client, and at +10 each one waits behind whatever else runs (other processes,
+    the clients themselves). Only a sink that asks for over ``BUSY_SHARE`` of a core over a window
+    (running or waiting to run: a replay at full speed) competes with the feed for the cores: it
+    takes ``nice`` then, for every
+    thread (Linux keeps a niceness per thread), counted in ``niced``. Below ``IDLE_SHARE`` it goes back,
+    where the OS lets a process lower its niceness (CAP_SYS_NICE or RLIMIT_NICE); else it stays.
+    """
+
+    def __init__(self, nice: int, counters: np.ndarray) -> None:
+        self.nice = int(nice)
+        self.counters = counters
+        self.base = os.getpriority(os.PRIO_PROCESS, 0)
+        self.raised = False
+        self.can_lower = True
+        self._at = time.monotonic()
+        self._busy = self.busy_s()
+
+    @staticmethod
+    def busy_s() -> float:
+        """Seconds this process's threads have run or waited to run (/proc schedstat: what it asked of
+        the cores, whether or not it got them); its CPU time where there is no schedstat."""
+        total = 0
+        try:
+            for tid in os.listdir("/proc/self/task"):
+                with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
+                    ran, waited = f.read().split()[:2]
+                total += int(ran) + int(waited)
+        except (OSError, ValueError):
+            return time.process_time()
+        return total / 1e9
+
+    def check(self, now: float) -> None:
+        if self.nice <= 0 or now - self._at < BUSY_WINDOW_S:
+            return
+        busy = self.busy_s()
+        share = (busy - self._busy) / (now - self._at)
+        self._at, self._busy = now, busy
+        if not self.raised and share > BUSY_SHARE:
+            if self._set(self.base + self.nice):
+                self.raised = True
+                self.counters[C_NICED] += np.uint64(1)
+        elif self.raised and self.can_lower and share < IDLE_SHARE:
+            if self._set(self.base):
+                self.raised = False
+            else:
+                self.can_lower = False
+
+    @staticmethod
+    def _set(value: int) -> bool:
+        """Every thread of this process to niceness ``value``; False if the OS refuses."""
+        try:
+            for tid in os.listdir("/proc/self/task"):
+                os.setpriority(os.PRIO_PROCESS, int(tid), value)
+        except PermissionError:
+            return False
+        except OSError:  # no /proc: this thread at least
+            try:
+                os.setpriority(os.PRIO_PROCESS, 0, value)
+            except PermissionError:
+                return False
+        return True
+
+
 class _ChildLoop:
     def __init__(self, sink, queue: ShmQueue, reader: BatchReader, policy: str, max_batches: int, backoff_s: float,
-                 max_backoff_s: float, parent_pid: int) -> None:
+                 max_backoff_s: float, parent_pid: int, niceness: _Niceness | None = None) -> None:
         self.sink = sink
+        self.niceness = niceness
         self.queue = queue
         self.reader = reader
         self.policy = policy
@@ -743,6 +814,8 @@ class _ChildLoop:
         now = time.monotonic()
         if not force and now - self._status_at < STATUS_EVERY_S:
             return
+        if self.niceness is not None:
+            self.niceness.check(now)
         self._status_at = now
         self._dirty = False
         sink = self.sink

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 class DirectorySink:
     """Writes every batch to ``<root>/w<n>.npz``; ``<root>/fail`` holds how many writes to fail next,
-    ``<root>/sleep`` how long each write sleeps first."""
+    ``<root>/sleep`` how long each write sleeps first, ``<root>/spin`` how long it computes first."""
 
     name = "dir"
 
@@ -48,6 +48,11 @@ class DirectorySink:
         sleep = self.root / "sleep"
         if sleep.exists():
             time.sleep(float(sleep.read_text()))
+        spin = self.root / "spin"
+        if spin.exists():
+            end = time.process_time() + float(spin.read_text())
+            while time.process_time() < end:
+                pass
         fail = self.root / "fail"
         if fail.exists() and int(fail.read_text()) > 0:
             fail.write_text(str(int(fail.read_text()) - 1))
@@ -244,3 +249,44 @@ def test_bad_sink_arguments_fail_in_the_caller(tmp_path):
         ProcessSinkRunner(DirectorySink, {"root": str(tmp_path), "colour": "blue"})
     with pytest.raises(ValueError, match="overflow policy"):
         ProcessSinkRunner(DirectorySink, {"root": str(tmp_path)}, policy="block")
+
+
+def thread_niceness(pid: int) -> set[int]:
+    """The niceness of every thread of ``pid`` (Linux keeps one per thread)."""
+    out = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            out.add(int(f.read().rsplit(")", 1)[1].split()[16]))
+    return out
+
+
+def test_a_sink_process_takes_its_nice_only_while_busy(tmp_path):
+    """At the feed's niceness while it keeps up; ``nice`` more (every thread) once it takes over half a
+    core; back where the OS lets it lower its niceness again, else it stays nicer."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    runner = runner_for(tmp_path, nice=7)
+    try:
+        for batch in quotes(1, 20):  # an easy pace: stays at the feed's niceness
+            runner.offer(batch)
+            time.sleep(0.05)
+        wait_for(lambda: runner.counts["written"] == 20, what="the first twenty")
+        assert thread_niceness(runner.pid) == {base} and runner.counts["niced"] == 0
+        (tmp_path / "spin").write_text("0.02")  # each write computes 20 ms: a busy sink
+        deadline = time.monotonic() + 20
+        seq = 21
+        while runner.counts["niced"] == 0 and time.monotonic() < deadline:
+            runner.offer(quotes(seq, 1)[0])
+            seq += 1
+            time.sleep(0.01)
+        assert runner.counts["niced"] == 1, runner.counts
+        assert thread_niceness(runner.pid) == {base + 7}
+        (tmp_path / "spin").unlink()
+        may_lower = os.geteuid() == 0  # CAP_SYS_NICE (or an RLIMIT_NICE above the base, not set here)
+        if may_lower:
+            wait_for(lambda: thread_niceness(runner.pid) == {base}, what="the niceness back to the feed's")
+        else:
+            time.sleep(1.5)
+            assert thread_niceness(runner.pid) == {base + 7}
+    finally:
+        report = runner.stop(10)
+    assert report["offered"] == report["written"] + report.get("conflated", 0), report
