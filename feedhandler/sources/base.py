@@ -85,21 +85,34 @@ class BatchBuffers:
         self.ts_recv = np.zeros(max_packets, dtype=np.int64)
         self.group = np.zeros(max_packets, dtype=np.uint32)
         self.port = np.zeros(max_packets, dtype=np.uint16)
+        self._made: dict[tuple, PacketBatch] = {}
 
     @property
     def max_packets(self) -> int:
         return len(self.offset)
 
     def batch(self, n: int, used_bytes: int | None = None) -> PacketBatch:
-        """Views of the first ``n`` rows (and of ``used_bytes`` of ``data``, all of it when None)."""
-        data = self.data if used_bytes is None else self.data[:used_bytes]
-        return PacketBatch(data, self.offset[:n], self.length[:n], self.ts_recv[:n], self.group[:n],
-                           self.port[:n])
+        """Views of the first ``n`` rows (and of ``used_bytes`` of ``data``, all of it when None).
+
+        The views of one (n, used_bytes) are made once and handed out again (a live source reads the
+        same few shapes over and over): they are only valid until the next read anyway."""
+        key = (n, used_bytes)
+        made = self._made.get(key)
+        if made is None:
+            data = self.data if used_bytes is None else self.data[:used_bytes]
+            made = PacketBatch(data, self.offset[:n], self.length[:n], self.ts_recv[:n], self.group[:n],
+                               self.port[:n])
+            if len(self._made) < MADE_BATCHES:
+                self._made[key] = made
+        return made
+
+
+MADE_BATCHES = 4096  # batch views kept per BatchBuffers
 
 
 def empty_batch() -> PacketBatch:
-    """A batch of no packets (what ``read()`` returns on timeout)."""
-    return BatchBuffers(0, 0).batch(0)
+    """A batch of no packets (what ``read()`` returns on timeout): one shared instance of zero-length arrays."""
+    return _EMPTY
 
 
 @runtime_checkable
@@ -152,3 +165,6 @@ def parse_group_port(text: str) -> tuple[str, int]:
         raise SourceError(f"expected GROUP:PORT (e.g. 239.1.1.1:26400), got {text!r}")
     ipv4_to_int(host)
     return host, int(port)
+
+
+_EMPTY = BatchBuffers(0, 0).batch(0)
