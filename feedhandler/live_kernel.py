@@ -66,6 +66,10 @@ _TRADE = np.uint8(Action.TRADE)
 _CROSS = np.uint8(Action.CROSS)
 
 _DIRECTORY = np.uint8(ord("R"))
+_SIZE_BY_CODE = itch50.SIZE_BY_CODE
+_BOOK_ACTION = itch50_book.BOOK_ACTION
+_BOOK_OFFSET = itch50_book.BOOK_OFFSET
+_BOOK_WIDTH = itch50_book.BOOK_WIDTH
 
 _clock_gettime = types.ExternalFunction("clock_gettime", types.int32(types.int32, types.voidptr))
 _CLOCK_REALTIME = 0
@@ -105,7 +109,7 @@ def live_step(stage, start, discard_rows,
               data, offset, length, ts_recv, line, now, names, ss, lc, held, arenas, scal, out_buf, frames,
               arb_events,
               # decode (ItchNormalizer state)
-              size_by_code, book_lut, book_offset, book_width, type_counts, known_locate,
+              type_counts, known_locate,
               midnight, change_local, offset_before, offset_after, venue, selected, rest, events, wide_size, cross_type,
               # enrichment (columns of ``events``, the OrderRefTable)
               c_action, c_order_id, c_prev, c_price, c_size, c_side, c_instrument, c_flags, keys, tprice, tsize, tside, tinstrument, ref_count, ref_limit, ref_anomalies,
@@ -121,8 +125,8 @@ def live_step(stage, start, discard_rows,
             buffers rewound before the book stage (they would otherwise fill up).
         data .. arb_events: ``arbitration._arbitrate``'s arguments (the batch of ``line``, the Arbiter's
             state, its output buffers with cursors in ``scal``).
-        size_by_code, book_lut, book_offset, book_width: ``itch50.SIZE_BY_CODE``, ``itch50_book.BOOK_ACTION``,
-            ``BOOK_OFFSET``, ``BOOK_WIDTH``; type_counts, known_locate: the normalizer's arrays.
+        type_counts, known_locate: the normalizer's arrays (the message tables, ``itch50.SIZE_BY_CODE`` and
+            ``itch50_book``'s, are constants compiled in).
         midnight .. offset_after: ``VenueClock.kernel_params()``; venue: venue id.
         selected, rest: int64 scratch, as long as ``frames``: indexes of the book frames (decoded here)
             and of the others (``out[O_REST]`` of them, left to the caller's normalizer).
@@ -154,7 +158,7 @@ def live_step(stage, start, discard_rows,
         out[O_REST] = 0
         return FUSED_DONE
     if stage == STAGE_DECODE:
-        n_book, n_rest = _split(out_buf, frames, n, size_by_code, book_lut, selected, rest)
+        n_book, n_rest = _split(out_buf, frames, n, _SIZE_BY_CODE, _BOOK_ACTION, selected, rest)
         if n_book < 0:
             out[O_STAGE] = STAGE_DECODE
             out[O_INDEX] = 0
@@ -168,7 +172,7 @@ def live_step(stage, start, discard_rows,
         counts[1] = 0
         counts[2] = _NO_SPAN_LO
         counts[3] = _NO_SPAN_HI
-        itch50_book.decode_book_events(out_buf, frames, selected[:n_book], book_offset, book_width, book_lut,
+        itch50_book.decode_book_events(out_buf, frames, selected[:n_book], _BOOK_OFFSET, _BOOK_WIDTH, _BOOK_ACTION,
                                        known_locate, midnight, change_local, offset_before, offset_after, venue,
                                        events[:n_book], wide_size[:n_book], cross_type[:n_book], counts)
         acc[A_BAD_TS] += counts[0]
@@ -272,7 +276,6 @@ class FusedPath:
             STAGE_ARBITRATE, 0, 0 if self.keep_rows else 1,
             None, None, None, None, 0, 0,  # the batch: data, offset, length, ts_recv; line, now (_A_DATA..)
             a._names, a._ss, a._lc, a._held, a._arenas, a._scal, a._out_buf, a._frames, a._events,
-            itch50.SIZE_BY_CODE, itch50_book.BOOK_ACTION, itch50_book.BOOK_OFFSET, itch50_book.BOOK_WIDTH,
             norm._type_counts, norm._known_locate, midnight, change_local, before, after, int(norm.venue),
             self._selected, self._rest, self.events, self.wide_size, self.cross_type, *self._columns,
             table.keys, table.price, table.size, table.side, table.instrument, table.count, table.limit,
@@ -342,8 +345,10 @@ class FusedPath:
             done = int(out[O_FRAMES])
             if done:
                 self.batches += 1
-        # the timers, exactly as Arbiter.feed runs them: a give-up may release more frames
-        a._tick(now)
+        # the timers, exactly as Arbiter.feed runs them: a give-up may release more frames (_tick returns
+        # at once unless a silence check is due or a hole is open)
+        if scal[arb.S_BLOCKED] or now >= a._next_silence_check:
+            a._tick(now)
         if scal[arb.S_OUT_FRAMES] == done and scal[arb.S_OUT_EVENTS] == 0:
             after = None
             if done and out[O_REST]:
