@@ -29,6 +29,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from feedhandler import arbitration as arb
 from feedhandler.metrics import _record
@@ -104,7 +106,7 @@ def _split(buf, frames, n, size_by_code, book_lut, book, rest):
 
 
 @nb.njit(cache=True, nogil=True)
-def live_step(stage, start, discard_rows,
+def _step(stage, start, discard_rows,
               # arbitration (Arbiter state and outputs)
               data, offset, length, ts_recv, line, now, names, ss, lc, held, arenas, scal, out_buf, frames,
               arb_events,
@@ -117,7 +119,8 @@ def live_step(stage, start, discard_rows,
               depth, conflate_ns, od, lv, bkr, st, dirty, emitted, emitted_n, bbo_out, l2_out, bscal,
               # latency histogram, scratch and results
               lat_counts, lat_scal, clock_ts, acc, out):
-    """Run one batch from ``stage``/``start`` to the latency stamp, or stop where Python must act.
+    """Run one batch from ``stage``/``start`` to the latency stamp, or stop where Python must act
+    (``live_step`` calls it with the state arrays rebuilt from their addresses).
 
     Args:
         stage, start: where to resume (``STAGE_*``; a packet index for arbitration, else an event index).
@@ -143,6 +146,10 @@ def live_step(stage, start, discard_rows,
         delivered and the stamp.
     """
     if stage == STAGE_ARBITRATE:
+        if start == 0:  # a new batch: the output cursors from the start (Arbiter._reset_outputs sized the buffers)
+            scal[arb.S_OUT_FRAMES] = 0
+            scal[arb.S_OUT_BYTES] = 0
+            scal[arb.S_OUT_EVENTS] = 0
         code, p = arb._arbitrate(data, offset, length, ts_recv, start, line, now, names, ss, lc, held, arenas, scal,
                                  out_buf, frames, arb_events)
         if code != arb.DONE:
@@ -217,6 +224,82 @@ def live_step(stage, start, discard_rows,
     return FUSED_DONE
 
 
+# Places of the state arrays in the address table ``live_step`` gets (``FusedPath.refresh`` fills it).
+(P_NAMES, P_SS, P_LC, P_HELD, P_ARENAS, P_SCAL, P_OUT_BUF, P_ARB_EVENTS, P_TYPE_COUNTS, P_KNOWN_LOCATE, P_SELECTED,
+ P_REST, P_WIDE_SIZE, P_CROSS_TYPE, P_KEYS, P_TPRICE, P_TSIZE, P_TSIDE, P_TINSTRUMENT, P_REF_COUNT, P_REF_ANOMALIES,
+ P_OD, P_LV, P_BK, P_ST, P_DIRTY, P_EMITTED, P_EMITTED_N, P_BSCAL, P_LAT_COUNTS, P_LAT_SCAL, P_CLOCK_TS, P_ACC,
+ P_OUT) = range(34)
+N_POINTERS = 34
+# Slots of the integer settings ``live_step`` gets.
+(I_DISCARD, I_MIDNIGHT, I_CHANGE_LOCAL, I_OFFSET_BEFORE, I_OFFSET_AFTER, I_VENUE, I_REF_LIMIT, I_DEPTH,
+ I_CONFLATE) = range(9)
+N_INTS = 9
+# dtype and dimensions of each place, checked when the table is filled
+_PLACES = {
+    P_NAMES: (np.uint8, 2), P_SS: (np.int64, 2), P_LC: (np.int64, 2), P_HELD: (np.int64, 2), P_ARENAS: (np.uint8, 2),
+    P_SCAL: (np.int64, 1), P_OUT_BUF: (np.uint8, 1), P_ARB_EVENTS: (np.int64, 2), P_TYPE_COUNTS: (np.int64, 1),
+    P_KNOWN_LOCATE: (np.bool_, 1), P_SELECTED: (np.int64, 1), P_REST: (np.int64, 1), P_WIDE_SIZE: (np.uint64, 1),
+    P_CROSS_TYPE: (np.uint8, 1), P_KEYS: (np.uint64, 1), P_TPRICE: (np.int64, 1), P_TSIZE: (np.uint32, 1),
+    P_TSIDE: (np.uint8, 1), P_TINSTRUMENT: (np.uint32, 1), P_REF_COUNT: (np.int64, 1), P_REF_ANOMALIES: (np.int64, 1),
+    P_OD: (np.int64, 2), P_LV: (np.int64, 2), P_BK: (np.int64, 2), P_ST: (np.int64, 2), P_DIRTY: (np.int64, 1),
+    P_EMITTED: (np.int64, 3), P_EMITTED_N: (np.int64, 1), P_BSCAL: (np.int64, 1), P_LAT_COUNTS: (np.int64, 1),
+    P_LAT_SCAL: (np.int64, 1), P_CLOCK_TS: (np.int64, 1), P_ACC: (np.int64, 1), P_OUT: (np.int64, 1),
+}
+
+
+@intrinsic
+def _address(typingctx, addr):
+    """An int64 address as a void pointer (for ``numba.carray``)."""
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+    return types.voidptr(types.int64), codegen
+
+
+@nb.njit(cache=True, inline="always")
+def _a1(ptrs, dims, k, dtype):
+    return nb.carray(_address(ptrs[k]), dims[k, 0], dtype)
+
+
+@nb.njit(cache=True, inline="always")
+def _a2(ptrs, dims, k, dtype):
+    return nb.carray(_address(ptrs[k]), (dims[k, 0], dims[k, 1]), dtype)
+
+
+@nb.njit(cache=True, nogil=True)
+def live_step(stage, start, data, offset, length, ts_recv, line, now, frames, events,
+              c_action, c_order_id, c_prev, c_price, c_size, c_side, c_instrument, c_flags, bbo_out, l2_out,
+              ptrs, dims, ints):
+    """``_step`` with the ~50 state arrays passed as one table of addresses and shapes (``ptrs``,
+    ``dims``: rows ``P_*``) and the integer settings as one array (``ints``: ``I_*``).
+
+    Unboxing an array argument costs ~70 ns in the dispatcher; rebuilding its view from an address
+    costs nothing. The caller keeps every array alive and refills the table whenever one is replaced
+    (``FusedPath.refresh``). Record arrays and the strided event columns stay ordinary arguments.
+    """
+    emitted = nb.carray(_address(ptrs[P_EMITTED]), (dims[P_EMITTED, 0], dims[P_EMITTED, 1], dims[P_EMITTED, 2]),
+                        np.int64)
+    return _step(stage, start, ints[I_DISCARD],
+                 data, offset, length, ts_recv, line, now,
+                 _a2(ptrs, dims, P_NAMES, np.uint8), _a2(ptrs, dims, P_SS, np.int64), _a2(ptrs, dims, P_LC, np.int64),
+                 _a2(ptrs, dims, P_HELD, np.int64), _a2(ptrs, dims, P_ARENAS, np.uint8),
+                 _a1(ptrs, dims, P_SCAL, np.int64), _a1(ptrs, dims, P_OUT_BUF, np.uint8), frames,
+                 _a2(ptrs, dims, P_ARB_EVENTS, np.int64),
+                 _a1(ptrs, dims, P_TYPE_COUNTS, np.int64), _a1(ptrs, dims, P_KNOWN_LOCATE, np.bool_),
+                 ints[I_MIDNIGHT], ints[I_CHANGE_LOCAL], ints[I_OFFSET_BEFORE], ints[I_OFFSET_AFTER], ints[I_VENUE],
+                 _a1(ptrs, dims, P_SELECTED, np.int64), _a1(ptrs, dims, P_REST, np.int64), events,
+                 _a1(ptrs, dims, P_WIDE_SIZE, np.uint64), _a1(ptrs, dims, P_CROSS_TYPE, np.uint8),
+                 c_action, c_order_id, c_prev, c_price, c_size, c_side, c_instrument, c_flags,
+                 _a1(ptrs, dims, P_KEYS, np.uint64), _a1(ptrs, dims, P_TPRICE, np.int64),
+                 _a1(ptrs, dims, P_TSIZE, np.uint32), _a1(ptrs, dims, P_TSIDE, np.uint8),
+                 _a1(ptrs, dims, P_TINSTRUMENT, np.uint32), _a1(ptrs, dims, P_REF_COUNT, np.int64), ints[I_REF_LIMIT],
+                 _a1(ptrs, dims, P_REF_ANOMALIES, np.int64),
+                 ints[I_DEPTH], ints[I_CONFLATE], _a2(ptrs, dims, P_OD, np.int64), _a2(ptrs, dims, P_LV, np.int64),
+                 _a2(ptrs, dims, P_BK, np.int64), _a2(ptrs, dims, P_ST, np.int64), _a1(ptrs, dims, P_DIRTY, np.int64),
+                 emitted, _a1(ptrs, dims, P_EMITTED_N, np.int64), bbo_out, l2_out, _a1(ptrs, dims, P_BSCAL, np.int64),
+                 _a1(ptrs, dims, P_LAT_COUNTS, np.int64), _a1(ptrs, dims, P_LAT_SCAL, np.int64),
+                 _a1(ptrs, dims, P_CLOCK_TS, np.int64), _a1(ptrs, dims, P_ACC, np.int64), _a1(ptrs, dims, P_OUT, np.int64))
+
+
 class FusedPath:
     """Drives ``live_step`` for a ``LiveHandler``'s arbiter, normalizer, book engine and latency histogram.
 
@@ -272,20 +355,40 @@ class FusedPath:
         """Re-read every state array (after anything may have replaced one by growing it)."""
         a, norm, eng, table = self.arbiter, self.normalizer, self.engine, self.normalizer.orders
         midnight, change_local, before, after = self._clock
-        self._args = [
-            STAGE_ARBITRATE, 0, 0 if self.keep_rows else 1,
-            None, None, None, None, 0, 0,  # the batch: data, offset, length, ts_recv; line, now (_A_DATA..)
-            a._names, a._ss, a._lc, a._held, a._arenas, a._scal, a._out_buf, a._frames, a._events,
-            norm._type_counts, norm._known_locate, midnight, change_local, before, after, int(norm.venue),
-            self._selected, self._rest, self.events, self.wide_size, self.cross_type, *self._columns,
-            table.keys, table.price, table.size, table.side, table.instrument, table.count, table.limit,
-            self._ref_anomalies,
-            eng.depth, eng._kernel_conflate, eng.od, eng.lv, eng.bk, eng.st, eng.dirty, eng.emitted,
-            eng.emitted_n, eng._bbo, eng._l2, eng.scalars,
-            self.latency.counts, self.latency.scal, self._clock_ts, self.acc, self.out,
-        ]
+        placed = {
+            P_NAMES: a._names, P_SS: a._ss, P_LC: a._lc, P_HELD: a._held, P_ARENAS: a._arenas, P_SCAL: a._scal,
+            P_OUT_BUF: a._out_buf, P_ARB_EVENTS: a._events, P_TYPE_COUNTS: norm._type_counts,
+            P_KNOWN_LOCATE: norm._known_locate, P_SELECTED: self._selected, P_REST: self._rest,
+            P_WIDE_SIZE: self.wide_size, P_CROSS_TYPE: self.cross_type, P_KEYS: table.keys, P_TPRICE: table.price,
+            P_TSIZE: table.size, P_TSIDE: table.side, P_TINSTRUMENT: table.instrument, P_REF_COUNT: table.count,
+            P_REF_ANOMALIES: self._ref_anomalies, P_OD: eng.od, P_LV: eng.lv, P_BK: eng.bk, P_ST: eng.st,
+            P_DIRTY: eng.dirty, P_EMITTED: eng.emitted, P_EMITTED_N: eng.emitted_n, P_BSCAL: eng.scalars,
+            P_LAT_COUNTS: self.latency.counts, P_LAT_SCAL: self.latency.scal, P_CLOCK_TS: self._clock_ts,
+            P_ACC: self.acc, P_OUT: self.out,
+        }
+        ptrs = np.zeros(N_POINTERS, np.int64)
+        dims = np.zeros((N_POINTERS, 3), np.int64)
+        for k, arr in placed.items():
+            dtype, ndim = _PLACES[k]
+            if arr.dtype != dtype or arr.ndim != ndim or not arr.flags.c_contiguous or not arr.flags.writeable:
+                raise TypeError(f"fused path: state array {k} is {arr.dtype} {arr.shape}, not a writable C-ordered "
+                                f"{np.dtype(dtype)} array of {ndim} dimensions")
+            ptrs[k] = arr.ctypes.data
+            dims[k, :ndim] = arr.shape
+        ints = np.zeros(N_INTS, np.int64)
+        ints[I_DISCARD] = 0 if self.keep_rows else 1
+        ints[I_MIDNIGHT], ints[I_CHANGE_LOCAL], ints[I_OFFSET_BEFORE], ints[I_OFFSET_AFTER] = midnight, change_local, before, after
+        ints[I_VENUE] = int(norm.venue)
+        ints[I_REF_LIMIT] = table.limit
+        ints[I_DEPTH] = eng.depth
+        ints[I_CONFLATE] = eng._kernel_conflate
+        self._placed = placed  # keeps every array of the table alive
+        self._args = [STAGE_ARBITRATE, 0, None, None, None, None, 0, 0,  # the batch: data, offset, length, ts_recv; line, now
+                      a._frames, self.events, *self._columns, eng._bbo, eng._l2, ptrs, dims, ints]
+        self._i_rows = len(self._args) - 5  # where the book output buffers go
         self._watched = (a._frames, a._out_buf, a._events)
-        self._i_rows = next(i for i, x in enumerate(self._args) if x is eng._bbo)  # the output buffers' places
+        # what the arbiter's outputs hold (frames, bytes, event rows): below this no resizing is needed
+        self._room = (min(len(a._frames), len(self.events)), len(a._out_buf), a._events.shape[0])
 
     def feed(self, batch, line: int, now: int | None = None):
         """Arbitrate ``batch`` of ``line`` and, on the fast path, decode, enrich, apply and stamp it."""
@@ -300,22 +403,28 @@ class FusedPath:
             a._first_ts = now
         length = batch.length
         payload = int(length[0]) if n == 1 else int(length.sum())
-        a._reset_outputs(payload // 2 + 1, payload)
-        if len(self.events) < len(a._frames):
-            self._grow_rows(len(a._frames))
+        scal = a._scal
+        # Arbiter._reset_outputs grows the output buffers when the batch (plus what is held) may not fit;
+        # the kernel rewinds the cursors itself
+        frames_room, bytes_room, events_room = self._room
+        if (payload // 2 + 1 + scal[arb.S_HELD_TOTAL] > frames_room or payload + scal[arb.S_ARENA_USED] > bytes_room
+                or payload // 2 + 2 + scal[arb.S_HELD_TOTAL] + len(a.sessions) > events_room):
+            a._reset_outputs(payload // 2 + 1, payload)
+            if len(self.events) < len(a._frames):
+                self._grow_rows(len(a._frames))
             self.refresh()
         elif a._frames is not self._watched[0] or a._out_buf is not self._watched[1] or a._events is not self._watched[2]:
-            self.refresh()
+            self.refresh()  # the arbiter grew them on the ordinary path
         offset = batch.offset if batch.offset.dtype == np.int64 else batch.offset.astype(np.int64)
         args, out = self._args, self.out
         args[0] = STAGE_ARBITRATE
         args[1] = 0
-        args[3] = batch.data
-        args[4] = offset
-        args[5] = length
-        args[6] = ts_recv
-        args[7] = int(line)
-        args[8] = now
+        args[2] = batch.data
+        args[3] = offset
+        args[4] = length
+        args[5] = ts_recv
+        args[6] = int(line)
+        args[7] = now
         fallback = False
         while True:
             code = live_step(*args)
@@ -335,9 +444,8 @@ class FusedPath:
             self.refresh()
             args = self._args
             args[0], args[1] = stage, start
-            args[3], args[4], args[5], args[6], args[7], args[8] = batch.data, offset, length, ts_recv, int(line), now
-        args[3] = args[4] = args[5] = args[6] = None  # hold no views of the source's buffers
-        scal = a._scal
+            args[2], args[3], args[4], args[5], args[6], args[7] = batch.data, offset, length, ts_recv, int(line), now
+        args[2] = args[3] = args[4] = args[5] = None  # hold no views of the source's buffers
         if fallback:
             self.fallbacks += 1
             done = 0
