@@ -16,7 +16,12 @@ Rules this module keeps:
 - A sink for ``publish.runner.SinkRunner`` or ``publish.process_runner.ProcessSinkRunner``: ``write``
   raises on any Redis error and the runner reopens with backoff and retries the batch once.
 - One buffer of raw RESP per batch (``publish.resp``), sent on one connection, replies read back in
-  bulk: one round trip, no MULTI, no Python object per command. JSON messages are written by the
+  bulk: no MULTI, no Python object per command. ``write`` does not wait for its replies: it reads
+  those of earlier batches that have arrived, then sends (``RespConnection.send``/``collect``), so the
+  sink goes on to the next batch while Redis works on this one. An error reply (or a connection
+  lost after a send) is raised by the next ``write`` or by ``close``, which reads every reply owed.
+  Buffers sent and not yet answered in full are kept; after a reconnect they are sent again before
+  the next batch, as a blocking write's retry would re-send its batch (at least once, never lost). JSON messages are written by the
   compiled writers of ``publish.json_rows`` (the same bytes as ``publish.encoding``'s); msgpack ones
   come from ``publish.encoding.Encoder``. A batch's commands are built once: a retry of the same
   batch re-sends the same bytes, so the top-N state is never applied twice.
@@ -27,6 +32,8 @@ Rules this module keeps:
 - The connection never retries underneath: a half-sent buffer retried by a library would publish twice.
 """
 from __future__ import annotations
+
+import collections
 
 import numpy as np
 from redis.connection import parse_url
@@ -124,6 +131,9 @@ class RedisPublisher:
         self.client: RespConnection | None = None
         self._opens = 0
         self._pending: tuple[MarketBatch, bytes, int, int, int] | None = None
+        self._unanswered: collections.deque[tuple[bytes, int]] = collections.deque()  # (buffer, commands) sent
+        self._answered = 0  # replies read of the oldest unanswered buffer
+        self._resend = False  # reconnected: send the unanswered buffers again first
         self._symbols = SymbolCache()
         self._resp = RespBuffer()
         self._messages = {"bbo": Messages(), "l2": Messages(), "trades": Messages()}
@@ -146,28 +156,63 @@ class RedisPublisher:
         client = RespConnection(self.url, socket_timeout=self.socket_timeout, connect_timeout=self.connect_timeout)
         client.connect()
         self.client = client
+        self._resend = bool(self._unanswered)
         self._opens += 1
         if self._opens > 1:
             self.counters["reconnects"] += 1
 
     def write(self, batch: MarketBatch) -> None:
-        """Send the batch in one round trip; raises on connection and server errors."""
+        """Send the batch as one buffer; raises on connection errors and on error replies (to this
+        write's commands only once a later ``write`` or ``close`` reads them)."""
         if self.client is None:
             raise ConnectionError("RedisPublisher is not open")
         if self._pending is None or self._pending[0] is not batch:
             self._pending = (batch, *self.encode(batch))
         _, data, commands, published, stream_entries = self._pending
+        client = self.client
+        if self._resend:
+            self._answered = 0
+            for old, n in self._unanswered:
+                client.send(old, n)
+            self._resend = False
+        self._collect(client, wait=False)  # earlier batches' replies that have come: an error raises
         if commands:
-            self.client.execute(data, commands)
+            client.send(data, commands)
+            self._unanswered.append((data, commands))
         self._pending = None
         self.counters["published"] += published
         self.counters["stream_entries"] += stream_entries
         self.counters["batches"] += 1
 
+    def flush(self) -> None:
+        """Wait for every reply owed (raises as ``write`` does): what was written is then in Redis."""
+        client = self.client
+        if client is not None and client.sock is not None and not self._resend:
+            self._collect(client, wait=True)
+
     def close(self) -> None:
-        client, self.client = self.client, None
-        if client is not None:
-            client.close()
+        """Read the replies still owed (``flush``, raising if errors were among them), then disconnect."""
+        try:
+            self.flush()
+        finally:
+            client, self.client = self.client, None
+            if client is not None:
+                client.close()
+
+    def _collect(self, client: RespConnection, wait: bool) -> None:
+        """Read the replies that have come (all, with ``wait``); forget the buffers answered in full.
+        If the connection goes meanwhile, the others are sent again after the reconnect."""
+        before = client.answered
+        try:
+            client.collect(wait)
+        finally:
+            self._forget_answered(client.answered - before)
+
+    def _forget_answered(self, replies: int) -> None:
+        self._answered += replies
+        unanswered = self._unanswered
+        while unanswered and self._answered >= unanswered[0][1]:
+            self._answered -= unanswered.popleft()[1]
 
     # -- commands -----------------------------------------------------------------------------------
 

@@ -19,9 +19,14 @@ Rules this module keeps:
   buffer and waits for its replies, raising redis-py's own exceptions, as a redis-py client would:
   ``redis.ConnectionError`` / ``redis.TimeoutError`` for the socket, ``RespError`` (a
   ``redis.ResponseError``: the first error reply, with how many there were) for the server's refusals.
+- ``send`` does not wait: the replies are owed, and ``collect`` reads those that have arrived (or
+  all of them, ``wait=True``), raising the same way. A publisher that sends a batch and goes on to
+  the next one keeps one round trip and one sleep per batch off its path; at most ``MAX_OWED``
+  replies are left unread before ``send`` waits for them.
 """
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 
@@ -34,6 +39,7 @@ from parsers.schema import UNDEF_PRICE
 from publish.json_rows import DONE, MAX_NUMBER, NEED_ROOM, put, put_int, put_price_text, put_row, put_uint
 
 BAD_REPLY = 2
+MAX_OWED = 1 << 16  # replies a connection may leave unread (``send``) before it waits for them
 _CRLF = np.frombuffer(b"\r\n", dtype=np.uint8).copy()
 _EMPTY_BULK = np.frombuffer(b"$0\r\n\r\n", dtype=np.uint8).copy()
 
@@ -344,6 +350,8 @@ class RespConnection:
         self.sock: socket.socket | None = None
         self._rbuf = np.empty(1 << 16, dtype=np.uint8)
         self._rlen = 0
+        self.owed = 0  # replies to commands sent and not read yet
+        self.answered = 0  # replies read, ever (``collect``): a caller tells what a collect read by it
 
     def connect(self) -> None:
         try:
@@ -376,6 +384,7 @@ class RespConnection:
         sock.settimeout(self.socket_timeout)
         self.sock = sock
         self._rlen = 0
+        self.owed = 0
         try:
             hello = []
             if o.get("password"):
@@ -389,12 +398,49 @@ class RespConnection:
             raise
 
     def execute(self, data: bytes | memoryview, replies: int) -> None:
-        """Send ``data`` (``replies`` commands) and read their replies; raises on the first error reply."""
+        """Send ``data`` (``replies`` commands) and read their replies; raises on the first error reply
+        (of those, or of replies ``send`` left owed, which are read first)."""
+        self.send(data, replies)
+        self.collect(wait=True)
+
+    def send(self, data: bytes | memoryview, replies: int) -> None:
+        """Send ``data`` (``replies`` commands); their replies are owed until ``collect`` reads them.
+
+        Waits for the owed replies first when more than ``MAX_OWED`` are (raising as ``collect``)."""
         if self.sock is None:
             raise redis.ConnectionError("not connected to Redis")
+        if self.owed > MAX_OWED:
+            self.collect(wait=True)
+        self._io(self.sock.sendall, data)
+        self.owed += replies
+
+    def collect(self, wait: bool = False) -> None:
+        """Read the owed replies that have arrived (all of them, up to ``socket_timeout`` each read,
+        with ``wait``); raises ``RespError`` if error replies were among them."""
+        if not self.owed:
+            if not wait and self.sock is not None:
+                self._io(self._check_quiet)
+            return
+        if self.sock is None:
+            raise redis.ConnectionError("not connected to Redis")
+        _, errors, first = self._io(self._read, self.owed, wait)
+        if errors:
+            raise RespError(first, errors)
+        if not wait and not self.owed:
+            self._io(self._check_quiet)
+
+    def _check_quiet(self) -> None:
+        """Nothing owed: anything to read now is the server closing the connection (or a reply to
+        nothing, as bad): raise rather than send into a dead connection."""
+        if self._arrived():
+            if self.sock.recv_into(memoryview(self._rbuf)[self._rlen:]) == 0:
+                raise redis.ConnectionError(f"Redis {self._where()} closed the connection")
+            raise redis.ConnectionError(f"Redis {self._where()}: a reply to no command")
+
+    def _io(self, fn, *args):
+        """``fn(*args)``, its socket errors as redis-py's (the connection is closed then)."""
         try:
-            self.sock.sendall(data)
-            errors, first = self._read(replies)
+            return fn(*args)
         except socket.timeout as exc:
             self.close()
             raise redis.TimeoutError(f"Redis {self._where()}: no reply in {self.socket_timeout:g} s") from exc
@@ -404,13 +450,20 @@ class RespConnection:
         except redis.ConnectionError:
             self.close()
             raise
-        if errors:
-            raise RespError(first, errors)
 
-    def _read(self, want: int) -> tuple[int, str]:
+    def _arrived(self) -> bool:
+        """Bytes to read now (a TLS socket may hold decrypted ones the kernel no longer has)."""
+        pending = getattr(self.sock, "pending", None)
+        return bool(pending and pending()) or bool(select.select([self.sock], [], [], 0)[0])
+
+    def _read(self, want: int, wait: bool = True) -> tuple[int, int, str]:
+        """(replies read, of which errors, the first error's text); stops early when ``wait`` is False
+        and nothing more has arrived."""
         got = errors = 0
         first_error = ""
         while got < want:
+            if not wait and not self._arrived():
+                break
             if self._rlen == len(self._rbuf):
                 bigger = np.empty(2 * len(self._rbuf), dtype=np.uint8)
                 bigger[:self._rlen] = self._rbuf[:self._rlen]
@@ -426,14 +479,17 @@ class RespConnection:
                 stop = bytes(self._rbuf[at:used]).split(b"\r\n", 1)[0]
                 first_error = stop[1:].decode(errors="replace")
             got += done
+            self.owed -= done
+            self.answered += done  # counted as read, even if the connection fails a moment later
             errors += errs
             rest = self._rlen - used
             if rest:
                 self._rbuf[:rest] = self._rbuf[used:self._rlen].copy()
             self._rlen = rest
-        return errors, first_error
+        return got, errors, first_error
 
     def close(self) -> None:
+        self.owed = 0
         sock, self.sock = self.sock, None
         if sock is not None:
             try:

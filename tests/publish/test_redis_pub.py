@@ -403,6 +403,7 @@ def test_a_failed_batch_is_resent_unchanged(private_redis):
     batch = MarketBatch("x", SYMBOLS, trades=trade_rows(1), l2=l2_rows(
         (1, 3, BID, 0, "10", 40, 1),
         (1, 4, BID, 0, "10", 0, 0), (1, 4, BID, 0, "9", 5, 1)))
+    pub.flush()  # a write returns before its replies: this one is answered before Redis dies
     private_redis.kill()
     with pytest.raises(redis.ConnectionError):
         pub.write(batch)
@@ -422,6 +423,33 @@ def test_a_failed_batch_is_resent_unchanged(private_redis):
     client.close()
 
 
+def test_a_batch_sent_and_never_answered_is_sent_again_after_a_reconnect(private_redis):
+    """``write`` does not wait for replies: Redis dies holding a batch it never answered (its clients
+    paused); the next write raises, and after the reconnect that batch goes again before the retried
+    one, so nothing sent is lost. Replies that did come free their batch: it is not sent twice."""
+    pub = RedisPublisher(private_redis.url, venue_depth=2, connect_timeout=0.5)
+    pub.open()
+    pub.write(MarketBatch("x", SYMBOLS, trades=trade_rows(1, first_seq=1)))
+    admin = private_redis.client()
+    wait_until(lambda: admin.xlen("md:x:trades") == 1)
+    admin.execute_command("CLIENT", "PAUSE", 30000, "ALL")
+    pub.write(MarketBatch("x", SYMBOLS, trades=trade_rows(2, first_seq=2)))  # sent; never answered
+    admin.close()
+    private_redis.kill()
+    retried = MarketBatch("x", SYMBOLS, trades=trade_rows(1, first_seq=4))
+    with pytest.raises(redis.ConnectionError):
+        pub.write(retried)
+    private_redis.start()
+    pub.open()
+    pub.write(retried)
+    pub.close()  # reads every reply owed
+    client = private_redis.client()
+    # No persistence: the first batch died with the server; the unanswered one and the retry arrived.
+    assert [json.loads(d)["seq"] for _, d in read_trades(client, "x")] == [2, 3, 4]
+    assert pub.counters["batches"] == 3 and pub.counters["stream_entries"] == 4
+    client.close()
+
+
 def wait_until(predicate, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -436,6 +464,9 @@ def test_redis_killed_and_restarted_under_a_sink_runner(private_redis):
         runner.offer(MarketBatch("x", SYMBOLS, trades=trade_rows(3, first_seq=1),
                                  l2=l2_rows((1, 1, BID, 0, "10", 100, 1), (1, 1, ASK, 0, "11", 100, 1))))
         wait_until(lambda: runner.counts["written"] == 1)
+        watch = private_redis.client()  # written = sent: the first batch is in Redis before it dies
+        wait_until(lambda: watch.xlen("md:x:trades") == 3)
+        watch.close()
 
         private_redis.kill()
         runner.offer(MarketBatch("x", SYMBOLS, trades=trade_rows(3, first_seq=4),
