@@ -61,7 +61,7 @@ STOP_GRACE_S = 8.0  # after the drain deadline: the sink's close (WebSocketServe
 STATUS_EVERY_S = 0.05  # the child republishes its sink's counters at most this often while busy
 MERGE_MAX_ROWS = 1 << 20  # rows of one merged write; what is left waits for the next write
 BUSY_WINDOW_S = 0.5  # the sink process measures its CPU share over windows this long
-BUSY_SHARE = 0.5  # busier than this (of one core): it takes its ``nice``, and the feed keeps its core
+BUSY_SHARE = 0.5  # CPU share of one core above which it takes its ``nice``, and the feed keeps its core
 IDLE_SHARE = 0.2  # below this again: back to the feed's niceness (where the OS lets a process lower it)
 STEP_ROWS = 4096  # a sink on its own loop applies batches up to this many rows per loop round
 MONITOR_S = 0.05
@@ -491,9 +491,8 @@ class _Niceness:
 
     A sink process is mostly idle behind a paced or live feed; its wake-ups are then on the path of
     every update to a client, and at +10 each one waits behind whatever else runs (other processes,
-    the clients themselves). Only a sink that asks for over ``BUSY_SHARE`` of a core over a window
-    (running or waiting to run: a replay at full speed) competes with the feed for the cores: it
-    takes ``nice`` then, for every
+    the clients themselves). Only a sink that takes over ``BUSY_SHARE`` of a core over a window (a
+    replay at full speed) competes with the feed for the cores: it takes ``nice`` then, for every
     thread (Linux keeps a niceness per thread), counted in ``niced``. Below ``IDLE_SHARE`` it goes back,
     where the OS lets a process lower its niceness (CAP_SYS_NICE or RLIMIT_NICE); else it stays.
     """
@@ -509,17 +508,9 @@ class _Niceness:
 
     @staticmethod
     def busy_s() -> float:
-        """Seconds this process's threads have run or waited to run (/proc schedstat: what it asked of
-        the cores, whether or not it got them); its CPU time where there is no schedstat."""
-        total = 0
-        try:
-            for tid in os.listdir("/proc/self/task"):
-                with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
-                    ran, waited = f.read().split()[:2]
-                total += int(ran) + int(waited)
-        except (OSError, ValueError):
-            return time.process_time()
-        return total / 1e9
+        """CPU seconds of every thread of this process. (Not the time waiting to run as well: on a
+        machine busy with other work, a sink that keeps up would look busy and be pushed further back.)"""
+        return time.process_time()
 
     def check(self, now: float) -> None:
         if self.nice <= 0 or now - self._at < BUSY_WINDOW_S:
