@@ -10,7 +10,7 @@ them without Python objects:
   (instrument, side) book's run of levels in ``lv`` (start, length, capacity), sorted with the best
   level last so the busy end moves without shifting the rest (bids keyed by price, asks by -price);
 - ``st`` [instrument, ST_COLUMNS]: per-instrument state: last BBO, last change, integrity counters,
-  conflation marks.
+  conflation marks (what changed in the window, and from which depth down on each side).
 
 Few arrays on purpose: numba counts references on every array it passes to a function, and with a
 dozen parallel arrays that bookkeeping (atomic increments) cost more than the book itself.
@@ -53,7 +53,8 @@ ST_BBO = 0
 ST_EV = 6
 ST_INTEGRITY = 10
 ST_DIRTY = ST_INTEGRITY + len(INTEGRITY_NAMES)
-ST_COLUMNS = ST_DIRTY + 1
+ST_SHALLOWEST = ST_DIRTY + 1  # conflation: per side, the shallowest depth changed in the window
+ST_COLUMNS = ST_SHALLOWEST + 2
 
 # Slots of the ``scalars`` array.
 S_ORDERS = 0  # live orders
@@ -236,11 +237,51 @@ def _emit_change(lv, bk, l2, row, ts, recv, seq, inst, venue, flags, side, book,
     return _emit_depth(lv, bk, l2, row, ts, recv, seq, inst, venue, flags, side, book, d)
 
 
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _same_level(lv, pos, emitted, book, e):
+    return lv[pos, 1] == emitted[book, e, 0] and lv[pos, 2] == emitted[book, e, 1] and lv[pos, 3] == emitted[book, e, 2]
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _one_change(lv, top, emitted, book, side, start, n, m, depth):
+    """How the top N (``n`` levels from ``lv[top]`` down) differs from the ``m`` sent, from ``start`` on,
+    when that is one change: 0 the level at ``start`` kept its price (size or count may differ), 1 a
+    level came in at ``start``, -1 the level sent at ``start`` left; the rest the same levels, moved by
+    that one place. 2: something else (the general merge decides).
+
+    The common case of a window, one event, in a few predictable comparisons instead of a merge.
+    """
+    low = np.int64(-(2**63) + 1)
+    kd = lv[top - start, 0] if start < n else low
+    ke = _level_key(side, emitted[book, start, 0]) if start < m else low
+    if kd == ke:
+        if n != m:
+            return 2
+        for j in range(start + 1, n):
+            if not _same_level(lv, top - j, emitted, book, j):
+                return 2
+        return 0
+    if kd > ke:
+        if not (n == m + 1 or (n == m and m == depth)):
+            return 2
+        for j in range(start, n - 1):
+            if not _same_level(lv, top - j - 1, emitted, book, j):
+                return 2
+        return 1
+    if not (n == m - 1 or n == m):
+        return 2
+    for j in range(start, m - 1):
+        if not _same_level(lv, top - j, emitted, book, j + 1):
+            return 2
+    return -1
+
+
 @nb.njit(cache=True, nogil=True, _nrt=False)
-def _emit_top_changes(lv, bk, emitted, emitted_n, l2, row, ts, recv, seq, inst, venue, flags, depth, sides):
+def _emit_top_changes(lv, bk, st, emitted, emitted_n, l2, row, ts, recv, seq, inst, venue, flags, depth, sides):
     """Rows for how an instrument's top N differs from the top N sent at its last window; remember it.
 
-    Only the sides in ``sides`` (``_DIRTY_BID`` / ``_DIRTY_ASK`` bits) changed. Both lists run best
+    Only the sides in ``sides`` (``_DIRTY_BID`` / ``_DIRTY_ASK`` bits) changed, and each only from the
+    depth in ``st``'s ST_SHALLOWEST down: the levels above it are what was sent. Both lists run best
     first, so one merge finds the differences: a level in view whose size or count differs from what
     was sent (or that was not sent) gets a row; a level sent before that is out of view gets a size-0
     row. Returns the next output row.
@@ -253,9 +294,37 @@ def _emit_top_changes(lv, bk, emitted, emitted_n, l2, row, ts, recv, seq, inst, 
         n = min(depth, bk[book, 1])
         top = bk[book, 0] + bk[book, 1] - 1
         m = emitted_n[book]
-        d = 0
-        e = 0
-        while d < n or e < m:
+        d = min(st[inst, ST_SHALLOWEST + s], n, m)  # levels above d are unchanged since the last window
+        st[inst, ST_SHALLOWEST + s] = depth
+        start = d
+        e = d
+        shift = _one_change(lv, top, emitted, book, side, start, n, m, depth)
+        if shift == 0:  # one level's size or count moved (or nothing did)
+            if start < n and (emitted[book, start, 1] != lv[top - start, 2] or emitted[book, start, 2] != lv[top - start, 3]):
+                _emit_level(l2, row, ts, recv, seq, inst, venue, flags, side, start, lv[top - start, 1],
+                            lv[top - start, 2], lv[top - start, 3])
+                row += 1
+            d = n
+            e = m
+        elif shift == 1:  # one level came in at ``start``; the last one sent may have left the view
+            _emit_level(l2, row, ts, recv, seq, inst, venue, flags, side, start, lv[top - start, 1],
+                        lv[top - start, 2], lv[top - start, 3])
+            row += 1
+            if n == m:
+                _emit_level(l2, row, ts, recv, seq, inst, venue, flags, side, m - 1, emitted[book, m - 1, 0], 0, 0)
+                row += 1
+            d = n
+            e = m
+        elif shift == -1:  # the level sent at ``start`` left; the next one may have come into view
+            _emit_level(l2, row, ts, recv, seq, inst, venue, flags, side, start, emitted[book, start, 0], 0, 0)
+            row += 1
+            if n == m:
+                _emit_level(l2, row, ts, recv, seq, inst, venue, flags, side, n - 1, lv[top - n + 1, 1],
+                            lv[top - n + 1, 2], lv[top - n + 1, 3])
+                row += 1
+            d = n
+            e = m
+        while d < n or e < m:  # anything else: the general merge
             # Compare by sort key (bids by price, asks by -price): larger keys are better.
             kd = lv[top - d, 0] if d < n else np.int64(-(2**63) + 1)
             ke = _level_key(side, emitted[book, e, 0]) if e < m else np.int64(-(2**63) + 1)
@@ -275,7 +344,7 @@ def _emit_top_changes(lv, bk, emitted, emitted_n, l2, row, ts, recv, seq, inst, 
                     row += 1
                 d += 1
                 e += 1
-        for d in range(n):
+        for d in range(start, n):
             emitted[book, d, 0] = lv[top - d, 1]
             emitted[book, d, 1] = lv[top - d, 2]
             emitted[book, d, 2] = lv[top - d, 3]
@@ -295,7 +364,7 @@ def _flush_dirty(lv, bk, st, dirty, emitted, emitted_n, bbo_out, l2_out, scalars
         seq = np.uint64(st[inst, ST_EV + 2])
         flags = np.uint16(st[inst, ST_EV + 3])
         if what & (_DIRTY_BID | _DIRTY_ASK):
-            scalars[S_L2_ROWS] = _emit_top_changes(lv, bk, emitted, emitted_n, l2_out, scalars[S_L2_ROWS], ts, recv,
+            scalars[S_L2_ROWS] = _emit_top_changes(lv, bk, st, emitted, emitted_n, l2_out, scalars[S_L2_ROWS], ts, recv,
                                                    seq, inst, venue, flags, depth, what)
         if what & _DIRTY_BBO:
             _emit_bbo(bbo_out, scalars, st, inst, ts, recv, seq, venue, flags)
@@ -376,6 +445,14 @@ def _settle(lv, bk, st, dirty, bbo_out, scalars, inst, flags, top_changed, ts, r
 @nb.njit(cache=True, inline="always", _nrt=False)
 def _side_bit(side):
     return _DIRTY_BID if side == _BID else _DIRTY_ASK
+
+
+@nb.njit(cache=True, inline="always", _nrt=False)
+def _changed_from(st, inst, side, d):
+    """Conflation: the side's top N changed at depth ``d`` (so levels from ``d`` down may differ)."""
+    col = ST_SHALLOWEST + (0 if side == _BID else 1)
+    if d < st[inst, col]:
+        st[inst, col] = d
 
 
 @nb.njit(cache=True, inline="always", _nrt=False)
@@ -477,6 +554,7 @@ def apply_events(start, events, venue, depth, conflate_ns, od, lv, bk, st, dirty
                         row += 1
                 if bk[book, 1] > 0:
                     top_changed |= _side_bit(side)
+                    _changed_from(st, inst, side, 0)
                 bk[book, 1] = 0
             j = 0
             while j < od.shape[0]:
@@ -507,6 +585,7 @@ def apply_events(start, events, venue, depth, conflate_ns, od, lv, bk, st, dirty
             else:
                 od[slot, 2] = (remaining - take) | (owner << 32)
             if d >= 0 and d < depth:
+                _changed_from(st, owner, side, d)
                 if owner == inst:
                     top_changed |= _side_bit(side)
                 else:
@@ -540,6 +619,7 @@ def apply_events(start, events, venue, depth, conflate_ns, od, lv, bk, st, dirty
                         other = owner
                     d, removed = _level_sub(lv, bk, _book_of(owner, old_side), old_side, od[s, 1], _o_size(od, s), 1)
                     if d >= 0 and d < depth:
+                        _changed_from(st, owner, old_side, d)
                         if owner == inst:
                             top_changed |= _side_bit(old_side)
                         else:
@@ -556,6 +636,7 @@ def apply_events(start, events, venue, depth, conflate_ns, od, lv, bk, st, dirty
                 d = _level_add(lv, bk, book, side, price, size)
                 if d < depth:
                     top_changed |= _side_bit(side)
+                    _changed_from(st, inst, side, d)
                     if conflate_ns == 0:
                         row = _emit_depth(lv, bk, l2_out, row, ts, recv, seq, inst, venue, flags, side, book, d)
         flags = _settle(lv, bk, st, dirty, bbo_out, scalars, inst, flags, top_changed, ts, recv, seq, venue,
