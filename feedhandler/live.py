@@ -240,9 +240,9 @@ def warm_up(venue: str = "nasdaq", depth: int = 10) -> float:
 
 
 def warm_source(feed: FeedSource) -> None:
-    """Load the socket source's batch kernel from numba's cache now (an empty call), not on the first
-    packet: that first load stalls the loop by tens of ms. Sources have no public warm-up; other kinds
-    pay their (smaller) first-read cost live."""
+    """Load the socket source's read kernel from numba's cache now, not on the first packet: that first
+    load stalls the loop by tens of ms. It is called on descriptor -1 (EBADF: nothing read, nothing
+    lost). Sources have no public warm-up; other kinds pay their (smaller) first-read cost live."""
     if feed.kind != "socket":
         return
     from feedhandler.sources import socket_source as ss
@@ -251,8 +251,9 @@ def warm_source(feed: FeedSource) -> None:
     try:
         if src._batched:
             b = src._buffers
-            ss._collect_batch(0, src._mm_len, src._mm_flags, src._mm_controllen, src._ctl64, src._ctl32,
-                              ss.CONTROL_STRIDE, src._snap, 0, b.offset, b.length, b.ts_recv, src._counters)
+            ss._recv_batch(-1, src._mm_addr, 1, src._mm_len, src._mm_flags, src._mm_controllen, src._ctl64,
+                           src._ctl32, ss.CONTROL_STRIDE, src._snap, b.offset, b.length, b.ts_recv, src._counters,
+                           src._scratch)
     except AttributeError:  # the source changed shape: nothing to warm, nothing broken
         pass
 
