@@ -52,10 +52,11 @@ FUSED_NEED_SESSION = 1  # arbitration met an unknown session at packet ``index``
 FUSED_FALLBACK = 2  # a message the fast path does not take: normalize the arbiter's outputs the ordinary way
 FUSED_NEED_REFS = 3  # the order-reference table is at its load limit: grow it, resume enrichment
 FUSED_NEED_BOOK = 4  # the book kernel asked for room (``out[O_BOOK_CODE]``: orderbook.kernel NEED_*)
+FUSED_NEED_ROOM = 5  # the arbiter's outputs may be too small for the batch (``out[O_INDEX]``: its payload bytes)
 
 # Slots of ``out`` (int64), written by every call.
-O_STAGE, O_INDEX, O_BOOK_CODE, O_FRAMES, O_STAMP, O_BOOK, O_REST = range(7)
-OUT_SLOTS = 7
+O_STAGE, O_INDEX, O_BOOK_CODE, O_FRAMES, O_STAMP, O_BOOK, O_REST, O_NOW = range(8)
+OUT_SLOTS = 8
 
 # Slots of ``acc`` (int64): counts the normalizer keeps in Python, gathered until ``sync()``.
 A_BAD_TS, A_UNKNOWN_INSTRUMENT, A_SPAN_LO, A_SPAN_HI, A_BBO_ROWS, A_L2_ROWS, A_TRADES = range(7)
@@ -68,6 +69,7 @@ _TRADE = np.uint8(Action.TRADE)
 _CROSS = np.uint8(Action.CROSS)
 
 _DIRECTORY = np.uint8(ord("R"))
+_INT64 = np.dtype(np.int64)
 _SIZE_BY_CODE = itch50.SIZE_BY_CODE
 _BOOK_ACTION = itch50_book.BOOK_ACTION
 _BOOK_OFFSET = itch50_book.BOOK_OFFSET
@@ -146,8 +148,22 @@ def _step(stage, start, discard_rows,
         delivered and the stamp.
     """
     if stage == STAGE_ARBITRATE:
-        if start == 0:  # a new batch: the output cursors from the start (Arbiter._reset_outputs sized the buffers)
-            scal[arb.S_OUT_FRAMES] = 0
+        if start == 0:  # a new batch
+            if now < 0:  # the last packet's receive time, as Arbiter.feed takes it
+                now = ts_recv[ts_recv.shape[0] - 1]
+            out[O_NOW] = now
+            # room for every message of the batch plus everything held, as Arbiter._reset_outputs sizes it
+            payload = np.int64(0)
+            for i in range(length.shape[0]):
+                payload += length[i]
+            messages = payload // 2 + 1 + scal[arb.S_HELD_TOTAL]
+            if (messages > frames.shape[0] or messages > events.shape[0]
+                    or payload + scal[arb.S_ARENA_USED] > out_buf.shape[0]
+                    or messages + scal[arb.S_SESSIONS] + 1 > arb_events.shape[0]):
+                out[O_STAGE] = STAGE_ARBITRATE
+                out[O_INDEX] = payload
+                return FUSED_NEED_ROOM
+            scal[arb.S_OUT_FRAMES] = 0  # the output cursors from the start
             scal[arb.S_OUT_BYTES] = 0
             scal[arb.S_OUT_EVENTS] = 0
         code, p = arb._arbitrate(data, offset, length, ts_recv, start, line, now, names, ss, lc, held, arenas, scal,
@@ -387,8 +403,6 @@ class FusedPath:
                       a._frames, self.events, *self._columns, eng._bbo, eng._l2, ptrs, dims, ints]
         self._i_rows = len(self._args) - 5  # where the book output buffers go
         self._watched = (a._frames, a._out_buf, a._events)
-        # what the arbiter's outputs hold (frames, bytes, event rows): below this no resizing is needed
-        self._room = (min(len(a._frames), len(self.events)), len(a._out_buf), a._events.shape[0])
 
     def feed(self, batch, line: int, now: int | None = None):
         """Arbitrate ``batch`` of ``line`` and, on the fast path, decode, enrich, apply and stamp it."""
@@ -397,25 +411,11 @@ class FusedPath:
         if n == 0:
             return 0, None, None
         ts_recv = batch.ts_recv
-        if now is None:
-            now = int(ts_recv[n - 1])
-        if a._first_ts is None:
-            a._first_ts = now
         length = batch.length
-        payload = int(length[0]) if n == 1 else int(length.sum())
-        scal = a._scal
-        # Arbiter._reset_outputs grows the output buffers when the batch (plus what is held) may not fit;
-        # the kernel rewinds the cursors itself
-        frames_room, bytes_room, events_room = self._room
-        if (payload // 2 + 1 + scal[arb.S_HELD_TOTAL] > frames_room or payload + scal[arb.S_ARENA_USED] > bytes_room
-                or payload // 2 + 2 + scal[arb.S_HELD_TOTAL] + len(a.sessions) > events_room):
-            a._reset_outputs(payload // 2 + 1, payload)
-            if len(self.events) < len(a._frames):
-                self._grow_rows(len(a._frames))
-            self.refresh()
-        elif a._frames is not self._watched[0] or a._out_buf is not self._watched[1] or a._events is not self._watched[2]:
+        watched = self._watched
+        if a._frames is not watched[0] or a._out_buf is not watched[1] or a._events is not watched[2]:
             self.refresh()  # the arbiter grew them on the ordinary path
-        offset = batch.offset if batch.offset.dtype == np.int64 else batch.offset.astype(np.int64)
+        offset = batch.offset if batch.offset.dtype is _INT64 else batch.offset.astype(np.int64)
         args, out = self._args, self.out
         args[0] = STAGE_ARBITRATE
         args[1] = 0
@@ -424,14 +424,19 @@ class FusedPath:
         args[4] = length
         args[5] = ts_recv
         args[6] = int(line)
-        args[7] = now
+        args[7] = -1 if now is None else now
         fallback = False
         while True:
             code = live_step(*args)
             if code == FUSED_DONE:
                 break
             args[0], args[1] = stage, start = int(out[O_STAGE]), int(out[O_INDEX])
-            if code == FUSED_NEED_SESSION:
+            if code == FUSED_NEED_ROOM:  # Arbiter._reset_outputs grows the outputs for this payload
+                a._reset_outputs(start // 2 + 1, start)
+                if len(self.events) < len(a._frames):
+                    self._grow_rows(len(a._frames))
+                args[1] = start = 0
+            elif code == FUSED_NEED_SESSION:
                 at = int(offset[start])
                 a._add_session(batch.data[at: at + arb.MOLD_SESSION_LEN].tobytes())
             elif code == FUSED_NEED_REFS:
@@ -444,8 +449,13 @@ class FusedPath:
             self.refresh()
             args = self._args
             args[0], args[1] = stage, start
-            args[2], args[3], args[4], args[5], args[6], args[7] = batch.data, offset, length, ts_recv, int(line), now
+            # a resumed call keeps the time the batch's first call took (out[O_NOW])
+            args[2], args[3], args[4], args[5], args[6], args[7] = batch.data, offset, length, ts_recv, int(line), int(out[O_NOW])
         args[2] = args[3] = args[4] = args[5] = None  # hold no views of the source's buffers
+        now = int(out[O_NOW])
+        if a._first_ts is None:
+            a._first_ts = now
+        scal = a._scal
         if fallback:
             self.fallbacks += 1
             done = 0
