@@ -193,7 +193,7 @@ def _instrumented(stages: _Stages):
 
 
 def run_replay(path: Path, conflate_ns: int, sink: str, depth: int, books: bool = True, stages: bool = True,
-               tmp_root: str | None = None) -> dict:
+               tmp_root: str | None = None, compression: str = "zstd") -> dict:
     import feedhandler.replay as fr
 
     out_dir = tempfile.mkdtemp(prefix="bench-replay-", dir=tmp_root) if sink == "parquet" else None
@@ -205,7 +205,8 @@ def run_replay(path: Path, conflate_ns: int, sink: str, depth: int, books: bool 
             setattr(fr, name, cls)
     try:
         t0 = time.perf_counter()
-        summary = fr.replay(path, out_dir, date=SESSION_DATE, books=books, depth=depth, conflate_ns=conflate_ns)
+        summary = fr.replay(path, out_dir, date=SESSION_DATE, books=books, depth=depth, conflate_ns=conflate_ns,
+                            compression=compression)
         seconds = time.perf_counter() - t0
     finally:
         for name, cls in saved.items():
@@ -278,6 +279,7 @@ def main(argv=None) -> int:
                     help=f"comma-separated conflation windows (0 = every update), default {DEFAULT_CONFLATE}")
     ap.add_argument("--sinks", default="parquet,null", help="comma-separated: parquet, null (default both)")
     ap.add_argument("--depth", type=int, default=10, help="N of the L2 top-N output (default 10)")
+    ap.add_argument("--compression", default="zstd", help="Parquet codec of the parquet runs (default zstd)")
     ap.add_argument("--repeat", type=int, default=1, help="timed runs of each; the fastest counts (default 1)")
     ap.add_argument("--no-stages", action="store_true", help="no timing wrappers (stage split not reported)")
     ap.add_argument("--tmpdir", help="where the Parquet runs write (default: the system's temp dir)")
@@ -328,7 +330,8 @@ def main(argv=None) -> int:
     for w in windows:
         for sink in sinks:
             log(f"conflate {window_name(w)}, sink {sink} ...")
-            r = best_of(lambda: run_replay(path, w, sink, args.depth, stages=stages, tmp_root=args.tmpdir))
+            r = best_of(lambda: run_replay(path, w, sink, args.depth, stages=stages, tmp_root=args.tmpdir,
+                                           compression=args.compression))
             problems = check_run(r, ref, None if args.input else args.messages)
             if "out_dir" in r:
                 try:

@@ -13,7 +13,8 @@ import signal
 import sys
 import threading
 
-from feedhandler.replay import DecodedCapture, ReplayError, ReplaySummary, replay, wants_progress
+from feedhandler.replay import (COMPRESSIONS, DEFAULT_COMPRESSION, DecodedCapture, ReplayError, ReplaySummary,
+                                replay, wants_progress)
 from feedhandler.times import parse_at, parse_duration
 from parsers.venues import VENUES_BY_NAME
 
@@ -78,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conflate", type=_duration, metavar="DURATION",
                    help="BBO/L2 conflation window per instrument: 0 (every update, default), 500us, 1ms, 100ms ...")
     p.add_argument("--depth", type=_depth, help="levels per side in l2.parquet and published depth (default 10)")
+    p.add_argument("--compression", choices=COMPRESSIONS,
+                   help=f"Parquet codec (default {DEFAULT_COMPRESSION}; lz4 writes faster, zstd smaller files)")
     p.add_argument("--redis", metavar="URL", help="publish to Redis, e.g. redis://127.0.0.1:6379/0")
     p.add_argument("--timescale", metavar="DSN", help="write to TimescaleDB/PostgreSQL, e.g. postgresql://user@host/db")
     p.add_argument("--ws", metavar="HOST:PORT", help="serve a WebSocket feed, e.g. 127.0.0.1:8765")
@@ -228,6 +231,9 @@ def _run_replay(args) -> int:
         settings = config.get("replay", {})
         conflate = args.conflate if args.conflate is not None else parse_duration(str(settings.get("conflate", "0")))
         depth = args.depth if args.depth is not None else int(settings.get("depth", 10))
+        compression = args.compression or str(settings.get("compression", DEFAULT_COMPRESSION))
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"[replay] compression = {compression!r}: one of {', '.join(COMPRESSIONS)}")
         speed = parse_speed(args.speed if args.speed is not None else str(settings.get("speed", "max")))
         sinks = {name: dict(conf) for name, conf in config.get("sinks", {}).items()}
     except (ConfigError, ValueError) as exc:
@@ -246,7 +252,7 @@ def _run_replay(args) -> int:
         try:
             summary = replay(args.capture, out, date=args.date, venue=args.venue, udp_port=args.udp_port,
                              progress=not args.json and wants_progress(sys.stderr), depth=depth,
-                             conflate_ns=conflate, runners=runners, speed=speed, stop=stop)
+                             conflate_ns=conflate, runners=runners, speed=speed, stop=stop, compression=compression)
             if "websocket" in sinks and not stop.is_set():
                 ws = next(r for r in runners if r.sink.name == "websocket")
                 print(f"serving ws://{ws.sink.host}:{ws.sink.port} "

@@ -68,6 +68,12 @@ class ReplaySummary:
         return asdict(self)
 
 
+# Parquet codecs of the replay's files (pyarrow's names). lz4 writes about 1.5x faster than zstd and
+# makes files about 1.75x larger.
+COMPRESSIONS = ("zstd", "lz4", "snappy", "none")
+DEFAULT_COMPRESSION = "zstd"
+
+
 class ReplayError(Exception):
     """A replay that cannot start (bad capture, no session date); one line for the user."""
 
@@ -149,13 +155,15 @@ def replay(
     runners: Sequence[SinkRunner] = (),
     speed: float | None = None,
     stop: threading.Event | None = None,
+    compression: str = DEFAULT_COMPRESSION,
 ) -> ReplaySummary:
     """Decode a whole capture, build every book and bar; write Parquet under ``out_dir`` unless None.
 
     ``books=False`` decodes only (``stats``); ``out_dir=None`` with books is ``--sink null``.
     ``runners`` get a ``MarketBatch`` per piece (they queue it and never block); ``speed`` paces the
     pieces by the capture's clock (None: as fast as possible); setting ``stop`` ends the replay early,
-    with everything decoded so far written (``summary.interrupted``).
+    with everything decoded so far written (``summary.interrupted``). ``compression``: the Parquet
+    codec (``COMPRESSIONS``).
     """
     started = time.perf_counter()
     pacer = Pacer(speed) if speed else None
@@ -166,7 +174,7 @@ def replay(
     fused = engine is not None and pacer is None
     source = DecodedCapture(path, date, venue, udp_port, books=engine if fused else None)
     bars = BarBuilder(venue=source.venue.id, tz=source.venue.tz) if books else None
-    outputs = _Outputs(out_dir)
+    outputs = _Outputs(out_dir, compression)
     publisher = _Publisher(source, runners)
     interrupted = False
     last_piece = None  # paced with conflation: capture time of the last piece applied since a flush
@@ -249,8 +257,11 @@ class _Publisher:
 class _Outputs:
     """One Parquet writer per record kind under ``out_dir`` (none for the null sink), and row counts."""
 
-    def __init__(self, out_dir: str | Path | None) -> None:
+    def __init__(self, out_dir: str | Path | None, compression: str = DEFAULT_COMPRESSION) -> None:
+        if compression not in COMPRESSIONS:
+            raise ReplayError(f"unknown Parquet compression {compression!r}: one of {', '.join(COMPRESSIONS)}")
         self.out_dir = None if out_dir is None else Path(out_dir)
+        self.compression = compression
         self.rows: dict[str, int] = {}
         self._writers: dict | None = None
 
@@ -266,7 +277,8 @@ class _Outputs:
         meta = {"venue": source.venue.name, "date": source.normalizer.clock.date.isoformat(),
                 "capture": source.path, "schema": "feedhandler/1"}
         self._writers = BackgroundWriters(
-            {r.name: ParquetWriter(self.out_dir / f"{r.name}.parquet", r.dtype, {**meta, "record": r.name})
+            {r.name: ParquetWriter(self.out_dir / f"{r.name}.parquet", r.dtype, {**meta, "record": r.name},
+                                   compression=self.compression)
              for r in OUTPUT_RECORDS})
 
     def write(self, name: str, rows: np.ndarray) -> None:

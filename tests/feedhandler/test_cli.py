@@ -161,3 +161,20 @@ def test_console_script_help_has_an_example():
     for verb in ("replay", "stats", "generate"):
         out = subprocess.run([sys.executable, "-m", "feedhandler.cli", verb, "--help"], capture_output=True, text=True)
         assert out.returncode == 0 and "example: feedhandler " + verb in out.stdout
+
+
+
+def test_replay_writes_parquet_with_the_codec_asked_for(tmp_path, capsys):
+    """``--compression lz4`` writes every file with that codec; an unknown one is a usage error."""
+    from captures.generator import generate
+
+    capture = tmp_path / "day.itch"
+    generate(messages=3_000, symbols=5, seed=3).write(capture, "itch")
+    out = tmp_path / "out"
+    summary = run_json(capsys, "replay", str(capture), "--out", str(out), "--date", "2024-03-15",
+                       "--compression", "lz4")
+    assert summary["messages"] == 3_000
+    codecs = {pq.ParquetFile(f).metadata.row_group(0).column(0).compression
+              for f in out.glob("*.parquet") if pq.ParquetFile(f).metadata.num_row_groups}
+    assert codecs in ({"LZ4_RAW"}, {"LZ4"}), codecs
+    assert "invalid choice: 'brotli'" in run_error_usage(capsys, "replay", str(capture), "--compression", "brotli")
