@@ -88,14 +88,12 @@ def _pin(cpu: int | None, rt: int = 0) -> None:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(rt))
 
 
-def run_handler(overrides: dict, expected: int, ready, done, warm_messages: int = 0, cpu: int | None = None,
-                rt: int = 0) -> dict:
+def run_handler(overrides: dict, expected: int, ready, done, warm_messages: int = 0) -> dict:
     """Namespace b: the live pipeline until the sender is done and the counters stand still. Latency
     counts from the first snapshot after ``warm_messages`` were delivered (the sustained part)."""
     from feedhandler.live import LiveError, LiveHandler
     from feedhandler.live_config import live_config
 
-    _pin(cpu, rt)
     try:
         handler = LiveHandler(live_config({}, overrides))
     except LiveError as exc:
@@ -121,7 +119,11 @@ def run_handler(overrides: dict, expected: int, ready, done, warm_messages: int 
             still.update(key=key, since=now)
         return now - still["since"] >= SETTLE_S
 
-    handler.run(until=finished)
+    try:
+        handler.run(until=finished)
+    except LiveError as exc:
+        handler.close(0.5)
+        return {"error": str(exc)}
     final = handler.close(1.0)
     final["warm_up_s"] = round(handler.warm_up_s, 3)
     return final
@@ -176,11 +178,12 @@ def run_shm_writer(packets, path: str, created, go, cpu: int | None = None, rt: 
 # ===================================================================== one measurement
 def measure(pair, source: str, packets, rate: int, busy_poll: bool, fused: bool = True, profile: bool = False,
             pin: str = "", rt: bool = False) -> dict:
-    overrides = {"group": f"{GROUP_A}:{PORT}", "b_group": f"{GROUP_B}:{PORT}", "source": source, "metrics": "off",
-                 "expect_from": 1, "iface": pair.veths["b"], "busy_poll": busy_poll, "give_up": "200ms",
-                 "fused": fused, "profile": profile}
     handler_cpu, sender_cpu = {"": (None, None), "apart": (1, 0), "same": (1, 1)}[pin]
     handler_rt, sender_rt = (RT_HANDLER, RT_SENDER) if rt else (0, 0)
+    # the handler places its own loop ([live] cpu / realtime); the sender is placed by _pin
+    overrides = {"group": f"{GROUP_A}:{PORT}", "b_group": f"{GROUP_B}:{PORT}", "source": source, "metrics": "off",
+                 "expect_from": 1, "iface": pair.veths["b"], "busy_poll": busy_poll, "give_up": "200ms",
+                 "fused": fused, "profile": profile, "cpu": handler_cpu, "realtime": handler_rt}
     shm_path = None
     ready, done = pair.event(), pair.event()
     if source == "shm":
@@ -191,8 +194,7 @@ def measure(pair, source: str, packets, rate: int, busy_poll: bool, fused: bool 
         if not created.wait(60):
             raise SystemExit("the ring writer did not start within 60 s")
     warm = int(rate * WARM_S) if packets.messages > 4 * rate * WARM_S else 0
-    handler = pair.start("b", run_handler, overrides, packets.messages, ready, done, warm, handler_cpu,
-                         handler_rt)
+    handler = pair.start("b", run_handler, overrides, packets.messages, ready, done, warm)
     try:
         if not ready.wait(120):
             raise SystemExit("the handler did not start within 120 s")

@@ -22,6 +22,8 @@ result is a frozen ``LiveConfig`` the pipeline reads and never changes.
 """
 from __future__ import annotations
 
+import os
+
 import datetime as dt
 from dataclasses import dataclass, field, replace
 
@@ -67,6 +69,8 @@ _SCALARS = {
     "xdp_mode": ("generic", "str"),
     "stats_interval": (250 * MS, "duration"),
     "netns": (None, "str"),
+    "cpu": (None, "int"),
+    "realtime": (0, "int"),
 }
 _LINE_KEYS = {"group", "iface", "source_address", "path"}
 
@@ -129,6 +133,8 @@ class LiveConfig:
     xdp_mode: str = "generic"
     stats_interval: int = 250 * MS
     netns: str | None = None
+    cpu: int | None = None  # run the feed loop on this CPU only (sched_setaffinity); None: anywhere
+    realtime: int = 0  # SCHED_FIFO priority of the feed loop (1..99; 0: the ordinary scheduler)
     sinks: dict = field(default_factory=dict)
 
     def line(self, name: str) -> LineConfig | None:
@@ -231,6 +237,10 @@ def _checked(v: dict) -> dict:
             raise ConfigError(f"[live] {key} must be a positive duration")
     if v["expect_from"] is not None and v["expect_from"] < 1:
         raise ConfigError(f"[live] expect_from must be at least 1: {v['expect_from']}")
+    if v["cpu"] is not None and not 0 <= v["cpu"] < (os.cpu_count() or 1):
+        raise ConfigError(f"[live] cpu must be one of this machine's CPUs, 0..{(os.cpu_count() or 1) - 1}: {v['cpu']}")
+    if not 0 <= v["realtime"] <= 99:
+        raise ConfigError(f"[live] realtime is a SCHED_FIFO priority, 1..99 (0: off): {v['realtime']}")
     if v["xdp_mode"] not in ("generic", "native"):
         raise ConfigError(f"[live] xdp_mode must be generic or native: {v['xdp_mode']!r}")
     return v
