@@ -187,8 +187,8 @@ class ItchNormalizer:
         if not len(book):
             return rows, wide_size, cross_type, self.orders.enrich(rows)
         counts = np.array([0, 0, _NO_SPAN[0], _NO_SPAN[1]], dtype=np.int64)
-        itch50_book.decode_book_events(
-            buf, frames, book, itch50_book.BOOK_OFFSET, itch50_book.BOOK_WIDTH, itch50_book.BOOK_ACTION,
+        itch50_book.decode_book_rows(
+            buf, frames, book, itch50_book.BOOK_ACTION,
             self._known_locate, *self.clock.kernel_params(), self.venue, rows, wide_size, cross_type, counts,
         )
         if counts[0]:
