@@ -23,6 +23,12 @@ What happens, in one run:
 4. Printed: p50, p99, p99.9 and max per subscriber and channel (target: p99 <= 1 ms on loopback), and how
    late the pacer released pieces against their due time (a late release is the feed falling behind,
    not counted in the latency above).
+5. Where the time goes (``--mode process``): each sink process records every write's hops
+   (``publish.process_runner.HopTrace``, switched on by ``FEEDHANDLER_SINK_TRACE``): release -> offer
+   (the feed's book update and queue copy), offer -> taken (the sink process waking), taken -> write
+   start, the write, and write done -> read by the subscriber; each hop's own percentiles are printed.
+   And the CPU time per piece of every process on the path (feed, sinks, redis-server, subscribers):
+   on two cores they share, a burst of pieces queues behind their sum.
 
 Redis is a ``redis-server`` started on a free loopback port (``--redis URL`` uses yours).
 """
@@ -232,6 +238,8 @@ def main(argv=None) -> int:
                          "or on threads of the feed's process (process = false)")
     ap.add_argument("--nice", type=int, default=None,
                     help="niceness added to sink processes (default: feedhandler.sinks.SINK_NICE)")
+    ap.add_argument("--sinks", default="redis,websocket",
+                    help="sinks on, each with its subscriber (default redis,websocket: both at once)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--subscriber", nargs=3, metavar=("KIND", "URL", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -267,9 +275,11 @@ def main(argv=None) -> int:
     if args.mode == "process":
         os.environ[TRACE_ENV] = trace_dir  # the sink processes record each hop (HopTrace)
     try:
-        runners, _ = make_runners(["redis", "websocket"], redis_url, "", args.depth, args.mode, args.nice)
+        names = [n for n in ("redis", "websocket") if n in args.sinks.split(",")]
+        runners, _ = make_runners(names, redis_url, "", args.depth, args.mode, args.nice)
         wait_open(runners)
-        subs = [Subscriber("ws", f"ws://127.0.0.1:{runners[1].sink.port}", tmp), Subscriber("redis", redis_url, tmp)]
+        subs = [Subscriber("ws", f"ws://127.0.0.1:{r.sink.port}", tmp) for r in runners if r.sink.name == "websocket"]
+        subs += [Subscriber("redis", redis_url, tmp) for r in runners if r.sink.name == "redis"]
         fr.Pacer = recording_pacer(releases)
         t0 = time.perf_counter()
         cpu0 = cpu_times(runners, subs, own)

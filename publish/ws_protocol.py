@@ -498,10 +498,13 @@ class Hub:
             return
         rows, slots, sym = upd_row[known], upd_slot[known], upd_sym[known]
         # The last update of each symbol, in the order the symbols first appear in the batch.
-        _, first = np.unique(sym, return_index=True)
-        _, last_from_end = np.unique(sym[::-1], return_index=True)
-        last = len(sym) - 1 - last_from_end
-        pick = last[np.argsort(first, kind="stable")]
+        if len(sym) > 1 and (sym != sym[0]).any():
+            _, first = np.unique(sym, return_index=True)
+            _, last_from_end = np.unique(sym[::-1], return_index=True)
+            last = len(sym) - 1 - last_from_end
+            pick = last[np.argsort(first, kind="stable")]
+        else:  # one symbol (a paced piece, usually): its last update
+            pick = np.array([len(sym) - 1])
         rows, slots, sym = rows[pick], slots[pick], sym[pick]
         names = symtab.names
         seqs = self._next_seqs("l2", sym, names)
