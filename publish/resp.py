@@ -22,13 +22,16 @@ Rules this module keeps:
 - ``send`` does not wait: the replies are owed, and ``collect`` reads those that have arrived (or
   all of them, ``wait=True``), raising the same way. A publisher that sends a batch and goes on to
   the next one keeps one round trip and one sleep per batch off its path; at most ``MAX_OWED``
-  replies are left unread before ``send`` waits for them.
+  replies are left unread before ``send`` waits for them. Once connected, the socket is blocking with
+  kernel timeouts (no poll() before every send and receive: a write is one ``recv(MSG_DONTWAIT)``
+  for the replies that came and one ``send``).
 """
 from __future__ import annotations
 
 import select
 import socket
 import ssl
+import struct
 
 import numba as nb
 import numpy as np
@@ -351,6 +354,7 @@ class RespConnection:
         self._rbuf = np.empty(1 << 16, dtype=np.uint8)
         self._rlen = 0
         self.owed = 0  # replies to commands sent and not read yet
+        self._dontwait = False  # the socket is blocking with kernel timeouts (``_kernel_timeouts``)
         self.answered = 0  # replies read, ever (``collect``): a caller tells what a collect read by it
 
     def connect(self) -> None:
@@ -393,9 +397,25 @@ class RespConnection:
                 hello.append(pack("SELECT", int(o["db"])))
             hello.append(pack("PING"))
             self.execute(b"".join(hello), len(hello))
+            self._kernel_timeouts(sock)
         except BaseException:
             self.close()
             raise
+
+    def _kernel_timeouts(self, sock: socket.socket) -> None:
+        """A blocking socket whose reads and writes the kernel times out (SO_RCVTIMEO, SO_SNDTIMEO):
+        Python then makes one system call per send or receive, not a poll() before each, and a read
+        that must not wait is one ``recv(MSG_DONTWAIT)``. (TLS sockets keep Python's timeout.)"""
+        self._dontwait = False
+        if isinstance(sock, ssl.SSLSocket):
+            return
+        seconds = int(self.socket_timeout)
+        micros = int(round((self.socket_timeout - seconds) * 1e6))
+        timeval = struct.pack("ll", seconds, micros)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        sock.settimeout(None)
+        self._dontwait = True
 
     def execute(self, data: bytes | memoryview, replies: int) -> None:
         """Send ``data`` (``replies`` commands) and read their replies; raises on the first error reply
@@ -432,8 +452,9 @@ class RespConnection:
     def _check_quiet(self) -> None:
         """Nothing owed: anything to read now is the server closing the connection (or a reply to
         nothing, as bad): raise rather than send into a dead connection."""
-        if self._arrived():
-            if self.sock.recv_into(memoryview(self._rbuf)[self._rlen:]) == 0:
+        n = self._recv_now()
+        if n is not None:
+            if n == 0:
                 raise redis.ConnectionError(f"Redis {self._where()} closed the connection")
             raise redis.ConnectionError(f"Redis {self._where()}: a reply to no command")
 
@@ -441,7 +462,7 @@ class RespConnection:
         """``fn(*args)``, its socket errors as redis-py's (the connection is closed then)."""
         try:
             return fn(*args)
-        except socket.timeout as exc:
+        except (socket.timeout, BlockingIOError) as exc:  # BlockingIOError: SO_RCVTIMEO / SO_SNDTIMEO
             self.close()
             raise redis.TimeoutError(f"Redis {self._where()}: no reply in {self.socket_timeout:g} s") from exc
         except OSError as exc:
@@ -450,6 +471,21 @@ class RespConnection:
         except redis.ConnectionError:
             self.close()
             raise
+
+    def _recv_now(self) -> int | None:
+        """Read what has arrived without waiting: bytes read (0: the server closed), None if nothing."""
+        if self._rlen == len(self._rbuf):
+            bigger = np.empty(2 * len(self._rbuf), dtype=np.uint8)
+            bigger[:self._rlen] = self._rbuf[:self._rlen]
+            self._rbuf = bigger
+        if self._dontwait:
+            try:
+                return self.sock.recv_into(memoryview(self._rbuf)[self._rlen:], 0, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return None
+        if not self._arrived():
+            return None
+        return self.sock.recv_into(memoryview(self._rbuf)[self._rlen:])
 
     def _arrived(self) -> bool:
         """Bytes to read now (a TLS socket may hold decrypted ones the kernel no longer has)."""
@@ -462,13 +498,16 @@ class RespConnection:
         got = errors = 0
         first_error = ""
         while got < want:
-            if not wait and not self._arrived():
-                break
-            if self._rlen == len(self._rbuf):
-                bigger = np.empty(2 * len(self._rbuf), dtype=np.uint8)
-                bigger[:self._rlen] = self._rbuf[:self._rlen]
-                self._rbuf = bigger
-            n = self.sock.recv_into(memoryview(self._rbuf)[self._rlen:])
+            if wait:
+                if self._rlen == len(self._rbuf):
+                    bigger = np.empty(2 * len(self._rbuf), dtype=np.uint8)
+                    bigger[:self._rlen] = self._rbuf[:self._rlen]
+                    self._rbuf = bigger
+                n = self.sock.recv_into(memoryview(self._rbuf)[self._rlen:])
+            else:
+                n = self._recv_now()
+                if n is None:
+                    break
             if n == 0:
                 raise redis.ConnectionError(f"Redis {self._where()} closed the connection")
             self._rlen += n
