@@ -178,8 +178,10 @@ def run_shm_writer(packets, path: str, created, go, cpu: int | None = None, rt: 
 # ===================================================================== one measurement
 def measure(pair, source: str, packets, rate: int, busy_poll: bool, fused: bool = True, profile: bool = False,
             pin: str = "", rt: bool = False) -> dict:
-    handler_cpu, sender_cpu = {"": (None, None), "apart": (1, 0), "same": (1, 1)}[pin]
-    handler_rt, sender_rt = (RT_HANDLER, RT_SENDER) if rt else (0, 0)
+    spins = busy_poll or source == "shm"  # the handler never sleeps: it would starve whatever shares its CPU
+    handler_cpu, sender_cpu = {"": (None, None), "apart": (1, 0), "same": (1, 0 if spins else 1)}[pin]
+    # a spinning SCHED_FIFO loop is throttled by the kernel (sched_rt_runtime_us: 50 ms of every second)
+    handler_rt, sender_rt = (0 if spins else RT_HANDLER, RT_SENDER) if rt else (0, 0)
     # the handler places its own loop ([live] cpu / realtime); the sender is placed by _pin
     overrides = {"group": f"{GROUP_A}:{PORT}", "b_group": f"{GROUP_B}:{PORT}", "source": source, "metrics": "off",
                  "expect_from": 1, "iface": pair.veths["b"], "busy_poll": busy_poll, "give_up": "200ms",
@@ -299,7 +301,9 @@ def main(argv=None) -> int:
                          "to the handler's core would)")
     ap.add_argument("--rt", action="store_true",
                     help=f"handler and sender in SCHED_FIFO (priorities {RT_HANDLER} / {RT_SENDER}): other load "
-                         "on the machine no longer delays them (not with --busy-poll: it would take a core)")
+                         "on the machine no longer delays them (not for a handler that spins, --busy-poll or shm: "
+                         "the kernel throttles it, and it would starve its CPU; that one stays in the ordinary "
+                         "class and its sender goes to the other CPU)")
     ap.add_argument("--ordinary", action="store_true",
                     help="the handler without its fused path (arbiter, normalizer, engine called one by one)")
     ap.add_argument("--profile", action="store_true",

@@ -5,7 +5,7 @@ Rules this module keeps:
 
 - It adds no logic of its own to the pipeline: ``live_step`` calls the same numba kernels, in the same
   order and on the same state arrays, as ``Arbiter.feed`` -> ``ItchNormalizer.normalize`` ->
-  ``BookEngine.apply`` do (``arbitration._arbitrate``, ``itch50_book.decode_book_events``,
+  ``BookEngine.apply`` do (``arbitration._arbitrate``, ``itch50_book.decode_book_rows``,
   ``order_refs.enrich_events``, ``orderbook.kernel.apply_events``), so the books are those of a
   replay. What it saves is the Python around them: ~35 us of calls, views and dataclasses per
   16-message packet become one dispatch of ~50 arguments (~3 us).
@@ -72,8 +72,6 @@ _DIRECTORY = np.uint8(ord("R"))
 _INT64 = np.dtype(np.int64)
 _SIZE_BY_CODE = itch50.SIZE_BY_CODE
 _BOOK_ACTION = itch50_book.BOOK_ACTION
-_BOOK_OFFSET = itch50_book.BOOK_OFFSET
-_BOOK_WIDTH = itch50_book.BOOK_WIDTH
 
 _clock_gettime = types.ExternalFunction("clock_gettime", types.int32(types.int32, types.voidptr))
 _CLOCK_REALTIME = 0
@@ -195,7 +193,7 @@ def _step(stage, start, discard_rows,
         counts[1] = 0
         counts[2] = _NO_SPAN_LO
         counts[3] = _NO_SPAN_HI
-        itch50_book.decode_book_events(out_buf, frames, selected[:n_book], _BOOK_OFFSET, _BOOK_WIDTH, _BOOK_ACTION,
+        itch50_book.decode_book_rows(out_buf, frames, selected[:n_book], _BOOK_ACTION,
                                        known_locate, midnight, change_local, offset_before, offset_after, venue,
                                        events[:n_book], wide_size[:n_book], cross_type[:n_book], counts)
         acc[A_BAD_TS] += counts[0]
