@@ -85,9 +85,10 @@ class BookEngine:
         self.st[:, k.ST_BBO] = UNDEF_PRICE
         self.st[:, k.ST_BBO + 3] = UNDEF_PRICE
         self.dirty = np.zeros(instruments, dtype=np.int64)
-        # The top N as last sent per book side: only conflation reads it.
+        # Per book side, its top N at the start of a conflation window, rebuilt when a window holds
+        # two changes of it (the kernel's conflation notes): only conflation reads it.
         books = 2 * instruments if self._kernel_conflate > 0 else 1
-        self.emitted = np.zeros((books, self.depth, 3), dtype=np.int64)
+        self.emitted = np.zeros((books, self.depth + k.SNAPSHOT_EXTRA, 3), dtype=np.int64)
         self.emitted_n = np.zeros(books, dtype=np.int64)
 
     def _grow_books(self, need: int) -> None:

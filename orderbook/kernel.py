@@ -10,7 +10,7 @@ them without Python objects:
   (instrument, side) book's run of levels in ``lv`` (start, length, capacity), sorted with the best
   level last so the busy end moves without shifting the rest (bids keyed by price, asks by -price);
 - ``st`` [instrument, ST_COLUMNS]: per-instrument state: last BBO, last change, integrity counters,
-  conflation marks (what changed in the window, and from which depth down on each side).
+  conflation marks (what changed in the window, and how, on each side).
 
 Few arrays on purpose: numba counts references on every array it passes to a function, and with a
 dozen parallel arrays that bookkeeping (atomic increments) cost more than the book itself.
@@ -53,8 +53,12 @@ ST_BBO = 0
 ST_EV = 6
 ST_INTEGRITY = 10
 ST_DIRTY = ST_INTEGRITY + len(INTEGRITY_NAMES)
-ST_SHALLOWEST = ST_DIRTY + 1  # conflation: per side, the shallowest depth changed in the window
-ST_COLUMNS = ST_SHALLOWEST + 2
+# Conflation: per side, the changes of the current window (see ``_note_change``): the window they
+# belong to, then (count | kind << 4 | depth << 8), price, size and order count of the first change.
+ST_WINDOW = ST_DIRTY + 1
+WINDOW_COLUMNS = 5
+ST_COLUMNS = ST_WINDOW + 2 * WINDOW_COLUMNS
+SNAPSHOT_EXTRA = 2  # levels kept past the top N in a window's snapshot (two changes can move them up)
 
 # Slots of the ``scalars`` array.
 S_ORDERS = 0  # live orders
@@ -154,7 +158,8 @@ def _give_room(lv, bk, scalars, book):
 
 @nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _level_add(lv, bk, book, side, price, size):
-    """Add one order of ``size`` at ``price``; return the level's depth from the best (room checked)."""
+    """Add one order of ``size`` at ``price``; return (the level's depth from the best, whether the
+    level is new) (room checked)."""
     key = _level_key(side, price)
     start = bk[book, 0]
     n = bk[book, 1]
@@ -162,7 +167,7 @@ def _level_add(lv, bk, book, side, price, size):
     if pos < start + n and lv[pos, 0] == key:
         lv[pos, 2] += size
         lv[pos, 3] += 1
-        return start + n - 1 - pos
+        return start + n - 1 - pos, False
     for k in range(start + n, pos, -1):
         for c in range(4):
             lv[k, c] = lv[k - 1, c]
@@ -171,19 +176,22 @@ def _level_add(lv, bk, book, side, price, size):
     lv[pos, 2] = size
     lv[pos, 3] = 1
     bk[book, 1] = n + 1
-    return start + n - pos
+    return start + n - pos, True
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _level_sub(lv, bk, book, side, price, size, orders_gone):
-    """Take ``size`` shares and ``orders_gone`` orders off a level; return (depth, removed), depth -1 if absent."""
+    """Take ``size`` shares and ``orders_gone`` orders off a level; return (depth, removed, size and
+    order count before), depth -1 if absent."""
     key = _level_key(side, price)
     start = bk[book, 0]
     n = bk[book, 1]
     pos = _level_pos(lv, start, n, key)
     if pos >= start + n or lv[pos, 0] != key:
-        return -1, False
+        return -1, False, np.int64(0), np.int64(0)
     depth = start + n - 1 - pos
+    old_size = lv[pos, 2]
+    old_count = lv[pos, 3]
     lv[pos, 2] = lv[pos, 2] - size if lv[pos, 2] > size else 0
     lv[pos, 3] = lv[pos, 3] - orders_gone if lv[pos, 3] > orders_gone else 0
     if lv[pos, 3] == 0:
@@ -191,8 +199,8 @@ def _level_sub(lv, bk, book, side, price, size, orders_gone):
             for c in range(4):
                 lv[k, c] = lv[k + 1, c]
         bk[book, 1] = n - 1
-        return depth, True
-    return depth, False
+        return depth, True, old_size, old_count
+    return depth, False, old_size, old_count
 
 
 # -- outputs ------------------------------------------------------------------------------------
@@ -237,94 +245,175 @@ def _emit_change(lv, bk, l2, row, ts, recv, seq, inst, venue, flags, side, book,
     return _emit_depth(lv, bk, l2, row, ts, recv, seq, inst, venue, flags, side, book, d)
 
 
-@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _same_level(lv, pos, emitted, book, e):
-    return lv[pos, 1] == emitted[book, e, 0] and lv[pos, 2] == emitted[book, e, 1] and lv[pos, 3] == emitted[book, e, 2]
+# -- conflation windows ---------------------------------------------------------------------------
+# A window's rows are the difference between each changed side's top N at the window's start (what
+# the last window sent) and at its end. Most windows of a side hold one change, and its rows follow
+# from the book at the end plus that change (``_one_change_rows``), so no copy of the top N is made.
+# At a side's second change in a window, its top N at the window's start is rebuilt once (the book
+# now, both changes undone: ``_rebuild_start``) and the window's end is merged against it.
+
+CHANGE_SAME = 0  # a level kept its price; its size or order count moved
+CHANGE_IN = 1  # a new level
+CHANGE_OUT = 2  # a level left
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _one_change(lv, top, emitted, book, side, start, n, m, depth):
-    """How the top N (``n`` levels from ``lv[top]`` down) differs from the ``m`` sent, from ``start`` on,
-    when that is one change: 0 the level at ``start`` kept its price (size or count may differ), 1 a
-    level came in at ``start``, -1 the level sent at ``start`` left; the rest the same levels, moved by
-    that one place. 2: something else (the general merge decides).
-
-    The common case of a window, one event, in a few predictable comparisons instead of a merge.
-    """
-    low = np.int64(-(2**63) + 1)
-    kd = lv[top - start, 0] if start < n else low
-    ke = _level_key(side, emitted[book, start, 0]) if start < m else low
-    if kd == ke:
-        if n != m:
-            return 2
-        for j in range(start + 1, n):
-            if not _same_level(lv, top - j, emitted, book, j):
-                return 2
+def _window_count(st, scalars, inst, s):
+    """Changes of side ``s`` recorded in the current window (0, 1, or 2 for two or more)."""
+    base = ST_WINDOW + s * WINDOW_COLUMNS
+    if st[inst, base] != scalars[S_WINDOW_END]:
         return 0
-    if kd > ke:
-        if not (n == m + 1 or (n == m and m == depth)):
-            return 2
-        for j in range(start, n - 1):
-            if not _same_level(lv, top - j - 1, emitted, book, j):
-                return 2
-        return 1
-    if not (n == m - 1 or n == m):
-        return 2
-    for j in range(start, m - 1):
-        if not _same_level(lv, top - j, emitted, book, j + 1):
-            return 2
-    return -1
+    return st[inst, base + 1] & 15
 
 
-@nb.njit(cache=True, nogil=True, _nrt=False)
-def _emit_top_changes(lv, bk, st, emitted, emitted_n, l2, row, ts, recv, seq, inst, venue, flags, depth, sides):
-    """Rows for how an instrument's top N differs from the top N sent at its last window; remember it.
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _snapshot(lv, bk, emitted, book, depth):
+    """The side's best ``depth + SNAPSHOT_EXTRA`` levels (price, size, count) into ``emitted[book]``."""
+    n = bk[book, 1]
+    top = bk[book, 0] + n - 1
+    k = min(depth + SNAPSHOT_EXTRA, n)
+    for j in range(k):
+        emitted[book, j, 0] = lv[top - j, 1]
+        emitted[book, j, 1] = lv[top - j, 2]
+        emitted[book, j, 2] = lv[top - j, 3]
+    return k
 
-    Only the sides in ``sides`` (``_DIRTY_BID`` / ``_DIRTY_ASK`` bits) changed, and each only from the
-    depth in ``st``'s ST_SHALLOWEST down: the levels above it are what was sent. Both lists run best
-    first, so one merge finds the differences: a level in view whose size or count differs from what
-    was sent (or that was not sent) gets a row; a level sent before that is out of view gets a size-0
-    row. Returns the next output row.
+
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _undo(emitted, book, k, kind, d, price, size, count):
+    """Take one change back out of the ``k`` snapshot levels; the number of levels after."""
+    cap = emitted.shape[1]
+    if kind == CHANGE_SAME:
+        if d < k:
+            emitted[book, d, 1] = size
+            emitted[book, d, 2] = count
+        return k
+    if kind == CHANGE_IN:
+        if d >= k:
+            return k
+        for j in range(d, k - 1):
+            for c in range(3):
+                emitted[book, j, c] = emitted[book, j + 1, c]
+        return k - 1
+    if d > k:
+        return k
+    k = min(k + 1, cap)
+    for j in range(k - 1, d, -1):
+        for c in range(3):
+            emitted[book, j, c] = emitted[book, j - 1, c]
+    if d < k:
+        emitted[book, d, 0] = price
+        emitted[book, d, 1] = size
+        emitted[book, d, 2] = count
+    return k
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _rebuild_start(lv, bk, st, emitted, emitted_n, inst, s, book, depth, kind, d, price, size, count):
+    """The side's top N at the window's start into ``emitted[book]``: the book now with this change
+    (``kind`` ...) and the window's first recorded change undone; the side counts two changes."""
+    base = ST_WINDOW + s * WINDOW_COLUMNS
+    packed = st[inst, base + 1]
+    k = _snapshot(lv, bk, emitted, book, depth)
+    if kind >= 0:
+        k = _undo(emitted, book, k, kind, d, price, size, count)
+    if packed & 15 == 1:
+        k = _undo(emitted, book, k, (packed >> 4) & 15, packed >> 8, st[inst, base + 2], st[inst, base + 3],
+                  st[inst, base + 4])
+    emitted_n[book] = min(k, depth)
+    st[inst, base + 1] = 2
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _note_change(lv, bk, st, emitted, emitted_n, scalars, inst, side, book, depth, kind, d, price, size, count):
+    """Record a change to a side's levels (any depth) for the current conflation window.
+
+    ``price``, ``size``, ``count``: the level's before the change (a new level: its price).
+    """
+    s = 0 if side == _BID else 1
+    base = ST_WINDOW + s * WINDOW_COLUMNS
+    if st[inst, base] != scalars[S_WINDOW_END]:
+        st[inst, base] = scalars[S_WINDOW_END]
+        st[inst, base + 1] = 0
+    n = st[inst, base + 1] & 15
+    if n == 0:
+        st[inst, base + 1] = 1 | (kind << 4) | (np.int64(d) << 8)
+        st[inst, base + 2] = price
+        st[inst, base + 3] = size
+        st[inst, base + 4] = count
+    elif n == 1:
+        _rebuild_start(lv, bk, st, emitted, emitted_n, inst, s, book, depth, kind, d, price, size, count)
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _before_clear(lv, bk, st, emitted, emitted_n, scalars, inst, side, book, depth):
+    """A clear is many changes at once: rebuild the side's start now, before it empties."""
+    s = 0 if side == _BID else 1
+    base = ST_WINDOW + s * WINDOW_COLUMNS
+    if st[inst, base] != scalars[S_WINDOW_END]:
+        st[inst, base] = scalars[S_WINDOW_END]
+        st[inst, base + 1] = 0
+    if st[inst, base + 1] & 15 < 2:
+        _rebuild_start(lv, bk, st, emitted, emitted_n, inst, s, book, depth, -1, 0, 0, 0, 0)
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _one_change_rows(lv, bk, st, l2, row, ts, recv, seq, inst, venue, flags, depth, side, s, book):
+    """The rows of a side whose window held one change: they follow from the book now and the change."""
+    base = ST_WINDOW + s * WINDOW_COLUMNS
+    packed = st[inst, base + 1]
+    kind = (packed >> 4) & 15
+    d = packed >> 8
+    levels = bk[book, 1]
+    top = bk[book, 0] + levels - 1
+    if kind == CHANGE_SAME:
+        if d < depth and (lv[top - d, 2] != st[inst, base + 3] or lv[top - d, 3] != st[inst, base + 4]):
+            _emit_level(l2, row, ts, recv, seq, inst, venue, flags, side, d, lv[top - d, 1], lv[top - d, 2],
+                        lv[top - d, 3])
+            row += 1
+    elif kind == CHANGE_IN:
+        if d < depth:
+            _emit_level(l2, row, ts, recv, seq, inst, venue, flags, side, d, lv[top - d, 1], lv[top - d, 2],
+                        lv[top - d, 3])
+            row += 1
+            if levels - 1 >= depth:  # the level that was last in view is pushed out of it
+                _emit_level(l2, row, ts, recv, seq, inst, venue, flags, side, depth - 1, lv[top - depth, 1], 0, 0)
+                row += 1
+    elif d < depth:  # CHANGE_OUT
+        _emit_level(l2, row, ts, recv, seq, inst, venue, flags, side, d, st[inst, base + 2], 0, 0)
+        row += 1
+        if levels >= depth:  # the next level comes into view
+            _emit_level(l2, row, ts, recv, seq, inst, venue, flags, side, depth - 1, lv[top - depth + 1, 1],
+                        lv[top - depth + 1, 2], lv[top - depth + 1, 3])
+            row += 1
+    return row
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _emit_top_changes(lv, bk, st, emitted, emitted_n, scalars, l2, row, ts, recv, seq, inst, venue, flags, depth,
+                      sides):
+    """Rows for how an instrument's top N differs from the top N sent at its last window.
+
+    Only the sides in ``sides`` (``_DIRTY_BID`` / ``_DIRTY_ASK`` bits) changed. A side with one change
+    in the window: ``_one_change_rows``. Otherwise both lists (the start rebuilt in ``emitted``, the
+    book now) run best first, so one merge finds the differences: a level in view whose size or count
+    differs from what was sent (or that was not sent) gets a row; a level sent before that is out of
+    view gets a size-0 row. Returns the next output row.
     """
     for s in range(2):
         if not sides & (_DIRTY_BID if s == 0 else _DIRTY_ASK):
             continue
         side = _BID if s == 0 else _ASK
         book = 2 * np.int64(inst) + s
+        if _window_count(st, scalars, inst, s) == 1:
+            row = _one_change_rows(lv, bk, st, l2, row, ts, recv, seq, inst, venue, flags, depth, side, s, book)
+            continue
         n = min(depth, bk[book, 1])
         top = bk[book, 0] + bk[book, 1] - 1
         m = emitted_n[book]
-        d = min(st[inst, ST_SHALLOWEST + s], n, m)  # levels above d are unchanged since the last window
-        st[inst, ST_SHALLOWEST + s] = depth
-        start = d
-        e = d
-        shift = _one_change(lv, top, emitted, book, side, start, n, m, depth)
-        if shift == 0:  # one level's size or count moved (or nothing did)
-            if start < n and (emitted[book, start, 1] != lv[top - start, 2] or emitted[book, start, 2] != lv[top - start, 3]):
-                _emit_level(l2, row, ts, recv, seq, inst, venue, flags, side, start, lv[top - start, 1],
-                            lv[top - start, 2], lv[top - start, 3])
-                row += 1
-            d = n
-            e = m
-        elif shift == 1:  # one level came in at ``start``; the last one sent may have left the view
-            _emit_level(l2, row, ts, recv, seq, inst, venue, flags, side, start, lv[top - start, 1],
-                        lv[top - start, 2], lv[top - start, 3])
-            row += 1
-            if n == m:
-                _emit_level(l2, row, ts, recv, seq, inst, venue, flags, side, m - 1, emitted[book, m - 1, 0], 0, 0)
-                row += 1
-            d = n
-            e = m
-        elif shift == -1:  # the level sent at ``start`` left; the next one may have come into view
-            _emit_level(l2, row, ts, recv, seq, inst, venue, flags, side, start, emitted[book, start, 0], 0, 0)
-            row += 1
-            if n == m:
-                _emit_level(l2, row, ts, recv, seq, inst, venue, flags, side, n - 1, lv[top - n + 1, 1],
-                            lv[top - n + 1, 2], lv[top - n + 1, 3])
-                row += 1
-            d = n
-            e = m
-        while d < n or e < m:  # anything else: the general merge
+        d = 0
+        e = 0
+        while d < n or e < m:
             # Compare by sort key (bids by price, asks by -price): larger keys are better.
             kd = lv[top - d, 0] if d < n else np.int64(-(2**63) + 1)
             ke = _level_key(side, emitted[book, e, 0]) if e < m else np.int64(-(2**63) + 1)
@@ -344,15 +433,10 @@ def _emit_top_changes(lv, bk, st, emitted, emitted_n, l2, row, ts, recv, seq, in
                     row += 1
                 d += 1
                 e += 1
-        for d in range(start, n):
-            emitted[book, d, 0] = lv[top - d, 1]
-            emitted[book, d, 1] = lv[top - d, 2]
-            emitted[book, d, 2] = lv[top - d, 3]
-        emitted_n[book] = n
     return row
 
 
-@nb.njit(cache=True, nogil=True, _nrt=False)
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _flush_dirty(lv, bk, st, dirty, emitted, emitted_n, bbo_out, l2_out, scalars, venue, depth):
     """Emit the BBO and the top-N changes of every instrument changed in the closing window."""
     for k in range(scalars[S_DIRTY]):
@@ -364,7 +448,7 @@ def _flush_dirty(lv, bk, st, dirty, emitted, emitted_n, bbo_out, l2_out, scalars
         seq = np.uint64(st[inst, ST_EV + 2])
         flags = np.uint16(st[inst, ST_EV + 3])
         if what & (_DIRTY_BID | _DIRTY_ASK):
-            scalars[S_L2_ROWS] = _emit_top_changes(lv, bk, st, emitted, emitted_n, l2_out, scalars[S_L2_ROWS], ts, recv,
+            scalars[S_L2_ROWS] = _emit_top_changes(lv, bk, st, emitted, emitted_n, scalars, l2_out, scalars[S_L2_ROWS], ts, recv,
                                                    seq, inst, venue, flags, depth, what)
         if what & _DIRTY_BBO:
             _emit_bbo(bbo_out, scalars, st, inst, ts, recv, seq, venue, flags)
@@ -445,14 +529,6 @@ def _settle(lv, bk, st, dirty, bbo_out, scalars, inst, flags, top_changed, ts, r
 @nb.njit(cache=True, inline="always", _nrt=False)
 def _side_bit(side):
     return _DIRTY_BID if side == _BID else _DIRTY_ASK
-
-
-@nb.njit(cache=True, inline="always", _nrt=False)
-def _changed_from(st, inst, side, d):
-    """Conflation: the side's top N changed at depth ``d`` (so levels from ``d`` down may differ)."""
-    col = ST_SHALLOWEST + (0 if side == _BID else 1)
-    if d < st[inst, col]:
-        st[inst, col] = d
 
 
 @nb.njit(cache=True, inline="always", _nrt=False)
@@ -554,7 +630,8 @@ def apply_events(start, events, venue, depth, conflate_ns, od, lv, bk, st, dirty
                         row += 1
                 if bk[book, 1] > 0:
                     top_changed |= _side_bit(side)
-                    _changed_from(st, inst, side, 0)
+                    if conflate_ns > 0:
+                        _before_clear(lv, bk, st, emitted, emitted_n, scalars, inst, side, book, depth)
                 bk[book, 1] = 0
             j = 0
             while j < od.shape[0]:
@@ -578,14 +655,16 @@ def apply_events(start, events, venue, depth, conflate_ns, od, lv, bk, st, dirty
             price = od[slot, 1]
             owner = _o_inst(od, slot)
             book = _book_of(owner, side)
-            d, removed = _level_sub(lv, bk, book, side, price, take, 1 if gone else 0)
+            d, removed, old_size, old_count = _level_sub(lv, bk, book, side, price, take, 1 if gone else 0)
+            if conflate_ns > 0 and d >= 0:
+                _note_change(lv, bk, st, emitted, emitted_n, scalars, owner, side, book, depth,
+                             CHANGE_OUT if removed else CHANGE_SAME, d, price, old_size, old_count)
             if gone:
                 _order_remove(od, slot)
                 scalars[S_ORDERS] -= 1
             else:
                 od[slot, 2] = (remaining - take) | (owner << 32)
             if d >= 0 and d < depth:
-                _changed_from(st, owner, side, d)
                 if owner == inst:
                     top_changed |= _side_bit(side)
                 else:
@@ -617,9 +696,12 @@ def apply_events(start, events, venue, depth, conflate_ns, od, lv, bk, st, dirty
                     old_side = _o_side(od, s)
                     if owner != inst:
                         other = owner
-                    d, removed = _level_sub(lv, bk, _book_of(owner, old_side), old_side, od[s, 1], _o_size(od, s), 1)
+                    d, removed, old_size, old_count = _level_sub(lv, bk, _book_of(owner, old_side), old_side, od[s, 1],
+                                                                 _o_size(od, s), 1)
+                    if conflate_ns > 0 and d >= 0:
+                        _note_change(lv, bk, st, emitted, emitted_n, scalars, owner, old_side, _book_of(owner, old_side),
+                                     depth, CHANGE_OUT if removed else CHANGE_SAME, d, od[s, 1], old_size, old_count)
                     if d >= 0 and d < depth:
-                        _changed_from(st, owner, old_side, d)
                         if owner == inst:
                             top_changed |= _side_bit(old_side)
                         else:
@@ -633,10 +715,17 @@ def apply_events(start, events, venue, depth, conflate_ns, od, lv, bk, st, dirty
                 od[s, 1] = price
                 od[s, 2] = size | (inst << 32)
                 od[s, 3] = (np.int64(seq) & _PRIO_MASK) | (np.int64(side) << 56)
-                d = _level_add(lv, bk, book, side, price, size)
+                d, new_level = _level_add(lv, bk, book, side, price, size)
+                if conflate_ns > 0:
+                    if new_level:
+                        _note_change(lv, bk, st, emitted, emitted_n, scalars, inst, side, book, depth, CHANGE_IN, d,
+                                     price, 0, 0)
+                    else:
+                        top = bk[book, 0] + bk[book, 1] - 1
+                        _note_change(lv, bk, st, emitted, emitted_n, scalars, inst, side, book, depth, CHANGE_SAME, d,
+                                     price, lv[top - d, 2] - size, lv[top - d, 3] - 1)
                 if d < depth:
                     top_changed |= _side_bit(side)
-                    _changed_from(st, inst, side, d)
                     if conflate_ns == 0:
                         row = _emit_depth(lv, bk, l2_out, row, ts, recv, seq, inst, venue, flags, side, book, d)
         flags = _settle(lv, bk, st, dirty, bbo_out, scalars, inst, flags, top_changed, ts, recv, seq, venue,
