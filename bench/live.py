@@ -4,6 +4,15 @@
     python bench/live.py --quick          # 1 s each
     python bench/live.py --json
     python bench/live.py --sources socket --rates 100000 --seconds 10 --busy-poll
+    python bench/live.py --sources socket --rates 100000 --rt --pin same   # the placement that meets 50 us p99
+    python bench/live.py --sources socket --rates 100000 --ordinary --profile
+
+Placement: ``--pin apart`` puts the handler on CPU 1 and the sender on CPU 0, ``--pin same`` both on
+CPU 1 (the packets' softirq then wakes the handler on its own CPU, as a NIC interrupt steered to the
+handler's core would; the two then share one core, so the sender tops out near 300k msg/s); ``--rt``
+runs both in SCHED_FIFO (the handler through ``[live] cpu`` / ``realtime``), except a handler that
+spins (shm, ``--busy-poll``). ``--ordinary`` turns the handler's fused path off (``[live] fused``);
+``--profile`` also prints, per row, the receive -> read returned latency.
 
 What happens, per (source, rate):
 1. The first ``rate * seconds`` messages of a generated ITCH day (``captures.generator``, 500 symbols)
