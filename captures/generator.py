@@ -128,6 +128,20 @@ class GeneratedSession:
         counts = np.bincount(self.types, minlength=256)
         return {chr(c): int(counts[c]) for c in np.flatnonzero(counts)}
 
+    def frames(self) -> np.ndarray:
+        """The messages as one batch of ``parsers.frames.FRAME_DTYPE`` rows over ``buf`` (sequence from 1,
+        receive times ``ts_recv``, session 0, no flags): what a normalizer takes, without a capture."""
+        from parsers.frames import empty_frames
+
+        frames = empty_frames(len(self))
+        frames["offset"] = self.offsets
+        frames["length"] = self.lengths
+        frames["ts_recv"] = self.ts_recv
+        frames["sequence"] = np.arange(1, len(self) + 1)
+        frames["session"] = 0
+        frames["flags"] = 0
+        return frames
+
     def binaryfile_bytes(self) -> np.ndarray:
         """The session as a Nasdaq BinaryFILE image: each message after its 2-byte big-endian length."""
         n = len(self)

@@ -34,3 +34,18 @@ FRAME_DTYPE = np.dtype(
 def empty_frames(n: int = 0) -> np.ndarray:
     """Return an uninitialised frame array of ``n`` rows."""
     return np.empty(n, dtype=FRAME_DTYPE)
+
+
+def frames_of(messages: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Messages back to back as one batch: (buffer, frames), sequence from 1, no receive time, session 0,
+    no flags. For tools and tests that hold messages rather than a capture."""
+    buf = np.frombuffer(b"".join(messages), dtype=np.uint8)
+    frames = empty_frames(len(messages))
+    lengths = [len(m) for m in messages]
+    frames["offset"] = np.cumsum([0] + lengths)[:-1]
+    frames["length"] = lengths
+    frames["sequence"] = np.arange(1, len(messages) + 1)
+    frames["ts_recv"] = 0
+    frames["session"] = 0
+    frames["flags"] = 0
+    return buf, frames

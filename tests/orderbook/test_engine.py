@@ -10,7 +10,7 @@ from orderbook.engine import BookEngine
 from orderbook.records import BookFlag
 from parsers import itch50
 from parsers.clock import VenueClock
-from parsers.frames import empty_frames
+from parsers.frames import frames_of
 from parsers.itch50_normalize import ItchNormalizer
 from parsers.order_refs import OrderRefTable
 from parsers.schema import EVENT, UNDEF_PRICE, Action, Flag, Side
@@ -117,13 +117,7 @@ def test_hypothesis_streams_match_the_reference(events):
 def test_generated_session_matches_the_reference():
     session = generate(messages=30_000, symbols=30, seed=11)
     buf = session.buf
-    frames = empty_frames(len(session))
-    frames["offset"] = session.offsets
-    frames["length"] = session.lengths
-    frames["ts_recv"] = session.ts_recv
-    frames["sequence"] = np.arange(1, len(session) + 1)
-    frames["session"] = 0
-    frames["flags"] = 0
+    frames = session.frames()
     events = ItchNormalizer(VenueClock(session.date)).normalize(buf, frames).events
     ref = ReferenceBooks()
     expected = ref.bbo_changes(events)
@@ -273,12 +267,7 @@ def test_itch_messages_through_normalizer_and_engine():
             itch50.encode(b"C", stock_locate=3, order_ref=1, executed_shares=30, match_number=1, printable=b"Y",
                           execution_price=100_0050),
             itch50.encode(b"U", stock_locate=3, original_ref=2, new_ref=3, shares=70, price=100_0200)]
-    buf = np.frombuffer(b"".join(msgs), dtype=np.uint8)
-    frames = empty_frames(len(msgs))
-    frames["offset"] = np.cumsum([0] + [len(m) for m in msgs])[:-1]
-    frames["length"] = [len(m) for m in msgs]
-    frames["sequence"] = np.arange(1, len(msgs) + 1)
-    frames["ts_recv"] = frames["session"] = frames["flags"] = 0
+    buf, frames = frames_of(msgs)
     events_ = ItchNormalizer(VenueClock(dt.date(2024, 3, 15))).normalize(buf, frames).events
     engine = BookEngine()
     engine.apply(events_)
@@ -321,12 +310,7 @@ def test_a_normalizer_indexing_with_its_engine_gives_the_same_events_trades_and_
     """``ItchNormalizer(orders=engine)`` on a generated session: the same events and trades as a
     normalizer with its own order table, and the same book rows as applying those events after."""
     session = generate(messages=40_000, symbols=40, seed=12)
-    frames = empty_frames(len(session))
-    frames["offset"] = session.offsets
-    frames["length"] = session.lengths
-    frames["ts_recv"] = session.ts_recv
-    frames["sequence"] = np.arange(1, len(session) + 1)
-    frames["session"] = frames["flags"] = 0
+    frames = session.frames()
     own = ItchNormalizer(VenueClock(session.date))
     separate = BookEngine(conflate_ns=1_000_000)
     fused_engine = BookEngine(conflate_ns=1_000_000)

@@ -2,7 +2,7 @@
 import numpy as np
 
 from parsers import itch50
-from parsers.frames import empty_frames
+from parsers.frames import frames_of
 
 
 def test_decode_batch_groups_by_type_and_skips_what_cannot_be_decoded():
@@ -14,10 +14,7 @@ def test_decode_batch_groups_by_type_and_skips_what_cannot_be_decoded():
         itch50.encode(b"D", order_ref=2)[:10],  # shorter than specified
         itch50.encode(b"S", event_code=b"Q"),
     ]
-    buf = np.frombuffer(b"".join(msgs), dtype=np.uint8)
-    frames = empty_frames(len(msgs))
-    frames["offset"] = np.cumsum([0] + [len(m) for m in msgs])[:-1]
-    frames["length"] = [len(m) for m in msgs]
+    buf, frames = frames_of(msgs)
     decoded, skipped = itch50.decode_batch(buf, frames)
     assert skipped == 2
     assert sorted(decoded) == [b"A", b"D", b"S"]

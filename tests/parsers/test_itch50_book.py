@@ -5,7 +5,7 @@ import numpy as np
 from captures.generator import generate
 from parsers import itch50, itch50_book, schema
 from parsers.clock import VenueClock
-from parsers.frames import empty_frames
+from parsers.frames import frames_of
 from parsers.itch50_normalize import classify_frames
 
 
@@ -30,12 +30,7 @@ def _decode_both(buf, frames, date):
 
 def test_both_kernels_write_the_same_rows_for_a_generated_day():
     session = generate(messages=60_000, symbols=40, seed=5, mwcb_breach=True)
-    frames = empty_frames(len(session))
-    frames["offset"] = session.offsets
-    frames["length"] = session.lengths
-    frames["ts_recv"] = session.ts_recv
-    frames["sequence"] = np.arange(1, len(session) + 1)
-    frames["session"] = frames["flags"] = 0
+    frames = session.frames()
     book, (table, compiled) = _decode_both(session.buf, frames, session.date)
     types = {bytes([session.buf[o]]) for o in frames["offset"][book]}
     assert types == set(itch50_book.BOOK_FIELDS), types  # every book type is exercised
@@ -51,12 +46,7 @@ def test_both_kernels_agree_on_hand_made_edge_values():
             itch50.encode(b"F", stock_locate=4, order_ref=8, side=b"S", shares=100, stock=b"ZVZZT",
                           price=100_0100, attribution=b"GSCO"),
             itch50.encode(b"D", stock_locate=4, order_ref=8, timestamp=90_000 * 10**9)]
-    buf = np.frombuffer(b"".join(msgs), dtype=np.uint8)
-    frames = empty_frames(len(msgs))
-    frames["offset"] = np.cumsum([0] + [len(m) for m in msgs])[:-1]
-    frames["length"] = [len(m) for m in msgs]
-    frames["sequence"] = np.arange(1, len(msgs) + 1)
-    frames["ts_recv"] = frames["session"] = frames["flags"] = 0
+    buf, frames = frames_of(msgs)
     import datetime as dt
 
     _, (table, compiled) = _decode_both(buf, frames, dt.date(2024, 3, 15))
