@@ -1,11 +1,10 @@
 """ITCH 5.0 book messages (A F E C X D U P Q) straight into ``schema.EVENT`` rows, in one compiled pass.
 
 Book messages are nearly every message of a day, so they skip the per-type gather of
-``itch50.decode_type`` and go byte-to-row in one kernel. No kernel knows a layout of its own: field
-positions come from ``itch50.MESSAGE_TABLE`` through the mapping below (normalized column -> wire
-field, per message type), as tables (``BOOK_OFFSET``/``BOOK_WIDTH``, read by ``decode_book_events``)
-and as module constants that numba compiles in (``decode_book_rows``, the normalizer's kernel: one
-branch on the type instead of one per column; the two are tested to write the same bytes).
+``itch50.decode_type`` and go byte-to-row in one kernel (``decode_book_rows``, used by the normalizer
+and the live path). The kernel knows no layout of its own: field positions come from
+``itch50.MESSAGE_TABLE`` through the mapping below (normalized column -> wire field, per message
+type), as module constants that numba compiles in.
 """
 from __future__ import annotations
 
@@ -37,23 +36,15 @@ COLUMNS = ("order_id", "prev_order_id", "size", "price", "side", "match_id", "pr
 (COL_ORDER_ID, COL_PREV, COL_SIZE, COL_PRICE, COL_SIDE, COL_MATCH, COL_PRINTABLE, COL_CROSS, COL_ATTRIBUTION) = range(len(COLUMNS))
 
 
-def _layout() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(offset, width) of each column's wire field per type byte (-1: absent), and the action by type byte."""
-    offset = np.full((256, len(COLUMNS)), -1, dtype=np.int64)
-    width = np.zeros((256, len(COLUMNS)), dtype=np.int64)
+def _actions() -> np.ndarray:
+    """The event action of each book message type, by type byte (0: not a book message)."""
     action = np.zeros(256, dtype=np.uint8)
-    for code, columns in BOOK_FIELDS.items():
-        msg = itch50.MESSAGES[code]
-        action[code[0]] = BOOK_ACTIONS[code]
-        for column, wire in columns.items():
-            if column == "price":
-                assert msg.field(wire).kind == "price4", "the kernel scales book prices from price4"
-            offset[code[0], COLUMNS.index(column)] = msg.offset(wire)
-            width[code[0], COLUMNS.index(column)] = msg.field(wire).size
-    return offset, width, action
+    for code, act in BOOK_ACTIONS.items():
+        action[code[0]] = act
+    return action
 
 
-BOOK_OFFSET, BOOK_WIDTH, BOOK_ACTION = _layout()
+BOOK_ACTION = _actions()
 _TS_OFFSET = itch50.MESSAGES[b"A"].offset("timestamp")
 _LOCATE_OFFSET = itch50.MESSAGES[b"A"].offset("stock_locate")
 _TRACKING_OFFSET = itch50.MESSAGES[b"A"].offset("tracking_number")
@@ -72,6 +63,8 @@ def _at(code: bytes, column: str) -> tuple[int, int]:
     """(offset, width) of the wire field that fills ``column`` in book message ``code``."""
     msg = itch50.MESSAGES[code]
     field = BOOK_FIELDS[code][column]
+    if column == "price":
+        assert msg.field(field).kind == "price4", "the kernel scales book prices from price4"
     return msg.offset(field), msg.field(field).size
 
 
@@ -80,8 +73,8 @@ def _same(*places: tuple[int, int]) -> tuple[int, int]:
     return places[0]
 
 
-# The same layout as compile-time constants, for ``decode_book_rows``: one branch on the type, then
-# fixed positions (the table-driven kernel tests each column's presence, a branch per column).
+# The layout as compile-time constants for ``decode_book_rows``: one branch on the type, then fixed
+# positions (a table of positions read per row cost a branch per column).
 _REF, _REF_W = _same(*(_at(c, "order_id") for c in (b"A", b"F", b"E", b"C", b"X", b"D", b"P")))
 _ADD_SIDE, _ = _same(_at(b"A", "side"), _at(b"F", "side"), _at(b"P", "side"))
 _ADD_SIZE, _ADD_SIZE_W = _same(_at(b"A", "size"), _at(b"F", "size"), _at(b"P", "size"))
@@ -113,15 +106,14 @@ def _be(buf, pos, width):
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
-def decode_book_events(buf, frames, selected, offset, width, action_lut, known_locate,
-                       midnight, change_local, offset_before, offset_after, venue,
-                       events, wide_size, cross_type, counts):
+def decode_book_rows(buf, frames, selected, action_lut, known_locate, midnight, change_local, offset_before,
+                     offset_after, venue, events, wide_size, cross_type, counts):
     """Write one event row per selected frame, in frame order.
 
     Args:
         buf: uint8 message buffer; frames: ``FRAME_DTYPE`` rows; selected: int64 frame indexes of
             whole book messages, ascending.
-        offset, width, action_lut: ``BOOK_OFFSET``, ``BOOK_WIDTH``, ``BOOK_ACTION``.
+        action_lut: ``BOOK_ACTION``.
         known_locate: bool by stock locate, True once its directory message was seen.
         midnight, change_local, offset_before, offset_after: ``VenueClock.kernel_params()``.
         venue: venue id for every row.
@@ -129,56 +121,6 @@ def decode_book_events(buf, frames, selected, offset, width, action_lut, known_l
             wire size (crosses carry 8 bytes); cross_type: uint8 per row (0 when not a cross).
         counts: int64 [bad timestamps, unknown instruments, least ts_event, greatest ts_event]: the
             counts incremented, the span widened by every row with a good timestamp.
-    """
-    for j in range(selected.shape[0]):
-        fr = frames[selected[j]]
-        pos = fr.offset
-        t = buf[pos]
-        ev = events[j]
-        local = np.int64(_be(buf, pos + _TS_OFFSET, 6))
-        flags = np.uint16(fr.flags) & _FRAME_BITS
-        if local >= NANOS_PER_DAY:
-            flags |= _BAD_TS
-            counts[0] += 1
-        ev.ts_event = midnight + local - (offset_after if local >= change_local else offset_before)
-        if local < NANOS_PER_DAY:
-            counts[2] = min(counts[2], ev.ts_event)
-            counts[3] = max(counts[3], ev.ts_event)
-        ev.ts_recv = fr.ts_recv
-        ev.sequence = fr.sequence
-        locate = np.uint32(_be(buf, pos + _LOCATE_OFFSET, 2))
-        if not known_locate[locate]:
-            flags |= _UNKNOWN_INSTRUMENT
-            counts[1] += 1
-        ev.instrument_id = locate
-        ev.tracking = np.uint16(_be(buf, pos + _TRACKING_OFFSET, 2))
-        ev.venue = venue
-        ev.action = action_lut[t]
-        ev.order_id = _be(buf, pos + offset[t, COL_ORDER_ID], 8) if offset[t, COL_ORDER_ID] >= 0 else np.uint64(0)
-        ev.prev_order_id = _be(buf, pos + offset[t, COL_PREV], 8) if offset[t, COL_PREV] >= 0 else np.uint64(0)
-        ev.match_id = _be(buf, pos + offset[t, COL_MATCH], 8) if offset[t, COL_MATCH] >= 0 else np.uint64(0)
-        size = _be(buf, pos + offset[t, COL_SIZE], width[t, COL_SIZE]) if offset[t, COL_SIZE] >= 0 else np.uint64(0)
-        wide_size[j] = size
-        ev.size = np.uint32(min(size, np.uint64(0xFFFFFFFF)))
-        ev.price = np.int64(_be(buf, pos + offset[t, COL_PRICE], width[t, COL_PRICE])) * 100_000 if offset[t, COL_PRICE] >= 0 else _UNDEF
-        if offset[t, COL_SIDE] >= 0:
-            ev.side = _BID if buf[pos + offset[t, COL_SIDE]] == 66 else _ASK  # 'B'
-        else:
-            ev.side = _SIDE_NONE
-        if offset[t, COL_PRINTABLE] >= 0 and buf[pos + offset[t, COL_PRINTABLE]] == 78:  # 'N'
-            flags |= _NON_PRINTABLE
-        if offset[t, COL_ATTRIBUTION] >= 0:
-            flags |= _ATTRIBUTED
-        cross_type[j] = buf[pos + offset[t, COL_CROSS]] if offset[t, COL_CROSS] >= 0 else np.uint8(0)
-        ev.flags = flags
-
-
-@nb.njit(cache=True, nogil=True, _nrt=False)
-def decode_book_rows(buf, frames, selected, action_lut, known_locate, midnight, change_local, offset_before,
-                     offset_after, venue, events, wide_size, cross_type, counts):
-    """``decode_book_events`` with the layout compiled in: the same rows, one branch per message.
-
-    Args: as ``decode_book_events`` without ``offset`` and ``width``.
     """
     for j in range(selected.shape[0]):
         fr = frames[selected[j]]
