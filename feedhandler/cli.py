@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain", metavar="DURATION", help="on stop, wait this long for the sinks to drain (default 5s)")
     p.add_argument("--status-file", metavar="PATH", help="also write the status JSON there at every snapshot")
     p.add_argument("--busy-poll", action="store_true", help="spin on the sources instead of sleeping (one core)")
+    p.add_argument("--cpu", type=int, metavar="N", help="run the feed loop on CPU N only (pair with --realtime)")
+    p.add_argument("--realtime", type=int, metavar="PRIO",
+                   help="run the feed loop as a SCHED_FIFO task of this priority (1..99; needs root/CAP_SYS_NICE)")
     p.add_argument("--json", action="store_true", help="print the final counters as one JSON object")
     p.set_defaults(run=_run_live)
 
@@ -362,7 +365,8 @@ def _run_live(args) -> int:
                  "timescale": args.timescale, "ws": args.ws, "out": args.out, "metrics_port": args.metrics_port,
                  "date": args.date.isoformat() if args.date else None, "depth": args.depth, "conflate": args.conflate,
                  "expect_from": args.expect_from, "netns": args.netns, "drain": args.drain,
-                 "status_file": args.status_file, "busy_poll": True if args.busy_poll else None}
+                 "status_file": args.status_file, "busy_poll": True if args.busy_poll else None,
+                 "cpu": args.cpu, "realtime": args.realtime}
     try:
         cfg = live_config(load_config(args.config), overrides)
     except ConfigError as exc:

@@ -289,6 +289,8 @@ def test_setup_errors_are_one_line(tmp_path, capsys):
          "no network namespace 'fh-no-such-ns'"),
         (["live", "--group", "239.1.1.1:1", "--rerequest", "nohostport"], "expected HOST:PORT"),
         (["live", "--group", "239.1.1.1:1", "--conflate", "fast"], "not a valid duration"),
+        (["live", "--group", "239.1.1.1:1", "--cpu", "4096"], "cpu must be one of this machine's CPUs"),
+        (["live", "--group", "239.1.1.1:1", "--realtime", "100"], "realtime is a SCHED_FIFO priority"),
         (["live", "--group", "239.1.1.1:1", "--config", str(tmp_path / "missing.toml")], "no such config file"),
         (["status", "--url", "http://127.0.0.1:1"], "no feedhandler answers at http://127.0.0.1:1/status"),
         (["status", "--file", str(tmp_path / "none.json")], "no status file"),
