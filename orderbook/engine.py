@@ -15,6 +15,7 @@ import numpy as np
 
 from orderbook import kernel as k
 from orderbook.records import BBO, L2
+from parsers.buffers import BufferPool
 from parsers.schema import UNDEF_PRICE, Side
 
 
@@ -50,6 +51,8 @@ class BookEngine:
         self.venue = venue
         self.out_rows = out_rows if outputs else 0
         self.scalars = np.zeros(7, dtype=np.int64)
+        # Output buffers handed out to consumers come back once none of them holds a view.
+        self._pools = {r.name: BufferPool(r.dtype, prepare=_zero_padding) for r in (BBO, L2)}
         self._orders_alloc(_pow2(orders))
         self.lv = np.zeros((levels, 4), dtype=np.int64)
         self._books_alloc(instruments)
@@ -98,8 +101,8 @@ class BookEngine:
             getattr(self, name)[: len(arr)] = arr
 
     def _new_outputs(self) -> None:
-        self._bbo = _rows(BBO, max(self.out_rows, 2))
-        self._l2 = _rows(L2, max(self.out_rows, 4 * self.depth + 8))
+        self._bbo = self._fresh(BBO, max(self.out_rows, 2))
+        self._l2 = self._fresh(L2, max(self.out_rows, 4 * self.depth + 8))
         self._bbo_parts: list[np.ndarray] = []
         self._l2_parts: list[np.ndarray] = []
         self.scalars[k.S_BBO_ROWS] = 0
@@ -115,19 +118,23 @@ class BookEngine:
         if n_bbo:
             self._bbo_parts.append(_copied(self._bbo, n_bbo) if _few(n_bbo, self._bbo) else self._bbo[:n_bbo])
             if not _few(n_bbo, self._bbo):
-                self._bbo = _rows(BBO, len(self._bbo))
+                self._bbo = self._fresh(BBO, len(self._bbo))
         if n_l2:
             self._l2_parts.append(_copied(self._l2, n_l2) if _few(n_l2, self._l2) else self._l2[:n_l2])
             if not _few(n_l2, self._l2):
-                self._l2 = _rows(L2, len(self._l2))
+                self._l2 = self._fresh(L2, len(self._l2))
         self.scalars[k.S_BBO_ROWS] = 0
         self.scalars[k.S_L2_ROWS] = 0
+
+    def _fresh(self, record, n: int) -> np.ndarray:
+        """Rows for the kernel to write (it sets every column): a buffer no consumer holds any more."""
+        return self._pools[record.name].take(n)
 
     def _make_room(self) -> None:
         """Take the rows written so far; if there were none, a window's flush needs bigger buffers."""
         if self.scalars[k.S_BBO_ROWS] == 0 and self.scalars[k.S_L2_ROWS] == 0:
-            self._bbo = _rows(BBO, 2 * len(self._bbo))
-            self._l2 = _rows(L2, 2 * len(self._l2))
+            self._bbo = self._fresh(BBO, 2 * len(self._bbo))
+            self._l2 = self._fresh(L2, 2 * len(self._l2))
         else:
             self._take_outputs()
 
@@ -246,12 +253,10 @@ class BookEngine:
 _NO_ROWS = {BBO.name: BBO.empty(0), L2.name: L2.empty(0)}  # shared: a zero-length array holds nothing to change
 
 
-def _rows(record, n: int) -> np.ndarray:
-    """Output rows to be written by the kernel: uninitialised (it sets every column), padding zeroed."""
-    rows = np.empty(n, dtype=record.dtype)
-    if "_reserved" in record.dtype.names:
+def _zero_padding(rows: np.ndarray) -> None:
+    """A new output buffer: the kernel sets every column but not the padding, zeroed once here."""
+    if "_reserved" in rows.dtype.names:
         rows["_reserved"] = 0
-    return rows
 
 
 def _few(n: int, buffer: np.ndarray) -> bool:
