@@ -30,6 +30,17 @@ class BufferPool:
         self.made = 0
         self.reused = 0
 
+    def rows(self, n: int, capacity: int) -> np.ndarray:
+        """``n`` rows (a view) of a buffer of ``max(n, capacity)`` rows nobody else holds: for batches
+        whose sizes vary up to a usual most. A small request (under 1/16 of ``capacity``: a live
+        packet's batch) gets an array of its own instead of pinning a large buffer."""
+        if 16 * n < capacity:
+            rows = np.empty(n, dtype=self.dtype)
+            if self.prepare is not None:
+                self.prepare(rows)
+            return rows
+        return self.take(max(n, capacity))[:n]
+
     def take(self, n: int) -> np.ndarray:
         """A buffer of ``n`` rows nobody else holds (its contents are left from its last use)."""
         buffers = self._buffers

@@ -23,6 +23,7 @@ import numpy as np
 
 from parsers import itch50, itch50_book, schema
 from parsers.clock import NANOS_PER_DAY, VenueClock
+from parsers.buffers import BufferPool
 from parsers.order_refs import OrderRefTable
 from parsers.trades import trades_from_events
 from parsers.schema import UNDEF_PRICE, Action, Flag, Side, StatusKind, TradingState
@@ -33,6 +34,7 @@ _FRAME_FLAG_MASK = np.uint16(Flag.LAST | Flag.RECOVERED | Flag.BAD_TS_RECV)
 _NO_SPAN = (np.iinfo(np.int64).max, np.iinfo(np.int64).min)  # (least, greatest) before any timestamp
 _EMPTY_ROWS = {r.name: r.empty(0) for r in schema.RECORDS}  # shared: a zero-length array holds nothing to change
 _NO_TYPED: dict = {}  # a batch without non-book messages (never written to)
+EVENT_ROWS = 1 << 16  # event buffers hold this many rows (a replay's batch), more for a larger batch
 
 
 @dataclass
@@ -79,6 +81,10 @@ class ItchNormalizer:
     _unknown_counts: np.ndarray = field(default_factory=lambda: np.zeros(256, dtype=np.int64))  # per batch
     first_ts_event: int | None = None
     last_ts_event: int | None = None
+    # Event rows come back once no consumer holds them (a fresh buffer a batch costs its page faults).
+    _event_rows: BufferPool = field(default_factory=lambda: BufferPool(schema.EVENT.dtype))
+    _wide_size: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
+    _cross_type: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint8))
 
     def normalize(self, buf: np.ndarray, frames: np.ndarray) -> Normalized:
         """Decode and normalize one batch (``buf`` uint8, ``frames`` ``FRAME_DTYPE``)."""
@@ -181,9 +187,13 @@ class ItchNormalizer:
     def _events(self, buf: np.ndarray, frames: np.ndarray, book: np.ndarray):
         """Book messages as enriched event rows, with each row's full wire size and cross type, and what
         the order index gave back (a BookEngine's rows)."""
-        rows = np.empty(len(book), dtype=schema.EVENT.dtype)  # the kernel sets every column (no padding)
-        wide_size = np.empty(len(book), dtype=np.uint64)
-        cross_type = np.empty(len(book), dtype=np.uint8)
+        n = len(book)
+        rows = self._event_rows.rows(n, EVENT_ROWS)  # the kernel sets every column (there is no padding)
+        if len(self._wide_size) < n:  # this batch's scratch: read by _trades before normalize returns
+            self._wide_size = np.empty(n, dtype=np.uint64)
+            self._cross_type = np.empty(n, dtype=np.uint8)
+        wide_size = self._wide_size[:n]
+        cross_type = self._cross_type[:n]
         if not len(book):
             return rows, wide_size, cross_type, self.orders.enrich(rows)
         counts = np.array([0, 0, _NO_SPAN[0], _NO_SPAN[1]], dtype=np.int64)

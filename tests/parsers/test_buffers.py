@@ -34,3 +34,13 @@ def test_beyond_keep_buffers_are_made_and_let_go():
     assert pool.reused == 1
     pool.take(5)  # another size: a new buffer
     assert pool.made == 4
+
+
+def test_rows_of_a_pooled_buffer_and_small_requests_apart():
+    pool = BufferPool(ROW, keep=2)
+    big = pool.rows(100, 128)
+    assert len(big) == 100 and len(big.base) == 128 and pool.made == 1
+    small = pool.rows(3, 128)  # a live packet's batch: its own array, no large buffer pinned
+    assert len(small) == 3 and small.base is None and len(pool._buffers) == 1
+    del big
+    assert len(pool.rows(128, 128)) == 128 and pool.reused == 1
