@@ -57,6 +57,14 @@ class BufferPool:
         return rows
 
 
+def _references_in(buffers: list, i: int) -> int:
+    return sys.getrefcount(buffers[i])
+
+
+# What a buffer only the pool's list holds counts, measured the way ``take`` measures (the list's
+# reference and the call's own; measured rather than assumed, as interpreters count differently).
+_FREE = _references_in([np.empty(1)], 0)
+
+
 def _only_held_by_the_pool(buffers: list, i: int) -> bool:
-    # The list's reference and getrefcount's own argument: nothing else (no view, no queue) holds it.
-    return sys.getrefcount(buffers[i]) == 2
+    return _references_in(buffers, i) == _FREE
