@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import numba as nb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -115,8 +116,65 @@ def _arrow_column(column: np.ndarray, type_: pa.DataType) -> pa.Array:
 
 def to_record_batch(records: np.ndarray, schema: pa.Schema) -> pa.RecordBatch:
     """Convert a structured array to an Arrow record batch with ``schema`` (from ``arrow_schema``)."""
-    columns = [_arrow_column(records[field.name], field.type) for field in schema]
+    split = _split_numeric(records, [field.name for field in schema])
+    columns = [split[field.name] if field.name in split else _arrow_column(records[field.name], field.type)
+               for field in schema]
+    columns = [c if isinstance(c, pa.Array) else pa.array(c, type=field.type) for c, field in zip(columns, schema)]
     return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _split_numeric(records: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    """The numeric columns of a contiguous structured array, split in one pass over its rows.
+
+    Picking each column out with numpy reads every row once per column; ``_split_columns`` reads each
+    row once and writes every column (a quarter of the Parquet writer's time went to the picking).
+    Columns it cannot take (strings, unaligned or foreign-order fields) are left to ``_arrow_column``.
+    """
+    dtype = records.dtype
+    if len(records) == 0 or not records.flags.c_contiguous or records.ctypes.data % 8:
+        return {}
+    taken = []
+    for name in names:
+        field, offset = dtype.fields[name][:2]
+        size = field.itemsize
+        if (field.kind in "iufb" and field.isnative and size in (1, 2, 4, 8) and offset % size == 0
+                and dtype.itemsize % size == 0):
+            taken.append((name, field, offset, size))
+    if not taken:
+        return {}
+    n = len(records)
+    starts = np.cumsum([0] + [-(-n * size // 8) * 8 for _, _, _, size in taken])  # each column 8-aligned
+    out = np.empty(int(starts[-1]), dtype=np.uint8)
+    raw = records.view(np.uint8)
+    _split_columns(raw, _words(raw, np.uint16), _words(raw, np.uint32), _words(raw, np.uint64), n, dtype.itemsize,
+                   np.array([t[2] for t in taken], dtype=np.int64), np.array([t[3] for t in taken], dtype=np.int64),
+                   starts[:-1].astype(np.int64), out, out.view(np.uint16), out.view(np.uint32), out.view(np.uint64))
+    return {name: out[starts[k]:starts[k] + n * size].view(field)
+            for k, (name, field, _, size) in enumerate(taken)}
+
+
+def _words(raw: np.ndarray, word) -> np.ndarray:
+    """``raw`` as words of ``word``, a tail shorter than one word left off (no field of that size then)."""
+    size = np.dtype(word).itemsize
+    return raw[: len(raw) // size * size].view(word)
+
+
+@nb.njit(cache=True, nogil=True)
+def _split_columns(raw8, raw16, raw32, raw64, n, itemsize, offsets, sizes, starts, out8, out16, out32, out64):
+    """Row by row, each field (byte ``offsets``, ``sizes``) to its column at byte ``starts`` of ``out``."""
+    for i in range(n):
+        row = i * itemsize
+        for k in range(offsets.shape[0]):
+            size = sizes[k]
+            src = row + offsets[k]
+            if size == 8:
+                out64[(starts[k] >> 3) + i] = raw64[src >> 3]
+            elif size == 4:
+                out32[(starts[k] >> 2) + i] = raw32[src >> 2]
+            elif size == 2:
+                out16[(starts[k] >> 1) + i] = raw16[src >> 1]
+            else:
+                out8[starts[k] + i] = raw8[src]
 
 
 class ParquetWriter:

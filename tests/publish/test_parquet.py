@@ -161,3 +161,27 @@ def test_fixed_bytes_become_strings_without_trailing_spaces_or_nuls(values: list
     expected = [bytes(row).rstrip(b" \x00").decode() for row in raw]
     batch = to_record_batch(records, arrow_schema(dtype))
     assert batch.column(0).to_pylist() == expected
+
+
+def test_numeric_columns_split_in_one_pass_equal_picking_each_column():
+    """``to_record_batch`` splits aligned numeric fields in one compiled pass over the rows; every
+    column equals numpy's own pick, for the pipeline's records, a strided view (picked the plain way)
+    and a packed dtype whose fields are not aligned (left to the plain way)."""
+    from orderbook.records import BBO, L2
+    from parsers import schema
+
+    rng = np.random.default_rng(3)
+    packed = np.dtype({"names": ["a", "b", "c"], "formats": ["u1", "<i8", "<u2"], "offsets": [0, 1, 9],
+                       "itemsize": 11})
+    small = np.dtype([("a", "<u2"), ("b", "<u2"), ("c", "u1"), ("d", "u1")])  # 6-byte rows: no 4- or 8-byte words
+    for dtype in (schema.EVENT.dtype, schema.TRADE.dtype, BBO.dtype, L2.dtype, packed, small):
+        records = np.frombuffer(rng.integers(0, 256, 999 * dtype.itemsize, dtype=np.uint8).tobytes(), dtype=dtype)
+        if "cross_type" in dtype.names:
+            records = records.copy()
+            records["cross_type"] = b"O"
+        for rows in (records, records[1:], records[::3]):
+            batch = to_record_batch(rows, arrow_schema(dtype))
+            for k, name in enumerate(batch.schema.names):
+                if rows.dtype[name].kind == "S":
+                    continue
+                assert batch.column(k).to_numpy().tobytes() == np.ascontiguousarray(rows[name]).tobytes(), name
