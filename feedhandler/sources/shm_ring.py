@@ -288,13 +288,14 @@ class ShmWriter:
                 "upstream_drops": int(hdr[_W_UPSTREAM])}
 
     def close(self, unlink: bool = False) -> None:
-        """Mark the ring closed (the consumer sees no more packets will come); ``unlink`` removes it."""
+        """Mark the ring closed (the consumer sees no more packets will come); ``unlink`` removes it,
+        also when the ring was closed before (a writer closed at its end, unlinked in a ``finally``)."""
         if self._map.hdr is not None:
             self._map.hdr[_W_STATE] = WRITER_CLOSED
             self._map.close()
-            if unlink:
-                with contextlib.suppress(OSError):
-                    os.unlink(self.path)
+        if unlink:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
 
     def __enter__(self) -> ShmWriter:
         return self

@@ -243,6 +243,15 @@ def test_read_returns_at_once_when_the_writer_has_closed(ring_path):
         assert source.stats()["writer_closed"]
 
 
+def test_a_closed_writer_still_unlinks_its_ring(ring_path):
+    """``close()`` at the writer's end, then ``close(unlink=True)`` in a ``finally``: the file goes."""
+    writer = ShmWriter(ring_path, slot_count=4, slot_size=64)
+    writer.close()
+    assert os.path.exists(ring_path)
+    writer.close(unlink=True)
+    assert not os.path.exists(ring_path)
+
+
 def test_bad_rings_fail_with_one_line(ring_path):
     def message(fn) -> str:
         with pytest.raises(SourceError) as err:
