@@ -299,6 +299,13 @@ def multicast_sender(source_addr: str, ttl: int = 1) -> socket.socket:
     return sock
 
 
+def wait_for_receive_timestamps() -> None:
+    """Linux turns receive timestamps on from a work item after the first socket asks for them; a
+    packet that arrives before it has run (a busy machine) carries the time it is read instead. Tests
+    that check kernel receive times open their sources, then wait for this before sending."""
+    time.sleep(0.3)
+
+
 def send_payloads(sock: socket.socket, payloads, group: str, port: int, burst: int = 256,
                   pause_s: float = 0.0005) -> None:
     """Send each payload as one datagram, pausing briefly every ``burst`` so no queue on the way

@@ -23,6 +23,7 @@ from tests.feedhandler.netns import (
     multicast_sender,
     netns_pair,  # noqa: F401  (fixture)
     send_payloads,
+    wait_for_receive_timestamps,
 )
 from tests.feedhandler.sources.mold_check import assert_frames_back
 
@@ -58,9 +59,7 @@ def test_same_packets_and_kernel_times_as_socket_source(netns_pair):
         sock = SocketSource(GROUP, PORT, iface=pair.veths["b"])
     with pair.entered("a"):
         sender = multicast_sender(ADDR_A)
-    # Linux turns receive timestamps on from a work item after the first socket asks for them; a
-    # packet that arrives before it runs (a busy machine) carries the time it is read instead.
-    time.sleep(0.3)
+    wait_for_receive_timestamps()
     with ring, sock, sender:
         t_before = time.time_ns()
         send_payloads(sender, packets, GROUP, PORT)

@@ -26,6 +26,7 @@ from tests.feedhandler.netns import (
     multicast_sender,
     netns_pair,  # noqa: F401  (fixture)
     send_payloads,
+    wait_for_receive_timestamps,
 )
 from tests.feedhandler.sources.mold_check import assert_frames_back
 from tests.feedhandler.sources.test_afpacket import drain, raw_sender, tagged_frame
@@ -51,6 +52,7 @@ def test_same_packets_as_socket_source_with_kernel_side_times(netns_pair, mode):
     # the socket layer first: once the program redirects the feed, the stack no longer sees it
     with pair.entered("b"):
         sock = SocketSource(GROUP, PORT, iface=pair.veths["b"])
+    wait_for_receive_timestamps()
     with sock:
         send_payloads(sender, packets, GROUP, PORT)
         ref, ref_ts, ref_groups, ref_ports = drain(sock, len(packets))

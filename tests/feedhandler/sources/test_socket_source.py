@@ -16,6 +16,7 @@ from tests.feedhandler.netns import (
     multicast_sender,
     netns_pair,  # noqa: F401  (fixture)
     send_payloads,
+    wait_for_receive_timestamps,
 )
 
 GROUP = "239.77.1.1"
@@ -43,6 +44,7 @@ def test_receives_exactly_the_sent_mold_packets_with_kernel_timestamps(netns_pai
         source = SocketSource(GROUP, PORT, iface=pair.veths["b"], use_recvmmsg=use_recvmmsg)
     with pair.entered("a"):
         sender = multicast_sender(ADDR_A)
+    wait_for_receive_timestamps()
     with source, sender:
         t_before = time.time_ns()
         send_payloads(sender, packets, GROUP, PORT)
