@@ -27,7 +27,7 @@ from parsers.venues import VENUES_BY_NAME, Venue
 from orderbook.bars import INTERVALS, BarBuilder
 from orderbook.engine import BookEngine
 from orderbook.records import BBO, L2, ohlcv_record
-from feedhandler.pacing import Pacer, time_slices
+from feedhandler.pacing import Pacer
 from publish.batch import MarketBatch
 from publish.runner import SinkRunner
 

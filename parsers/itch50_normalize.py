@@ -26,7 +26,7 @@ from parsers.clock import NANOS_PER_DAY, VenueClock
 from parsers.buffers import BufferPool
 from parsers.order_refs import OrderRefTable
 from parsers.trades import trades_from_events
-from parsers.schema import UNDEF_PRICE, Action, Flag, Side, StatusKind, TradingState
+from parsers.schema import UNDEF_PRICE, Flag, StatusKind, TradingState
 
 _STATUS_CODES = (b"H", b"Y", b"V", b"W", b"K", b"J", b"h")
 _TRADING_STATE = {b"H": TradingState.HALTED, b"P": TradingState.PAUSED, b"Q": TradingState.QUOTE_ONLY, b"T": TradingState.TRADING}

@@ -1,5 +1,4 @@
 """decode_batch: every message of a mixed batch, grouped by type in sequence order; bad ones skipped."""
-import numpy as np
 
 from parsers import itch50
 from parsers.frames import frames_of

@@ -7,7 +7,7 @@ from parsers import itch50
 from parsers.clock import NANOS_PER_DAY, VenueClock
 from parsers.frames import FrameFlag, empty_frames
 from parsers.itch50_normalize import ItchNormalizer
-from parsers.schema import UNDEF_PRICE, Action, Flag, Side, StatusKind, TradingState
+from parsers.schema import UNDEF_PRICE, Flag, Side, StatusKind, TradingState
 
 T0 = 34_200 * 1_000_000_000  # 09:30 ET in ns since midnight
 MIDNIGHT = 1_710_475_200_000_000_000  # 2024-03-15 00:00 EDT
