@@ -13,27 +13,21 @@ import psycopg
 import pytest
 
 from feedhandler.audit_store import TABLES, AuditStore
+from tests.trading import command_rows
 from trading.matching import MatchingEngine
-from trading.orders import ORDER_EVENT, CommandKind, OrderSide, OrderType, TimeInForce, commands
+from trading.orders import ORDER_EVENT, OrderSide, OrderType, TimeInForce, commands
 
-P = 10_000_000  # one cent
 SYMBOLS = {"AAPL": 1, "MSFT": 2}
 ACCOUNTS = {"alice": 1, "bob": 2}
 BUY, SELL = OrderSide.BUY, OrderSide.SELL
 
 
-def new(oid, side, qty, price=None, typ=OrderType.LIMIT, tif=TimeInForce.DAY, stop=None, inst=1, account=1, ts=0):
-    row = dict(kind=CommandKind.NEW, order_id=oid, side=side, qty=qty, order_type=typ, tif=tif, instrument_id=inst,
-               account=account, ts=ts)
-    if price is not None:
-        row["price"] = price * P
-    if stop is not None:
-        row["stop_price"] = stop * P
-    return row
+def new(*args, account=1, **fields):  # alice's unless said (command_rows' default account is 7)
+    return command_rows.new(*args, account=account, **fields)
 
 
 def cancel(oid, account=1, ts=0):
-    return dict(kind=CommandKind.CANCEL, order_id=oid, account=account, ts=ts)
+    return command_rows.cancel(oid, account=account, ts=ts)
 
 
 @pytest.fixture
