@@ -139,6 +139,9 @@ def _level_pos(lv, start, n, key):
     return lo
 
 
+level_pos = _level_pos  # for readers of the engine's level runs (trading.market)
+
+
 @nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _give_room(lv, bk, scalars, book):
     """Move a full run to a region twice its size at the pool's end; False if the pool is full."""

@@ -74,6 +74,7 @@ import enum
 import numba as nb
 import numpy as np
 
+from orderbook.kernel import level_pos as _lower  # first index of a level run whose key is >= key
 from parsers.schema import UNDEF_PRICE, Action, Flag, Record, Side, _c, _pad, _price
 from trading import matching as mt
 from trading.orders import (COMMAND, ORDER_EVENT, CommandKind, EventKind, Liquidity, OrderSide, OrderType, TimeInForce,
@@ -245,14 +246,7 @@ def _consumed_total(cu, cn, inst, s):
 @nb.njit(cache=True, nogil=True, _nrt=False)
 def _feed_size(feed_lv, start, n, key):
     """Displayed size of the feed level with ``key`` in the run (best last), 0 if absent."""
-    lo = start
-    hi = start + n
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if feed_lv[mid, 0] < key:
-            lo = mid + 1
-        else:
-            hi = mid
+    lo = _lower(feed_lv, start, n, key)
     if lo < start + n and feed_lv[lo, 0] == key:
         return feed_lv[lo, 2]
     return np.int64(0)
@@ -343,20 +337,6 @@ def _put_mark(inst, feed_lv, feed_bk, mark_kind, last_px, last_mark, ts, out, n)
         n = _put(out, n, ts, mark, np.uint64(0), inst, _K_MARK, np.uint8(0))
         last_mark[inst] = mark
     return n
-
-
-@nb.njit(cache=True, nogil=True, _nrt=False)
-def _lower(feed_lv, fs, fn, key):
-    """First index of the feed run (keys ascending, best last) whose key is at least ``key``."""
-    lo = fs
-    hi = fs + fn
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if feed_lv[mid, 0] < key:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
