@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parsers.schema import TRADE
-from publish.parquet import ParquetWriter, arrow_schema, to_record_batch
+from publish.parquet import BackgroundWriters, ParquetWriter, arrow_schema, to_record_batch
 
 QUOTE = np.dtype(
     [
@@ -185,3 +185,43 @@ def test_numeric_columns_split_in_one_pass_equal_picking_each_column():
                 if rows.dtype[name].kind == "S":
                     continue
                 assert batch.column(k).to_numpy().tobytes() == np.ascontiguousarray(rows[name]).tobytes(), name
+
+
+def test_time_ordered_columns_are_delta_encoded_and_read_back_exactly(tmp_path):
+    path = tmp_path / "quotes.parquet"
+    quotes = make_quotes(3000)
+    with ParquetWriter(path, QUOTE) as writer:
+        writer.write(quotes)
+    column = {pq.ParquetFile(path).metadata.row_group(0).column(k).path_in_schema: k for k in range(7)}
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    assert "DELTA_BINARY_PACKED" in meta.column(column["ts_event"]).encodings
+    assert "DELTA_BINARY_PACKED" not in meta.column(column["price"]).encodings
+    assert pq.read_table(path).column("ts_event").to_numpy().tolist() == quotes["ts_event"].tolist()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_background_writers_keep_each_files_batches_in_order_over_threads(tmp_path, threads):
+    names = ["a", "b", "c", "d"]
+    writers = {name: ParquetWriter(tmp_path / f"{name}.parquet", QUOTE, row_group_rows=500) for name in names}
+    background = BackgroundWriters(writers, max_batches=2, threads=threads)
+    start = dict.fromkeys(names, 0)
+    for k in range(40):
+        name = names[k % len(names)] if k % 3 else "a"
+        n = 1 + (k * 37) % 300
+        background.write(name, make_quotes(n, start[name]))
+        start[name] += n
+    background.close()
+    for name in names:
+        ts = pq.read_table(tmp_path / f"{name}.parquet").column("ts_event").to_numpy()
+        assert ts.tolist() == make_quotes(start[name])["ts_event"].tolist()
+
+
+def test_background_writers_report_a_writer_thread_failure(tmp_path):
+    good = ParquetWriter(tmp_path / "good.parquet", QUOTE)
+    bad = ParquetWriter(tmp_path / "bad.parquet", QUOTE)
+    background = BackgroundWriters({"good": good, "bad": bad}, threads=2)
+    background.write("good", make_quotes(10))
+    background.write("bad", np.zeros(3, dtype=TRADE))  # another dtype: the writer thread refuses it
+    with pytest.raises(TypeError, match="differs"):
+        background.close()
+    assert pq.read_table(tmp_path / "good.parquet").num_rows == 10
