@@ -143,6 +143,11 @@ class BookEngine:
         bbo, l2 = self._bbo_parts, self._l2_parts
         out = BookOutput(_joined(BBO, bbo), _joined(L2, l2))
         self._bbo_parts, self._l2_parts = [], []
+        if len(bbo) > 1 or len(l2) > 1:
+            # The batch outgrew its buffers and its rows were joined by a copy: size the buffers for
+            # batches like it, so the next ones are handed out as they were written.
+            self._bbo = self._fresh(BBO, max(len(self._bbo), _room_for(len(out.bbo))))
+            self._l2 = self._fresh(L2, max(len(self._l2), _room_for(len(out.l2))))
         return out
 
     # -- the public face ----------------------------------------------------------------------------
@@ -273,6 +278,11 @@ def _joined(record, parts: list[np.ndarray]) -> np.ndarray:
     if not parts:
         return _NO_ROWS[record.name]
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _room_for(rows: int) -> int:
+    """Buffer rows for batches of about ``rows`` rows: a quarter more, rounded up to 64k rows."""
+    return -(-(rows + rows // 4) // (1 << 16)) << 16
 
 
 def _pow2(n: int) -> int:

@@ -54,6 +54,11 @@ class BufferPool:
         self.made += 1
         if len(buffers) < self.keep:
             buffers.append(rows)
+        else:  # full: a free buffer of another size (requests grew) makes way for this one
+            for i in range(len(buffers)):
+                if _only_held_by_the_pool(buffers, i):
+                    buffers[i] = rows
+                    break
         return rows
 
 

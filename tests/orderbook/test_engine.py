@@ -377,3 +377,19 @@ def test_each_conflated_window_sends_exactly_what_changed_in_the_top_n(seed, win
                     expected[(last, int(inst), int(side))] = diff
                 sent[(inst, side)] = now
     assert got == expected and len(got) > 200
+
+
+def test_a_batch_that_outgrew_its_buffers_sizes_them_for_the_next_batches():
+    events = random_events(6, 40_000, instruments=7)
+    small = BookEngine(depth=5, out_rows=1 << 12)
+    first = small.apply(events[:20_000])
+    assert len(first.l2) > 1 << 12  # joined from parts: the buffers grew to fit batches like it
+    l2_buffer, bbo_buffer = small._l2, small._bbo
+    assert len(l2_buffer) >= len(first.l2) and len(bbo_buffer) >= len(first.bbo)
+    second = small.apply(events[20_000:])
+    # The next batch is handed out as written, a view of one buffer, not joined by a copy.
+    assert np.shares_memory(second.l2, l2_buffer) and np.shares_memory(second.bbo, bbo_buffer)
+    roomy = BookEngine(depth=5, out_rows=1 << 20)
+    for got in (first, second):
+        want = roomy.apply(events[:20_000] if got is first else events[20_000:])
+        assert got.bbo.tobytes() == want.bbo.tobytes() and got.l2.tobytes() == want.l2.tobytes()

@@ -44,3 +44,14 @@ def test_rows_of_a_pooled_buffer_and_small_requests_apart():
     assert len(small) == 3 and small.base is None and len(pool._buffers) == 1
     del big
     assert len(pool.rows(128, 128)) == 128 and pool.reused == 1
+
+
+def test_a_full_pool_lets_a_free_buffer_of_another_size_go_for_a_new_size():
+    pool = BufferPool(ROW, keep=2)
+    held = [pool.take(4), pool.take(4)]
+    held.pop()
+    grown = pool.take(16)  # the requests grew: the free 4-row buffer makes way
+    assert sorted(len(b) for b in pool._buffers) == [4, 16]
+    del grown
+    pool.take(16)
+    assert pool.reused == 1 and pool.made == 3
