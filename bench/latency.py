@@ -241,6 +241,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sinks", default="redis,websocket",
                     help="sinks on, each with its subscriber (default redis,websocket: both at once)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--dump", metavar="DIR", help="also save the raw releases, reads and hop traces there (.npy)")
     ap.add_argument("--subscriber", nargs=3, metavar=("KIND", "URL", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.subscriber:
@@ -301,6 +302,15 @@ def main(argv=None) -> int:
             own.close()
 
     rel = np.array([r for r in releases if r[0] > 0], dtype=np.int64).reshape(-1, 3)
+    if args.dump:
+        import shutil
+
+        os.makedirs(args.dump, exist_ok=True)
+        np.save(os.path.join(args.dump, "releases.npy"), rel)
+        for kind, rows in received.items():
+            np.save(os.path.join(args.dump, f"read_{kind}.npy"), rows)
+        for f in os.listdir(trace_dir):
+            shutil.copy(os.path.join(trace_dir, f), args.dump)
     order = np.argsort(rel[:, 0], kind="stable")
     if not np.array_equal(order, np.arange(len(rel))):
         raise SystemExit("the pacer's pieces are not in capture-time order")

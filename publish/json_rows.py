@@ -603,14 +603,17 @@ class L2Books:
         self.lv, self.n = lv, n
 
 
-def sample_batch_arrays() -> dict[str, np.ndarray]:
-    """One row of each kind (for warming kernels up before the first real batch)."""
+def sample_batch_arrays(rows: int = 1) -> dict[str, np.ndarray]:
+    """``rows`` rows of each kind (twice that of L2: both sides), for warming kernels up before the
+    first real batch. Warm up with 1 row and with several: numba types a column of a one-row array
+    (``bbo["instrument_id"]``) as contiguous and of a longer one as strided, two compilations; the
+    one the warm-up missed is loaded from the cache at the first batch that needs it (ms)."""
     from parsers.schema import STATUS, TRADE
     from orderbook.records import BBO, L2
 
-    bbo, l2, trades, status = BBO.empty(1), L2.empty(2), TRADE.empty(1), STATUS.empty(1)
-    for rows in (bbo, l2, trades, status):
-        rows["instrument_id"] = 1
-    l2["side"] = [_BID, _ASK]
+    bbo, l2, trades, status = BBO.empty(rows), L2.empty(2 * rows), TRADE.empty(rows), STATUS.empty(rows)
+    for rows_of in (bbo, l2, trades, status):
+        rows_of["instrument_id"] = 1
+    l2["side"] = [_BID, _ASK] * rows
     l2["size"] = 1
     return {"bbo": bbo, "l2": l2, "trades": trades, "status": status}

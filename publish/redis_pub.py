@@ -147,7 +147,8 @@ class RedisPublisher:
         """Run every compiled writer once (numba loads or compiles them: tens of ms the first batch
         would otherwise wait); a sink process calls it before it opens."""
         spare = RedisPublisher(self.url, self.venue_depth, self.encoder.encoding, self.stream_maxlen)
-        spare.encode(MarketBatch("warm-up", {1: "WARM"}, **sample_batch_arrays()))
+        for rows in (1, 3):  # one row and several: both array layouts numba distinguishes
+            spare.encode(MarketBatch("warm-up", {1: "WARM"}, **sample_batch_arrays(rows)))
         scan_replies(np.frombuffer(b":1\r\n", dtype=np.uint8), 0, 4, 1)
 
     def open(self) -> None:

@@ -10,7 +10,9 @@ Rules this module keeps:
   takes the whole list at once, so a merged batch holds at most what arrived during one loop round.
 - Per connection: a reader task feeds the hub; a writer task takes messages from the hub only when the
   previous send has drained (websockets' ``write_limit``), so a client that stops reading stops taking,
-  and its hub queue conflates behind it. The messages of one writer round go out as frames of one
+  and its hub queue conflates behind it. The loop that applies a batch sends a client's messages itself
+  when that client's writer is idle and its socket is not paused (``_send_now``): no writer round
+  between a batch and its frames; whatever is more than one round, or waits for a drain, is the writer's. The messages of one writer round go out as frames of one
   buffer, in one socket write (``_Connection``): one segment and one wake-up of the client per round,
   not per message. A stuck client is closed with 1013 and, since it is not
   reading, its TCP connection is aborted after ``close_timeout``.
@@ -39,6 +41,7 @@ import urllib.parse
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import OPEN as _OPEN
 
 from publish.batch import MarketBatch, Merging, merge, settled
 from publish.ws_protocol import Hub
@@ -102,6 +105,7 @@ class WebSocketServer:
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._conns: dict[int, tuple[ServerConnection, asyncio.Event, asyncio.Task | None]] = {}
+        self._sending: set[int] = set()  # connections whose writer task is sending (or awaiting a drain)
 
     # -- sink protocol (any thread) -----------------------------------------------------------------
 
@@ -113,7 +117,8 @@ class WebSocketServer:
         hub = Hub(depth=self._hub_args["depth"])
         cid = hub.connect(0.0)
         hub.receive(cid, '{"op":"subscribe","channels":["bbo","l2","trades","status"],"symbols":"*"}', 0.0)
-        hub.apply(MarketBatch("warm-up", {1: "WARM"}, **sample_batch_arrays()), 0.0)
+        for rows in (1, 3):  # one row and several: both array layouts numba distinguishes
+            hub.apply(MarketBatch("warm-up", {1: "WARM"}, **sample_batch_arrays(rows)), 0.0)
         hub.data_to_send(cid, 100)
 
     def open(self) -> None:
@@ -181,10 +186,7 @@ class WebSocketServer:
         """Apply a batch at once and wake the clients it gave something: on the server's loop only."""
         woken = self.hub.apply(batch, time.monotonic())
         self.counters["batches"] += 1
-        for cid in woken:
-            conn = self._conns.get(cid)
-            if conn is not None:
-                conn[1].set()
+        self._send_now(woken)
         self._sync_counters()
 
     def push(self, pairs: list[tuple[str, dict]]) -> None:
@@ -256,6 +258,7 @@ class WebSocketServer:
     async def _main(self) -> None:
         self.hub = Hub(**self._hub_args)
         self._conns = {}
+        self._sending = set()
         self._stop = asyncio.Event()
         async with serve(self._handle, self.host, self._requested_port, max_size=self.max_message_bytes,
                          close_timeout=self.close_timeout, compression=None,
@@ -284,11 +287,31 @@ class WebSocketServer:
         for batch in batches:
             woken |= hub.apply(settled(batch), now)
         self.counters["batches"] += len(batches)
+        self._send_now(woken)
+        self._sync_counters()
+
+    def _send_now(self, woken) -> None:
+        """On the loop: send what the woken clients have, from here (no writer round in between) when
+        their writer is idle and their socket takes it (not paused by ``write_limit``); else, or when
+        more is left than one round, their writer does it (and waits for the socket to drain)."""
+        hub = self.hub
         for cid in woken:
             conn = self._conns.get(cid)
-            if conn is not None:
-                conn[1].set()
-        self._sync_counters()
+            if conn is None:
+                continue
+            ws, wake = conn[0], conn[1]
+            if cid in self._sending or ws.paused or ws.protocol.state is not _OPEN or ws.transport.is_closing():
+                wake.set()
+                continue
+            messages = hub.data_to_send(cid, self.send_chunk)
+            if messages:
+                send_text = ws.protocol.send_text
+                for text in messages:
+                    send_text(text.encode())
+                ws.send_data()
+                self.counters["messages_sent"] += len(messages)
+            if len(messages) == self.send_chunk or hub.closing(cid) is not None:
+                wake.set()
 
     async def _tick(self) -> None:
         interval = max(0.01, min(0.25, self._hub_args["stuck_s"] / 5))
@@ -369,13 +392,17 @@ class WebSocketServer:
             while True:
                 await wake.wait()
                 wake.clear()
-                while messages := hub.data_to_send(cid, self.send_chunk):
-                    async with ws.send_context():  # every frame, then one write (_Connection); raises
-                        # ConnectionClosed as send() does once the connection is not open
-                        send_text = ws.protocol.send_text
-                        for text in messages:
-                            send_text(text.encode())
-                    self.counters["messages_sent"] += len(messages)
+                self._sending.add(cid)  # while it sends (and awaits the drain), _send_now leaves cid to it
+                try:
+                    while messages := hub.data_to_send(cid, self.send_chunk):
+                        async with ws.send_context():  # every frame, then one write (_Connection); raises
+                            # ConnectionClosed as send() does once the connection is not open
+                            send_text = ws.protocol.send_text
+                            for text in messages:
+                                send_text(text.encode())
+                        self.counters["messages_sent"] += len(messages)
+                finally:
+                    self._sending.discard(cid)
                 close = hub.closing(cid)
                 if close is not None and close[2]:
                     await self._close(ws, close[0], close[1])
