@@ -187,16 +187,33 @@ def test_numeric_columns_split_in_one_pass_equal_picking_each_column():
                 assert batch.column(k).to_numpy().tobytes() == np.ascontiguousarray(rows[name]).tobytes(), name
 
 
-def test_time_ordered_columns_are_delta_encoded_and_read_back_exactly(tmp_path):
+def test_columns_are_encoded_by_kind_and_read_back_exactly(tmp_path):
     path = tmp_path / "quotes.parquet"
     quotes = make_quotes(3000)
     with ParquetWriter(path, QUOTE) as writer:
         writer.write(quotes)
-    column = {pq.ParquetFile(path).metadata.row_group(0).column(k).path_in_schema: k for k in range(7)}
-    meta = pq.ParquetFile(path).metadata.row_group(0)
-    assert "DELTA_BINARY_PACKED" in meta.column(column["ts_event"]).encodings
-    assert "DELTA_BINARY_PACKED" not in meta.column(column["price"]).encodings
-    assert pq.read_table(path).column("ts_event").to_numpy().tolist() == quotes["ts_event"].tolist()
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    encodings = {group.column(k).path_in_schema: group.column(k).encodings for k in range(group.num_columns)}
+    assert "DELTA_BINARY_PACKED" in encodings["ts_event"]  # time-ordered
+    assert "DELTA_BINARY_PACKED" in encodings["instrument_id"] and "DELTA_BINARY_PACKED" in encodings["side"]
+    assert "BYTE_STREAM_SPLIT" in encodings["price"] and "BYTE_STREAM_SPLIT" in encodings["size"]
+    assert "RLE_DICTIONARY" in encodings["symbol"]
+    table = pq.read_table(path)
+    for name in ("ts_event", "price", "size", "instrument_id", "venue", "side"):
+        assert table.column(name).to_numpy().tolist() == quotes[name].tolist(), name
+
+
+def test_every_numeric_type_is_written_and_read_back(tmp_path):
+    kinds = ["b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8"]
+    dtype = np.dtype([(f"c_{kind}", kind) for kind in kinds])
+    rows = np.zeros(1000, dtype=dtype)
+    for name in dtype.names:
+        rows[name] = (np.arange(1000) % 120 - (0 if "_u" in name else 60)).astype(dtype[name])
+    with ParquetWriter(tmp_path / "all.parquet", dtype) as writer:
+        writer.write(rows)
+    table = pq.read_table(tmp_path / "all.parquet")
+    for name in dtype.names:
+        assert table.column(name).to_numpy().tolist() == rows[name].tolist(), name
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
