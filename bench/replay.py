@@ -450,9 +450,9 @@ def print_table(report: dict) -> None:
                                              sorted(r["parquet_bytes"].items(), key=lambda kv: -kv[1])[:4])
             for r in conflated))
     print(f"numba's cache loaded (or compiled) on the first {report['warmup_messages']:,} messages before timing, "
-          f"{report['warmup_seconds']:.2f} s, untimed. A conflated L2 update is a complete top-N snapshot "
-          f"(up to 2 x {report['depth']} rows) per instrument and window; the generator spreads the day's "
-          "messages over 16 hours, so most windows hold one update of a symbol.")
+          f"{report['warmup_seconds']:.2f} s, untimed. A conflated window's L2 rows are the levels of its top "
+          f"{report['depth']} that differ from what the last window sent (docs/books.md); the generator spreads "
+          "the day's messages over 16 hours, so most windows hold one update of a symbol.")
 
 
 if __name__ == "__main__":
