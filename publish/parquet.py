@@ -284,7 +284,8 @@ class BackgroundWriters:
     batches stay in order): the thread that had been handed the fewest rows when the file got its
     first batch, which spreads the big outputs (events, L2, BBO) over the threads. The queues are
     bounded: when the disk falls behind, ``write`` waits (files are the record of a replay: nothing is
-    dropped). Arrays handed over must not change.
+    dropped). Arrays handed over must not change. A file whose writer fails takes no more rows, the
+    others are still written; the first failure is raised at the caller's next ``write`` or ``close``.
     """
 
     def __init__(self, writers: Mapping[str, ParquetWriter], max_batches: int = 16, threads: int = 2) -> None:
@@ -297,6 +298,7 @@ class BackgroundWriters:
         self._queues = [queue.Queue(max_batches) for _ in range(threads)]
         self._rows_handed = [0] * threads
         self._thread_of: dict[str, int] = {}
+        self._failed: dict[str, BaseException] = {}
         self._error: BaseException | None = None
         self._threads = [threading.Thread(target=self._run, args=(q,), name=f"parquet-writer-{k}", daemon=True)
                          for k, q in enumerate(self._queues)]
@@ -318,11 +320,13 @@ class BackgroundWriters:
             item = queue.get()
             if item is None:
                 return
-            if self._error is None:
+            name, records = item
+            if name not in self._failed:  # a file that failed takes no more rows; the others go on
                 try:
-                    self.writers[item[0]].write(item[1])
+                    self.writers[name].write(records)
                 except BaseException as exc:  # reported to the caller at its next write or close
-                    self._error = exc
+                    self._failed[name] = exc
+                    self._error = self._error or exc
 
     def close(self) -> None:
         """Write everything queued, finish every file; raise what a writer thread hit, if anything."""

@@ -1,6 +1,8 @@
 """Parquet output: schema derivation and round trips through pyarrow, value by value."""
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -233,12 +235,27 @@ def test_background_writers_keep_each_files_batches_in_order_over_threads(tmp_pa
         assert ts.tolist() == make_quotes(start[name])["ts_event"].tolist()
 
 
-def test_background_writers_report_a_writer_thread_failure(tmp_path):
+class _HeldWriter(ParquetWriter):
+    """A file writer whose writes wait until ``release`` is set (the failure comes when the test says)."""
+
+    def __init__(self, *args, release: threading.Event, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.release = release
+
+    def write(self, records: np.ndarray) -> None:
+        self.release.wait(10)
+        super().write(records)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_failing_file_is_reported_and_the_other_files_are_still_written(tmp_path, threads):
+    release = threading.Event()
     good = ParquetWriter(tmp_path / "good.parquet", QUOTE)
-    bad = ParquetWriter(tmp_path / "bad.parquet", QUOTE)
-    background = BackgroundWriters({"good": good, "bad": bad}, threads=2)
-    background.write("good", make_quotes(10))
+    bad = _HeldWriter(tmp_path / "bad.parquet", QUOTE, release=release)
+    background = BackgroundWriters({"good": good, "bad": bad}, threads=threads)
     background.write("bad", np.zeros(3, dtype=TRADE))  # another dtype: the writer thread refuses it
+    background.write("good", make_quotes(10))  # one thread: queued behind the failing batch
+    release.set()
     with pytest.raises(TypeError, match="differs"):
         background.close()
     assert pq.read_table(tmp_path / "good.parquet").num_rows == 10
