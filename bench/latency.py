@@ -22,7 +22,10 @@ What happens, in one run:
    ``ts_recv``; its latency is its read time minus that release.
 4. Printed: p50, p99, p99.9 and max per subscriber and channel (target: p99 <= 1 ms on loopback), and how
    late the pacer released pieces against their due time (a late release is the feed falling behind,
-   not counted in the latency above).
+   not counted in the latency above). Then the same latencies by how long the machine was quiet before
+   each piece (<1 ms, 1-5 ms, >=5 ms since the previous release) and for big pieces (10+ messages),
+   with each group's share of the messages over 1 ms: the first piece after a quiet spell runs cold in
+   every process on its path (``gap_breakdown``). ``--dump DIR`` keeps the raw arrays.
 5. Where the time goes (``--mode process``): each sink process records every write's hops
    (``publish.process_runner.HopTrace``, switched on by ``FEEDHANDLER_SINK_TRACE``): release -> offer
    (the feed's book update and queue copy), offer -> taken (the sink process waking), taken -> write
@@ -195,6 +198,31 @@ def hop_breakdown(rel: np.ndarray, received: dict, trace_dir: str, sinks: dict) 
     return out
 
 
+GAPS_NS = ((0, 1_000_000, "<1ms"), (1_000_000, 5_000_000, "1-5ms"), (5_000_000, 1 << 62, ">=5ms"))
+BIG_PIECE = 10  # messages
+
+
+def gap_breakdown(rel: np.ndarray, rows: np.ndarray) -> dict:
+    """One subscriber's latencies by how long the machine was quiet before the piece (the time since
+    the previous release), and of the messages of big pieces (``BIG_PIECE`` messages or more: the
+    subscriber reads them one by one); with each group's share of all the messages over the target.
+    After a few ms with nothing to do, every process on the path runs its first piece slower (cold
+    caches: on a VM the idle vCPU is halted and its core serves others)."""
+    gap = np.diff(rel[:, 2], prepend=rel[0, 2] - (1 << 62))
+    piece = np.searchsorted(rel[:, 0], rows[:, 1], side="right") - 1
+    ok = piece >= 0
+    piece, read = piece[ok], rows[ok, 0]
+    lat = read - rel[piece, 2]
+    over = lat > TARGET_P99_NS
+    size = np.bincount(piece, minlength=len(rel))[piece]
+    out = {}
+    groups = [(name, (gap[piece] >= lo) & (gap[piece] < hi) & (size < BIG_PIECE)) for lo, hi, name in GAPS_NS]
+    groups.append((f">={BIG_PIECE} msgs", size >= BIG_PIECE))
+    for name, m in groups:
+        out[name] = {**percentiles(lat[m]), "share_of_over_target": float(over[m].sum() / max(1, over.sum()))}
+    return out
+
+
 def cpu_times(runners, subs, own) -> dict[str, float]:
     """CPU seconds (user + system) used so far by each process on the path."""
     pids = {"feed": os.getpid(), **{f"sub_{s.kind}": s.proc.pid for s in subs}}
@@ -324,6 +352,7 @@ def main(argv=None) -> int:
         for code, name in ((0, "bbo"), (1, "l2"), (2, "trade")):
             results[kind][name] = percentiles(lat[rows[ok, 2] == code])
     hops = hop_breakdown(rel, received, trace_dir, {"ws": "websocket", "redis": "redis"})
+    by_gap = {kind: gap_breakdown(rel, rows) for kind, rows in received.items()}
     report = {"capture": {"path": str(path.relative_to(ROOT)), "messages": summary.messages,
                           "symbols": args.symbols, "span_hours": span_ns / 3.6e12, "made_by": how},
               "speed": speed, "conflate": args.conflate, "mode": args.mode, "sink_nice": _sink_nice(args.nice),
@@ -332,7 +361,7 @@ def main(argv=None) -> int:
               "pieces": int(len(rel)),
               "release_late_us": {"p50": float(np.percentile(late, 50)) / 1e3,
                                   "p99": float(np.percentile(late, 99)) / 1e3, "max": float(late.max()) / 1e3},
-              "latency": results, "hops": hops, "sinks": reports,
+              "latency": results, "by_gap": by_gap, "hops": hops, "sinks": reports,
               "machine": {"python": platform.python_version(), "cores": os.cpu_count(),
                           "load_avg_1m": os.getloadavg()[0]}}
     if args.json:
@@ -363,6 +392,12 @@ def print_table(report: dict) -> None:
             label = f"{labels[kind]} {name}" if name != "all" else labels[kind]
             print(f"{label:<34} {p['count']:>9,} {p['p50_us']:>8.0f} {p['p99_us']:>8.0f} {p['p99_9_us']:>9.0f} "
                   f"{p['max_us']:>9.0f}  " + ("ok" if p["meets_target"] else "MISS"))
+    for kind, groups in report.get("by_gap", {}).items():
+        print(f"{labels[kind]}, by the quiet time before the piece (and big pieces):")
+        for name, p in groups.items():
+            if p.get("count"):
+                print(f"  {name:<32} {p['count']:>9,} {p['p50_us']:>8.0f} {p['p99_us']:>8.0f} {p['p99_9_us']:>9.0f} "
+                      f"{p['max_us']:>9.0f}  {100 * p['share_of_over_target']:.0f}% of those over 1 ms")
     for kind, hops in report.get("hops", {}).items():
         print(f"{labels[kind]}, hop by hop (each hop's own percentiles, us):")
         for name, p in hops.items():
