@@ -311,7 +311,7 @@ def main(argv=None) -> int:
         os.environ[TRACE_ENV] = trace_dir  # the sink processes record each hop (HopTrace)
     try:
         names = [n for n in ("redis", "websocket") if n in args.sinks.split(",")]
-        runners, _ = make_runners(names, redis_url, "", args.depth, args.mode, args.nice)
+        runners, _ = make_runners(names, redis_url, "", args.depth, args.mode, args.nice, full_speed=False)
         wait_open(runners)
         subs = [Subscriber("ws", f"ws://127.0.0.1:{r.sink.port}", tmp) for r in runners if r.sink.name == "websocket"]
         subs += [Subscriber("redis", redis_url, tmp) for r in runners if r.sink.name == "redis"]

@@ -170,10 +170,11 @@ class Reader:
 
 # ===================================================================== 2. replays with sinks
 def make_runners(names: list[str], redis_url: str, dsn: str, depth: int, mode: str = "process",
-                 nice: int | None = None) -> tuple[list, list[str]]:
+                 nice: int | None = None, full_speed: bool = True) -> tuple[list, list[str]]:
     """The runners ``feedhandler replay --redis ... --timescale ... --ws ...`` builds
     (``feedhandler.sinks.build_runners``): each sink in a process of its own, or with ``mode="thread"``
-    (``process = false``) on a thread of the feed's process, as before."""
+    (``process = false``) on a thread of the feed's process, as before. ``full_speed``: for a replay
+    without ``--speed`` (the sink processes take their ``nice`` from the start), as this bench's."""
     from feedhandler.sinks import build_runners
 
     settings, schemas = {}, []
@@ -189,7 +190,7 @@ def make_runners(names: list[str], redis_url: str, dsn: str, depth: int, mode: s
         if mode == "process" and nice is not None:
             conf["nice"] = nice
         settings[name] = conf
-    return build_runners(settings, venue_depth=depth), schemas
+    return build_runners(settings, venue_depth=depth, full_speed=full_speed), schemas
 
 
 def wait_open(runners, timeout: float = 30.0) -> None:

@@ -249,7 +249,7 @@ def _run_replay(args) -> int:
     stop = threading.Event()
     with _stop_on_signals(stop):
         try:
-            runners = build_runners(sinks, venue_depth=depth)
+            runners = build_runners(sinks, venue_depth=depth, full_speed=speed is None)
         except (ConfigError, KeyError, ValueError, TypeError) as exc:
             raise UserError(f"sink settings: {exc}") from None
         try:

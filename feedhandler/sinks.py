@@ -55,11 +55,14 @@ def load_config(path: str | None) -> dict:
         raise ConfigError(f"cannot read config {p}: {exc}") from None
 
 
-def build_runners(settings: dict[str, dict], venue_depth: int = 10) -> list[SinkRunner | ProcessSinkRunner]:
+def build_runners(settings: dict[str, dict], venue_depth: int = 10,
+                  full_speed: bool = False) -> list[SinkRunner | ProcessSinkRunner]:
     """One started runner per configured sink (``redis``, ``timescale``, ``websocket``).
 
     Each sink runs in a process of its own (``publish.process_runner``) unless ``process = false``:
     then on a thread of the feed's process (``publish.runner``), sharing its interpreter lock.
+    ``full_speed``: the feed never waits (a replay without ``--speed``), so the sink processes take
+    their ``nice`` from the start instead of once they look busy.
     """
     runners = []
     try:
@@ -73,7 +76,8 @@ def build_runners(settings: dict[str, dict], venue_depth: int = 10) -> list[Sink
             factory, kwargs, attrs = _sink(name, conf, venue_depth)
             if in_process:
                 runners.append(ProcessSinkRunner(factory, kwargs, max_batches=max_batches, policy=policy,
-                                                 queue_bytes=_queue_bytes(name, queue_mb), nice=nice, attrs=attrs))
+                                                 queue_bytes=_queue_bytes(name, queue_mb), nice=nice,
+                                                 nice_from_start=full_speed, attrs=attrs))
             else:
                 runners.append(SinkRunner(factory(**kwargs), max_batches=max_batches, policy=policy))
     except BaseException:

@@ -60,7 +60,11 @@ from publish.shm_queue import ShmQueue
 STOP_GRACE_S = 8.0  # after the drain deadline: the sink's close (WebSocketServer waits close_timeout + 5 s)
 STATUS_EVERY_S = 0.05  # the child republishes its sink's counters at most this often while busy
 MERGE_MAX_ROWS = 1 << 20  # rows of one merged write; what is left waits for the next write
-BUSY_WINDOW_S = 0.5  # the sink process measures its CPU share over windows this long
+# The sink process measures its CPU share over windows this long: short to take its ``nice`` (a
+# replay at full speed of a million messages is over in a third of a second, and three sinks at the
+# feed's niceness took two thirds of the cores from it meanwhile), long to give it back (no flapping).
+RAISE_WINDOW_S = 0.05
+LOWER_WINDOW_S = 0.5
 BUSY_SHARE = 0.5  # CPU share of one core above which it takes its ``nice``, and the feed keeps its core
 IDLE_SHARE = 0.2  # below this again: back to the feed's niceness (where the OS lets a process lower it)
 STEP_ROWS = 4096  # a sink on its own loop applies batches up to this many rows per loop round
@@ -116,16 +120,20 @@ class ProcessSinkRunner:
             the overflow policy applies.
         policy: ``conflate`` or ``drop-oldest``.
         queue_bytes: the shared-memory queue's size.
-        nice: added to the child's scheduling niceness while it is busy (``_Niceness``: over half a core),
-            so the feed keeps its core when they compete; a child that keeps up runs at the feed's
-            niceness, and a wake-up of it is not queued behind every other process of the machine.
+        nice: added to the child's scheduling niceness while it is busy (``_Niceness``: over half a core,
+            or behind), so the feed keeps its core when they compete; a child that keeps up runs at the
+            feed's niceness, and a wake-up of it is not queued behind every other process of the machine.
+        nice_from_start: take ``nice`` at once and keep it: for a feed that never waits (a replay at
+            full speed), where every sink is behind from its first batch and no wake-up is on a
+            latency path.
         backoff_s, max_backoff_s: sink reopens and process restarts wait this long, doubling to the cap.
         attrs: names the handle answers before the child reports (e.g. ``host``, ``port``).
         close_grace_s: ``stop`` waits this long past its deadline for the sink's own close.
     """
 
     def __init__(self, factory: Callable, kwargs: dict | None = None, *, max_batches: int = 64,
-                 policy: str = "conflate", queue_bytes: int = 64 << 20, nice: int = 0, backoff_s: float = 0.05,
+                 policy: str = "conflate", queue_bytes: int = 64 << 20, nice: int = 0,
+                 nice_from_start: bool = False, backoff_s: float = 0.05,
                  max_backoff_s: float = 2.0, attrs: dict | None = None, close_grace_s: float = STOP_GRACE_S) -> None:
         if policy not in POLICIES:
             raise ValueError(f"overflow policy must be one of {POLICIES}")
@@ -140,6 +148,7 @@ class ProcessSinkRunner:
         self.max_batches = max_batches
         self.policy = policy
         self.nice = int(nice)
+        self.nice_from_start = bool(nice_from_start)
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.close_grace_s = close_grace_s
@@ -305,7 +314,8 @@ class ProcessSinkRunner:
         proc = self._ctx.Process(
             target=child_main, name=f"feedhandler-sink-{self.sink.name}", daemon=True,
             args=(self.factory, self.kwargs, mem, wake, venue, symbols, self.policy,
-                  self.max_batches, self.nice, self.backoff_s, self.max_backoff_s, os.getpid()))
+                  self.max_batches, self.nice, self.nice_from_start, self.backoff_s, self.max_backoff_s,
+                  os.getpid()))
         proc.start()
         self._proc = proc
 
@@ -459,8 +469,8 @@ class HopTrace:
 # the child process
 
 
-def child_main(factory, kwargs, mem_fd, wake_fd, venue, symbols, policy, max_batches, nice, backoff_s,
-               max_backoff_s, parent_pid) -> None:
+def child_main(factory, kwargs, mem_fd, wake_fd, venue, symbols, policy, max_batches, nice, nice_from_start,
+               backoff_s, max_backoff_s, parent_pid) -> None:
     """The sink process: read batches from the queue, write them to the sink, until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent drains us; ^C reaches the whole group
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -473,7 +483,7 @@ def child_main(factory, kwargs, mem_fd, wake_fd, venue, symbols, policy, max_bat
     gc.collect()
     gc.freeze()  # what exists now (modules, the sink) is never scanned again: shorter collections
     loop = _ChildLoop(sink, queue, BatchReader(venue, symbols), policy, max_batches, backoff_s, max_backoff_s,
-                      parent_pid, _Niceness(nice, queue.counters()))
+                      parent_pid, _Niceness(nice, queue.counters(), from_start=nice_from_start))
     try:
         if hasattr(loop.sink, "attach_reader"):
             loop.run_on_sink_loop()
@@ -491,20 +501,26 @@ class _Niceness:
 
     A sink process is mostly idle behind a paced or live feed; its wake-ups are then on the path of
     every update to a client, and at +10 each one waits behind whatever else runs (other processes,
-    the clients themselves). Only a sink that takes over ``BUSY_SHARE`` of a core over a window (a
-    replay at full speed) competes with the feed for the cores: it takes ``nice`` then, for every
+    the clients themselves). Only a sink that takes over ``BUSY_SHARE`` of a core over a window, or
+    finds work waiting at two checks in a row (a replay at full speed), competes with the feed for
+    the cores: it takes ``nice`` then, for every
     thread (Linux keeps a niceness per thread), counted in ``niced``. Below ``IDLE_SHARE`` it goes back,
     where the OS lets a process lower its niceness (CAP_SYS_NICE or RLIMIT_NICE); else it stays.
     """
 
-    def __init__(self, nice: int, counters: np.ndarray) -> None:
+    def __init__(self, nice: int, counters: np.ndarray, from_start: bool = False) -> None:
         self.nice = int(nice)
         self.counters = counters
         self.base = os.getpriority(os.PRIO_PROCESS, 0)
         self.raised = False
-        self.can_lower = True
+        self.can_lower = not from_start  # from the start: kept to the end
+        if from_start and self.nice > 0 and self._set(self.base + self.nice):
+            self.raised = True
+            self.counters[C_NICED] += np.uint64(1)
         self._at = time.monotonic()
         self._busy = self.busy_s()
+        self._behind_run = 0  # checks in a row that found work waiting
+        self._behind_seen = False  # work waiting at a check of the current window
 
     @staticmethod
     def busy_s() -> float:
@@ -512,17 +528,30 @@ class _Niceness:
         machine busy with other work, a sink that keeps up would look busy and be pushed further back.)"""
         return time.process_time()
 
-    def check(self, now: float) -> None:
-        if self.nice <= 0 or now - self._at < BUSY_WINDOW_S:
+    def check(self, now: float, behind: bool = False) -> None:
+        """``behind``: work is waiting (queued batches, a write to retry).
+
+        Work waiting at two checks in a row counts as busy whatever the CPU share: where more
+        processes want the cores than there are, a sink behind a full-speed feed gets under half a
+        core and would never look busy by its share (three sinks and a database took two thirds of
+        the feed's cores so). Back to the feed's niceness only after a whole window with a low share
+        and nothing waiting at any check (a nicer sink gets less CPU: its share alone says nothing).
+        """
+        if self.nice <= 0:
+            return
+        self._behind_run = self._behind_run + 1 if behind else 0
+        self._behind_seen = self._behind_seen or behind
+        if now - self._at < (LOWER_WINDOW_S if self.raised else RAISE_WINDOW_S):
             return
         busy = self.busy_s()
         share = (busy - self._busy) / (now - self._at)
+        behind_seen, self._behind_seen = self._behind_seen, behind
         self._at, self._busy = now, busy
-        if not self.raised and share > BUSY_SHARE:
+        if not self.raised and (share > BUSY_SHARE or self._behind_run >= 2):
             if self._set(self.base + self.nice):
                 self.raised = True
                 self.counters[C_NICED] += np.uint64(1)
-        elif self.raised and self.can_lower and share < IDLE_SHARE:
+        elif self.raised and self.can_lower and share < IDLE_SHARE and not behind_seen:
             if self._set(self.base):
                 self.raised = False
             else:
@@ -806,7 +835,7 @@ class _ChildLoop:
         if not force and now - self._status_at < STATUS_EVERY_S:
             return
         if self.niceness is not None:
-            self.niceness.check(now)
+            self.niceness.check(now, self.retry is not None or bool(self.backlog) or self.queue.has_data())
         self._status_at = now
         self._dirty = False
         sink = self.sink

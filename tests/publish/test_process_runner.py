@@ -290,3 +290,17 @@ def test_a_sink_process_takes_its_nice_only_while_busy(tmp_path):
     finally:
         report = runner.stop(10)
     assert report["offered"] == report["written"] + report.get("conflated", 0), report
+
+
+def test_behind_a_full_speed_feed_a_sink_process_is_nicer_from_the_start(tmp_path):
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    runner = runner_for(tmp_path, nice=7, nice_from_start=True)
+    try:
+        assert thread_niceness(runner.pid) == {base + 7}  # before any batch
+        for batch in quotes(1, 20):  # an easy pace does not bring it back
+            runner.offer(batch)
+            time.sleep(0.05)
+        wait_for(lambda: runner.counts["written"] == 20, what="the twenty batches")
+        assert thread_niceness(runner.pid) == {base + 7} and runner.counts["niced"] == 1
+    finally:
+        runner.stop(10)
