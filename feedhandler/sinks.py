@@ -13,7 +13,7 @@
     queue_batches = 64        # batches waiting before the policy applies
     process = true            # run the sink in a process of its own (false: a thread of the feed's)
     queue_mb = 64             # process: the shared-memory queue between the feed and the sink
-    nice = 10                 # process: added to the sink process's niceness while it is busy (the feed comes first)
+    nice = 10                 # process: added to the sink process's niceness while it is busy (from the start at full speed)
 
     [sinks.timescale]
     dsn = "postgresql://postgres@127.0.0.1:5432/marketdata"
@@ -31,10 +31,11 @@ from publish.process_runner import ProcessSinkRunner
 from publish.runner import SinkRunner
 
 DEFAULT_CONFIG = "feedhandler.toml"
-# Sink processes run this much nicer than the feed while they are busy (over half a core: a replay at
-# full speed): when cores are short, the feed keeps its share and the sinks take what is left (their
-# queues conflate meanwhile). A sink that keeps up runs at the feed's niceness, so its wake-ups, on the
-# path of every update to a client, do not queue behind everything else. 0 treats them as equals.
+# Sink processes run this much nicer than the feed while they are busy (over half a core, or behind),
+# and from the start behind a replay at full speed: when cores are short, the feed keeps its share and
+# the sinks take what is left (their queues conflate meanwhile). A sink that keeps up runs at the feed's
+# niceness, so its wake-ups, on the path of every update to a client, do not queue behind everything
+# else. 0 treats them as equals.
 SINK_NICE = 10
 
 
