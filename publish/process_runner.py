@@ -60,9 +60,9 @@ from publish.shm_queue import ShmQueue
 STOP_GRACE_S = 8.0  # after the drain deadline: the sink's close (WebSocketServer waits close_timeout + 5 s)
 STATUS_EVERY_S = 0.05  # the child republishes its sink's counters at most this often while busy
 MERGE_MAX_ROWS = 1 << 20  # rows of one merged write; what is left waits for the next write
-# The sink process measures its CPU share over windows this long: short to take its ``nice`` (a
-# replay at full speed of a million messages is over in a third of a second, and three sinks at the
-# feed's niceness took two thirds of the cores from it meanwhile), long to give it back (no flapping).
+# The sink process measures its CPU share over windows this long: short to take its ``nice`` (a feed
+# that outruns its sinks competes with them for the cores from the first batch), long to give it back
+# (no flapping).
 RAISE_WINDOW_S = 0.05
 LOWER_WINDOW_S = 0.5
 BUSY_SHARE = 0.5  # CPU share of one core above which it takes its ``nice``, and the feed keeps its core
@@ -506,6 +506,7 @@ class _Niceness:
     the cores: it takes ``nice`` then, for every
     thread (Linux keeps a niceness per thread), counted in ``niced``. Below ``IDLE_SHARE`` it goes back,
     where the OS lets a process lower its niceness (CAP_SYS_NICE or RLIMIT_NICE); else it stays.
+    ``from_start`` (behind a replay at full speed): ``nice`` at once, kept to the end.
     """
 
     def __init__(self, nice: int, counters: np.ndarray, from_start: bool = False) -> None:
