@@ -49,6 +49,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import decode as _decode  # noqa: E402  (the decode bench's session cache, reference walk and prefixes)
+from feedhandler.replay import DEFAULT_COMPRESSION  # noqa: E402
 
 SESSION_DATE = dt.date(*_decode.SESSION_DATE)
 TARGET = 3_000_000  # messages/s end to end with conflated outputs (Parquet)
@@ -193,7 +194,7 @@ def _instrumented(stages: _Stages):
 
 
 def run_replay(path: Path, conflate_ns: int, sink: str, depth: int, books: bool = True, stages: bool = True,
-               tmp_root: str | None = None, compression: str = "zstd") -> dict:
+               tmp_root: str | None = None, compression: str = DEFAULT_COMPRESSION) -> dict:
     import feedhandler.replay as fr
 
     out_dir = tempfile.mkdtemp(prefix="bench-replay-", dir=tmp_root) if sink == "parquet" else None
@@ -279,7 +280,8 @@ def main(argv=None) -> int:
                     help=f"comma-separated conflation windows (0 = every update), default {DEFAULT_CONFLATE}")
     ap.add_argument("--sinks", default="parquet,null", help="comma-separated: parquet, null (default both)")
     ap.add_argument("--depth", type=int, default=10, help="N of the L2 top-N output (default 10)")
-    ap.add_argument("--compression", default="zstd", help="Parquet codec of the parquet runs (default zstd)")
+    ap.add_argument("--compression", default=DEFAULT_COMPRESSION,
+                    help=f"Parquet codec of the parquet runs (default {DEFAULT_COMPRESSION}, as feedhandler replay)")
     ap.add_argument("--repeat", type=int, default=1, help="timed runs of each; the fastest counts (default 1)")
     ap.add_argument("--no-stages", action="store_true", help="no timing wrappers (stage split not reported)")
     ap.add_argument("--tmpdir", help="where the Parquet runs write (default: the system's temp dir)")

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="BBO/L2 conflation window per instrument: 0 (every update, default), 500us, 1ms, 100ms ...")
     p.add_argument("--depth", type=_depth, help="levels per side in l2.parquet and published depth (default 10)")
     p.add_argument("--compression", choices=COMPRESSIONS,
-                   help=f"Parquet codec (default {DEFAULT_COMPRESSION}; lz4 writes faster, zstd smaller files)")
+                   help=f"Parquet codec (default {DEFAULT_COMPRESSION}; zstd makes smaller files and writes slower)")
     p.add_argument("--redis", metavar="URL", help="publish to Redis, e.g. redis://127.0.0.1:6379/0")
     p.add_argument("--timescale", metavar="DSN", help="write to TimescaleDB/PostgreSQL, e.g. postgresql://user@host/db")
     p.add_argument("--ws", metavar="HOST:PORT", help="serve a WebSocket feed, e.g. 127.0.0.1:8765")

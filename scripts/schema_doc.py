@@ -24,10 +24,9 @@ INTRO = """# The common schema
 
 Every venue decodes into these records (`parsers/schema.py` declares each once; the numpy dtypes, the
 Arrow/Parquet schemas and this page come from that declaration). `feedhandler replay` writes one
-Parquet file per record, named `<record>.parquet` (zstd by default, `--compression`). Numeric columns
-use delta encoding (times, sequence numbers, narrow integers) or byte-stream split (prices, ids), text
-a dictionary (`publish.parquet.column_encodings`): standard Parquet encodings that current pyarrow,
-DuckDB and Polars read; readers from before 2024 may not know byte-stream split for integers.
+Parquet file per record, named `<record>.parquet` (snappy by default, `--compression`). Integer
+columns are delta encoded, text dictionary encoded (`publish.parquet.column_encodings`): Parquet 2.0
+encodings that pyarrow, DuckDB, Polars and Spark read.
 
 Units, everywhere: `unix_nanos` is int64 nanoseconds since the Unix epoch, UTC; `price_1e-9` is an
 int64 price in units of 1e-9 of the currency (divide by 1e9 for dollars), with
