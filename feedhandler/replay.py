@@ -72,7 +72,7 @@ class ReplaySummary:
 # Spark's) writes the day's rows fastest; zstd makes files about 0.9 of the size and takes about 1.4x
 # as long to write them, which holds a replay under 3M msg/s on two cores; lz4 lies between.
 COMPRESSIONS = ("snappy", "zstd", "lz4", "none")
-DEFAULT_COMPRESSION = "snappy"
+DEFAULT_COMPRESSION = "snappy"  # publish.parquet.DEFAULT_COMPRESSION (a test keeps them equal)
 
 
 class ReplayError(Exception):

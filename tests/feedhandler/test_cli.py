@@ -178,3 +178,11 @@ def test_replay_writes_parquet_with_the_codec_asked_for(tmp_path, capsys):
               for f in out.glob("*.parquet") if pq.ParquetFile(f).metadata.num_row_groups}
     assert codecs in ({"LZ4_RAW"}, {"LZ4"}), codecs
     assert "invalid choice: 'brotli'" in run_error_usage(capsys, "replay", str(capture), "--compression", "brotli")
+
+
+def test_the_replay_and_the_parquet_writer_default_to_the_same_codec():
+    """``feedhandler.replay`` keeps its own copy of the default (it imports pyarrow only to write)."""
+    from feedhandler.replay import COMPRESSIONS, DEFAULT_COMPRESSION
+    from publish import parquet
+
+    assert DEFAULT_COMPRESSION == parquet.DEFAULT_COMPRESSION and DEFAULT_COMPRESSION in COMPRESSIONS
