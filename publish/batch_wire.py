@@ -141,7 +141,8 @@ class BatchReader:
             nbytes = n * dtype.itemsize
             if pos + nbytes > len(body):
                 raise ValueError("corrupt batch record (arrays overrun the record)")
-            arrays[name] = np.frombuffer(body, dtype=dtype, count=n, offset=pos).copy() if n else _EMPTY[name]
+            # Copied as bytes: numpy copies records with padding field by field (~5 us an array).
+            arrays[name] = np.frombuffer(bytearray(body[pos:pos + nbytes]), dtype=dtype) if n else _EMPTY[name]
             pos += nbytes
         ohlcv = {}
         if extra_len:

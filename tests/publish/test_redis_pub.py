@@ -3,6 +3,7 @@ channel, latest-state keys, the trades stream, a retried batch, and a Redis kill
 from __future__ import annotations
 
 import json
+import select
 import time
 
 import numpy as np
@@ -16,7 +17,8 @@ from orderbook.records import BBO, L2, BookFlag
 from parsers.schema import STATUS, TRADE, UNDEF_PRICE, Side, StatusKind, TradingState
 from publish import encoding
 from publish.batch import MarketBatch
-from publish.redis_pub import RedisPublisher
+from publish.redis_pub import RedisPublisher, _last_per_instrument
+from publish.resp import RespError
 from publish.redis_sink import read_trades, trades_key
 from publish.runner import SinkRunner
 from tests.orderbook.event_streams import random_events
@@ -393,6 +395,34 @@ def test_rows_without_a_symbol_go_to_the_stream_only(redis_client, publisher, ve
     assert [json.loads(d)["symbol"] for _, d in read_trades(redis_client, venue)] == ["AAPL", ""]
     assert publisher.counters["no_symbol_rows"] == 2
     assert not redis_client.exists(f"md:{venue}::bbo:last")
+
+
+def test_an_error_reply_is_raised_by_a_later_write_before_it_sends(redis_client, redis_url, venue):
+    """``write`` sends first and reads earlier replies after: an error reply read so is raised by the
+    next write, which sends nothing; written again after that, its batch goes."""
+    redis_client.set(trades_key(venue), "not a stream")  # the XADD of a trade gets WRONGTYPE
+    pub = RedisPublisher(redis_url, venue_depth=2)
+    pub.open()
+    redis_client.execute_command("CLIENT", "PAUSE", 300, "WRITE")  # its replies come after the write returns
+    pub.write(MarketBatch(venue, SYMBOLS, trades=trade_rows(1)))
+    assert pub.client.owed
+    wait_until(lambda: select.select([pub.client.sock], [], [], 0)[0])
+    pub.write(MarketBatch(venue, SYMBOLS, bbo=bbo_rows((1, 10, "1.5", 1, "2", 2))))  # sent, then reads them
+    third = MarketBatch(venue, SYMBOLS, bbo=bbo_rows((1, 11, "1.75", 1, "2", 2)))
+    with pytest.raises(RespError, match="WRONGTYPE"):
+        pub.write(third)
+    pub.flush()
+    assert redis_client.hget(f"md:{venue}:AAPL:bbo:last", "seq") == b"10"  # the third was not sent
+    pub.write(third)
+    pub.close()
+    assert redis_client.hget(f"md:{venue}:AAPL:bbo:last", "seq") == b"11"
+
+
+def test_last_row_per_instrument_in_row_order():
+    assert _last_per_instrument(np.array([], dtype=np.uint32)).tolist() == []
+    assert _last_per_instrument(np.array([7], dtype=np.uint32)).tolist() == [0]
+    assert _last_per_instrument(np.array([3, 1, 3, 2, 1, 3], dtype=np.uint32)).tolist() == [3, 4, 5]
+    assert _last_per_instrument(np.array([5, 4], dtype=np.uint32)).tolist() == [0, 1]
 
 
 def test_a_failed_batch_is_resent_unchanged(private_redis):
