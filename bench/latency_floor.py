@@ -2,6 +2,7 @@
 
     python bench/latency_floor.py                      # 15,000 pieces, ~3 ms apart: about 50 s
     python bench/latency_floor.py --subscriber redis-py --pieces 5000
+    python bench/latency_floor.py --subscriber redis-py --chains 2   # two paths at once, as latency.py
 
 ``latency.py`` measures a piece's release by the replay's pacer to its messages read by a subscriber,
 through the feed, a sink process, redis-server and the subscriber. This bench keeps that chain's shape
@@ -36,11 +37,11 @@ from sinks import OwnRedis  # noqa: E402  (the publishing bench's redis-server)
 CHANNEL = b"floor"
 
 
-def _publish_command(payload: bytes) -> bytes:
-    return b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(CHANNEL), CHANNEL, len(payload), payload)
+def _publish_command(channel: bytes, payload: bytes) -> bytes:
+    return b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(channel), channel, len(payload), payload)
 
 
-def relay(port: int, inbox: socket.socket) -> None:
+def relay(port: int, inbox: socket.socket, channel: bytes = CHANNEL) -> None:
     """Each stamp received becomes one PUBLISH; its reply is read before the next (a sink's round)."""
     redis_sock = socket.create_connection(("127.0.0.1", port))
     redis_sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -48,13 +49,13 @@ def relay(port: int, inbox: socket.socket) -> None:
         stamp = inbox.recv(64)
         if not stamp:
             return
-        redis_sock.sendall(_publish_command(stamp))
+        redis_sock.sendall(_publish_command(channel, stamp))
         redis_sock.recv(64)
 
 
-def raw_subscriber(port: int, pieces: int, ready_fd: int, out: str) -> None:
+def raw_subscriber(port: int, pieces: int, ready_fd: int, out: str, channel: bytes = CHANNEL) -> None:
     sock = socket.create_connection(("127.0.0.1", port))
-    sock.sendall(b"*2\r\n$9\r\nSUBSCRIBE\r\n$%d\r\n%s\r\n" % (len(CHANNEL), CHANNEL))
+    sock.sendall(b"*2\r\n$9\r\nSUBSCRIBE\r\n$%d\r\n%s\r\n" % (len(channel), channel))
     sock.recv(256)
     os.write(ready_fd, b"r")
     stamps = np.zeros((pieces, 2), dtype=np.int64)
@@ -73,13 +74,13 @@ def raw_subscriber(port: int, pieces: int, ready_fd: int, out: str) -> None:
     np.save(out, stamps)
 
 
-def redis_py_subscriber(port: int, pieces: int, ready_fd: int, out: str) -> None:
+def redis_py_subscriber(port: int, pieces: int, ready_fd: int, out: str, channel: bytes = CHANNEL) -> None:
     import gc
 
     import redis
 
     pubsub = redis.Redis(port=port).pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(CHANNEL)
+    pubsub.subscribe(channel)
     pubsub.get_message(ignore_subscribe_messages=False, timeout=5)
     gc.collect()
     gc.freeze()
@@ -107,24 +108,35 @@ def main(argv=None) -> int:
     ap.add_argument("--gap-ms", type=float, default=3.1, help="mean gap between pieces (default 3.1 ms)")
     ap.add_argument("--subscriber", choices=("raw", "redis-py"), default="raw")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--chains", type=int, default=1,
+                    help="relay + subscriber pairs fed by the one releaser, in turn, as the feed offers to each "
+                         "sink (2: the process count of latency.py with both sinks: 6 processes on the cores)")
     args = ap.parse_args(argv)
 
     server = OwnRedis()
-    out = os.path.join(server.dir, "stamps.npy")
-    to_relay, relay_inbox = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    subscribe = raw_subscriber if args.subscriber == "raw" else redis_py_subscriber
+    outs, to_relays, pids = [], [], []
     ready_r, ready_w = os.pipe()
-    relay_pid = os.fork()
-    if relay_pid == 0:
-        to_relay.close()
-        relay(server.port, relay_inbox)
-        os._exit(0)
-    subscriber_pid = os.fork()
-    if subscriber_pid == 0:
-        (raw_subscriber if args.subscriber == "raw" else redis_py_subscriber)(server.port, args.pieces, ready_w, out)
-        os._exit(0)
-    relay_inbox.close()
+    for k in range(args.chains):
+        channel = CHANNEL + b"%d" % k
+        outs.append(os.path.join(server.dir, f"stamps{k}.npy"))
+        to_relay, relay_inbox = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        relay_pid = os.fork()
+        if relay_pid == 0:
+            for other in (*to_relays, to_relay):
+                other.close()
+            relay(server.port, relay_inbox, channel)
+            os._exit(0)
+        subscriber_pid = os.fork()
+        if subscriber_pid == 0:
+            subscribe(server.port, args.pieces, ready_w, outs[k], channel)
+            os._exit(0)
+        relay_inbox.close()
+        to_relays.append(to_relay)
+        pids += [relay_pid, subscriber_pid]
     try:
-        os.read(ready_r, 1)
+        for _ in range(args.chains):
+            os.read(ready_r, 1)
         rng = random.Random(args.seed)
         gaps = np.array([rng.expovariate(1000.0 / args.gap_ms) for _ in range(args.pieces)])
         next_due = time.monotonic()
@@ -133,22 +145,30 @@ def main(argv=None) -> int:
             pause = next_due - time.monotonic()
             if pause > 0:
                 time.sleep(pause)
-            to_relay.send(b"%d" % time.monotonic_ns())
-        os.waitpid(subscriber_pid, 0)
-        stamps = np.load(out)
+            stamp = b"%d" % time.monotonic_ns()
+            for to_relay in to_relays:
+                to_relay.send(stamp)
+        for pid in pids[1::2]:
+            os.waitpid(pid, 0)
+        stamps = [np.load(out) for out in outs]
     finally:
-        to_relay.close()
-        os.waitpid(relay_pid, 0)
+        for to_relay in to_relays:
+            to_relay.close()
+        for pid in pids[0::2]:
+            os.waitpid(pid, 0)
         server.close()
-    latency_us = (stamps[:, 1] - stamps[:, 0]) / 1000
     quiet = gaps >= 0.005
     load = os.getloadavg()[0]
     print(f"release -> {args.subscriber} subscriber through a relay process and redis-server, doing nearly nothing; "
-          f"{args.pieces:,} pieces, mean gap {args.gap_ms} ms; {os.cpu_count()} cores, 1-min load {load:.2f}")
+          f"{args.chains} chain(s) at once; {args.pieces:,} pieces, mean gap {args.gap_ms} ms; {os.cpu_count()} cores, "
+          f"1-min load {load:.2f}")
     print(f"{'pieces':<28}{'count':>7} {'p50 us':>7} {'p99 us':>7} {'p99.9 us':>8} {'max us':>7}  over 1 ms")
-    for label, sel in (("all", slice(None)), ("after >= 5 ms of quiet", quiet)):
-        chosen = latency_us[sel]
-        print(f"{label:<28}{len(chosen):>7} {percentiles(chosen)}  {np.mean(chosen > 1000) * 100:.2f}%")
+    for k, chain in enumerate(stamps):
+        latency_us = (chain[:, 1] - chain[:, 0]) / 1000
+        for label, sel in (("all", slice(None)), ("after >= 5 ms of quiet", quiet)):
+            chosen = latency_us[sel]
+            label = f"chain {k + 1}: {label}" if args.chains > 1 else label
+            print(f"{label:<28}{len(chosen):>7} {percentiles(chosen)}  {np.mean(chosen > 1000) * 100:.2f}%")
     return 0
 
 
