@@ -197,15 +197,17 @@ def replay(
                         publisher.publish(bbo=book.bbo, l2=book.l2)
                     pacer.wait_until(capture_ns)
                     last_piece = capture_ns if engine is not None and conflate_ns > 0 else None
+                if engine is not None:
+                    book = piece.book if fused else engine.apply(piece.events)
+                    # The sinks first: a paced piece's updates are on their way while the rest is done.
+                    publisher.publish(bbo=book.bbo, l2=book.l2, trades=piece.trades, status=piece.status)
                 for name, rows in piece.records().items():
                     outputs.write(name, rows)
                 if engine is not None:
-                    book = piece.book if fused else engine.apply(piece.events)
                     outputs.write("bbo", book.bbo)
                     outputs.write("l2", book.l2)
                     bars.add_trades(piece.trades)
                     bars.add_broken(piece.broken_trades)
-                    publisher.publish(bbo=book.bbo, l2=book.l2, trades=piece.trades, status=piece.status)
             if progress:
                 _show_progress(source.messages_done, started)
             if interrupted:
