@@ -34,6 +34,11 @@ What happens, in one run:
    And the CPU time per piece of every process on the path (feed, sinks, redis-server, subscribers):
    on two cores they share, a burst of pieces queues behind their sum.
 
+6. The floor (``--no-floor`` skips it): the same release times through ``latency_floor.py``'s chains
+   doing nearly nothing (releaser -> relay process -> redis-server -> redis-py subscriber), one chain
+   per subscriber, so the same number of processes share the cores; our p99 is printed as a multiple
+   of the floor's. What is over the floor is our own work per piece.
+
 Redis is a ``redis-server`` started on a free loopback port (``--redis URL`` uses yours).
 """
 from __future__ import annotations
@@ -229,6 +234,19 @@ def gap_breakdown(rel: np.ndarray, rows: np.ndarray) -> dict:
     return out
 
 
+def floor_run(rel: np.ndarray, chains: int, log) -> dict:
+    """The machine's floor at this run's release times: ``latency_floor.run_floor`` with one chain per
+    subscriber (a relay process, redis-server and a redis-py subscriber each, doing nearly nothing: the
+    same number of processes on the cores as the replay with its sinks and subscribers)."""
+    from latency_floor import run_floor
+
+    log(f"floor: {len(rel):,} releases at the replay's times through {chains} chain(s) doing nothing...")
+    gaps = np.diff(rel[:, 2], prepend=rel[0, 2]) / 1e9
+    chains_out = run_floor(gaps, max(1, chains), "redis-py")
+    lat = np.concatenate([c[:, 1] - c[:, 0] for c in chains_out])
+    return {"chains": len(chains_out), **percentiles(lat)}
+
+
 def cpu_times(runners, subs, own) -> dict[str, float]:
     """CPU seconds (user + system) used so far by each process on the path."""
     pids = {"feed": os.getpid(), **{f"sub_{s.kind}": s.proc.pid for s in subs}}
@@ -276,6 +294,8 @@ def main(argv=None) -> int:
                     help="sinks on, each with its subscriber (default redis,websocket: both at once)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--dump", metavar="DIR", help="also save the raw releases, reads and hop traces there (.npy)")
+    ap.add_argument("--no-floor", action="store_true",
+                    help="skip the floor run (latency_floor.py's chains doing nothing, at this run's release times)")
     ap.add_argument("--subscriber", nargs=3, metavar=("KIND", "URL", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.subscriber:
@@ -358,6 +378,7 @@ def main(argv=None) -> int:
         for code, name in ((0, "bbo"), (1, "l2"), (2, "trade")):
             results[kind][name] = percentiles(lat[rows[ok, 2] == code])
     hops = hop_breakdown(rel, received, trace_dir, {"ws": "websocket", "redis": "redis"})
+    floor = None if args.no_floor else floor_run(rel, len(received), log)
     by_gap = {kind: gap_breakdown(rel, rows) for kind, rows in received.items()}
     report = {"capture": {"path": str(path.relative_to(ROOT)), "messages": summary.messages,
                           "symbols": args.symbols, "span_hours": span_ns / 3.6e12, "made_by": how},
@@ -367,7 +388,7 @@ def main(argv=None) -> int:
               "pieces": int(len(rel)),
               "release_late_us": {"p50": float(np.percentile(late, 50)) / 1e3,
                                   "p99": float(np.percentile(late, 99)) / 1e3, "max": float(late.max()) / 1e3},
-              "latency": results, "by_gap": by_gap, "hops": hops, "sinks": reports,
+              "latency": results, "by_gap": by_gap, "hops": hops, "sinks": reports, "floor": floor,
               "machine": {"python": platform.python_version(), "cores": os.cpu_count(),
                           "load_avg_1m": os.getloadavg()[0]}}
     if args.json:
@@ -411,6 +432,12 @@ def print_table(report: dict) -> None:
                 print(f"  {name:<32} {p['count']:>9,} {p['p50_us']:>8.0f} {p['p99_us']:>8.0f} {p['p99_9_us']:>9.0f} "
                       f"{p['max_us']:>9.0f}")
     print("CPU per piece (us): " + ", ".join(f"{k} {v:.0f}" for k, v in report["cpu_us_per_piece"].items()))
+    floor = report.get("floor")
+    if floor and floor.get("count"):
+        print(f"floor (the same releases through {floor['chains']} relay -> redis-server -> redis-py chain(s) doing "
+              f"nothing): p50 {floor['p50_us']:.0f} us, p99 {floor['p99_us']:.0f} us, p99.9 {floor['p99_9_us']:.0f} us; "
+              + "; ".join(f"{labels[kind]} p99 {res['all']['p99_us'] / floor['p99_us']:.1f}x the floor's"
+                          for kind, res in report["latency"].items() if res["all"].get("count")))
     late = report["release_late_us"]
     print(f"pacer releases after their due time: p50 {late['p50']:.0f} us, p99 {late['p99']:.0f} us, "
           f"max {late['max']:.0f} us (not in the latencies above)")

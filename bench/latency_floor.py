@@ -95,6 +95,57 @@ def redis_py_subscriber(port: int, pieces: int, ready_fd: int, out: str, channel
     np.save(out, stamps)
 
 
+def run_floor(gaps: np.ndarray, chains: int = 1, subscriber: str = "redis-py") -> list[np.ndarray]:
+    """Release one stamp per gap (seconds after the previous release) through ``chains`` relay +
+    subscriber paths; per chain, rows of (released ns, read ns). ``latency.py --floor`` calls it with
+    its own pieces' gaps."""
+    pieces = len(gaps)
+    server = OwnRedis()
+    subscribe = raw_subscriber if subscriber == "raw" else redis_py_subscriber
+    outs, to_relays, pids = [], [], []
+    ready_r, ready_w = os.pipe()
+    for k in range(chains):
+        channel = CHANNEL + b"%d" % k
+        outs.append(os.path.join(server.dir, f"stamps{k}.npy"))
+        to_relay, relay_inbox = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        relay_pid = os.fork()
+        if relay_pid == 0:
+            for other in (*to_relays, to_relay):
+                other.close()
+            relay(server.port, relay_inbox, channel)
+            os._exit(0)
+        subscriber_pid = os.fork()
+        if subscriber_pid == 0:
+            subscribe(server.port, pieces, ready_w, outs[k], channel)
+            os._exit(0)
+        relay_inbox.close()
+        to_relays.append(to_relay)
+        pids += [relay_pid, subscriber_pid]
+    try:
+        for _ in range(chains):
+            os.read(ready_r, 1)
+        next_due = time.monotonic()
+        for gap in gaps:
+            next_due += gap
+            pause = next_due - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            stamp = b"%d" % time.monotonic_ns()
+            for to_relay in to_relays:
+                to_relay.send(stamp)
+        for pid in pids[1::2]:
+            os.waitpid(pid, 0)
+        return [np.load(out) for out in outs]
+    finally:
+        os.close(ready_r)
+        os.close(ready_w)
+        for to_relay in to_relays:
+            to_relay.close()
+        for pid in pids[0::2]:
+            os.waitpid(pid, 0)
+        server.close()
+
+
 def percentiles(us: np.ndarray) -> str:
     if not len(us):
         return "-"
@@ -113,50 +164,9 @@ def main(argv=None) -> int:
                          "sink (2: the process count of latency.py with both sinks: 6 processes on the cores)")
     args = ap.parse_args(argv)
 
-    server = OwnRedis()
-    subscribe = raw_subscriber if args.subscriber == "raw" else redis_py_subscriber
-    outs, to_relays, pids = [], [], []
-    ready_r, ready_w = os.pipe()
-    for k in range(args.chains):
-        channel = CHANNEL + b"%d" % k
-        outs.append(os.path.join(server.dir, f"stamps{k}.npy"))
-        to_relay, relay_inbox = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        relay_pid = os.fork()
-        if relay_pid == 0:
-            for other in (*to_relays, to_relay):
-                other.close()
-            relay(server.port, relay_inbox, channel)
-            os._exit(0)
-        subscriber_pid = os.fork()
-        if subscriber_pid == 0:
-            subscribe(server.port, args.pieces, ready_w, outs[k], channel)
-            os._exit(0)
-        relay_inbox.close()
-        to_relays.append(to_relay)
-        pids += [relay_pid, subscriber_pid]
-    try:
-        for _ in range(args.chains):
-            os.read(ready_r, 1)
-        rng = random.Random(args.seed)
-        gaps = np.array([rng.expovariate(1000.0 / args.gap_ms) for _ in range(args.pieces)])
-        next_due = time.monotonic()
-        for gap in gaps:
-            next_due += gap
-            pause = next_due - time.monotonic()
-            if pause > 0:
-                time.sleep(pause)
-            stamp = b"%d" % time.monotonic_ns()
-            for to_relay in to_relays:
-                to_relay.send(stamp)
-        for pid in pids[1::2]:
-            os.waitpid(pid, 0)
-        stamps = [np.load(out) for out in outs]
-    finally:
-        for to_relay in to_relays:
-            to_relay.close()
-        for pid in pids[0::2]:
-            os.waitpid(pid, 0)
-        server.close()
+    rng = random.Random(args.seed)
+    gaps = np.array([rng.expovariate(1000.0 / args.gap_ms) for _ in range(args.pieces)])
+    stamps = run_floor(gaps, args.chains, args.subscriber)
     quiet = gaps >= 0.005
     load = os.getloadavg()[0]
     print(f"release -> {args.subscriber} subscriber through a relay process and redis-server, doing nearly nothing; "
