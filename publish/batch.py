@@ -110,12 +110,19 @@ def concat(batches: list[MarketBatch]) -> MarketBatch:
 def _joined(arrays: list[np.ndarray]) -> np.ndarray:
     """The rows of ``arrays`` (one record dtype) in order; no copy when only one has rows.
 
-    Joined as bytes: ``np.concatenate`` and slice assignment on record arrays copy field by field
-    (several us per array, more than the rows themselves at these sizes).
+    Copied as bytes, once: ``np.concatenate`` and slice assignment on record arrays copy field by field
+    (several us per array, more than the rows themselves at a paced batch's sizes).
     """
     full = [a for a in arrays if len(a)]
     if len(full) == 1:
         return full[0]
     if not full:
         return arrays[-1]
-    return np.frombuffer(bytearray(b"".join(a.tobytes() for a in full)), dtype=full[0].dtype)
+    out = np.empty(sum(len(a) for a in full), dtype=full[0].dtype)
+    raw = np.frombuffer(out, dtype=np.uint8)  # not ``view``: numpy's check of a record view is Python
+    at = 0
+    for a in full:
+        part = np.frombuffer(np.ascontiguousarray(a), dtype=np.uint8)
+        raw[at:at + len(part)] = part
+        at += len(part)
+    return out

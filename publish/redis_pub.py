@@ -192,9 +192,7 @@ class RedisPublisher:
             for old, n in self._unanswered:
                 client.send(old, n)
             self._resend = False
-        if self._error_reply is not None:  # read after the last send: raised before this batch goes
-            error, self._error_reply = self._error_reply, None
-            raise error
+        self._raise_error_reply()  # read after the last send: raised before this batch goes
         if commands:
             client.send(data, commands)
             self._unanswered.append((data, commands))
@@ -215,9 +213,7 @@ class RedisPublisher:
 
     def flush(self) -> None:
         """Wait for every reply owed (raises as ``write`` does): what was written is then in Redis."""
-        if self._error_reply is not None:
-            error, self._error_reply = self._error_reply, None
-            raise error
+        self._raise_error_reply()
         client = self.client
         if client is not None and client.sock is not None and not self._resend:
             self._collect(client, wait=True)
@@ -230,6 +226,11 @@ class RedisPublisher:
             client, self.client = self.client, None
             if client is not None:
                 client.close()
+
+    def _raise_error_reply(self) -> None:
+        error, self._error_reply = self._error_reply, None
+        if error is not None:
+            raise error
 
     def _collect(self, client: RespConnection, wait: bool) -> None:
         """Read the replies that have come (all, with ``wait``); forget the buffers answered in full.
