@@ -49,6 +49,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import numba as nb
 import numpy as np
 
 from publish.encoding import dumps, status_dicts
@@ -438,11 +439,11 @@ class Hub:
                     self._fan_out(("status", message["symbol"]), message, now, woken)
         return woken
 
-    def _known(self, sym: np.ndarray, symtab: SymbolTable) -> np.ndarray:
-        """Rows whose instrument has a (non-empty) symbol; the others are counted."""
-        known = (sym >= 0) & (symtab.sym_raw_len[np.maximum(sym, 0)] > 0)
-        self.counters["unknown_instrument"] += int(len(sym) - np.count_nonzero(known))
-        return known
+    def _known(self, sym: np.ndarray, symtab: SymbolTable) -> tuple[np.ndarray, int]:
+        """(which rows' instrument has a non-empty symbol, how many do); the others are counted."""
+        known, n = _known_rows(sym, symtab.sym_raw_len)
+        self.counters["unknown_instrument"] += len(sym) - n
+        return known, n
 
     def _next_seqs(self, channel: str, sym: np.ndarray, names: list[str]) -> np.ndarray:
         """This hub's seq for each row (``sym``: symbol indexes), counting on per (channel, symbol)."""
@@ -465,8 +466,8 @@ class Hub:
     def _apply_rows(self, channel: str, rows: np.ndarray, symtab: SymbolTable, now: float, woken: set[int]) -> None:
         """bbo or trade rows: one message per row, stamped with the hub's seq."""
         sym = symtab.indexes(rows["instrument_id"])
-        known = self._known(sym, symtab)
-        if not known.all():
+        known, n_known = self._known(sym, symtab)
+        if n_known < len(sym):
             rows, sym = rows[known], sym[known]
             if not len(rows):
                 return
@@ -493,19 +494,21 @@ class Hub:
         if books is None:
             books = self._top_books[batch.venue] = L2Books(self.depth)
         _, upd_row, upd_slot, upd_sym = books.apply(batch.l2, symtab, write=False)
-        known = self._known(upd_sym, symtab)
-        if not known.any():
+        known, n_known = self._known(upd_sym, symtab)
+        if not n_known:
             return
-        rows, slots, sym = upd_row[known], upd_slot[known], upd_sym[known]
+        rows, slots, sym = upd_row, upd_slot, upd_sym
+        if n_known < len(sym):
+            rows, slots, sym = rows[known], slots[known], sym[known]
         # The last update of each symbol, in the order the symbols first appear in the batch.
         if len(sym) > 1 and (sym != sym[0]).any():
             _, first = np.unique(sym, return_index=True)
             _, last_from_end = np.unique(sym[::-1], return_index=True)
             last = len(sym) - 1 - last_from_end
             pick = last[np.argsort(first, kind="stable")]
-        else:  # one symbol (a paced piece, usually): its last update
-            pick = np.array([len(sym) - 1])
-        rows, slots, sym = rows[pick], slots[pick], sym[pick]
+            rows, slots, sym = rows[pick], slots[pick], sym[pick]
+        elif len(sym) > 1:  # one symbol: its last update
+            rows, slots, sym = rows[-1:], slots[-1:], sym[-1:]
         names = symtab.names
         seqs = self._next_seqs("l2", sym, names)
         l2 = batch.l2
@@ -705,3 +708,15 @@ _OPS = {
     "cancel": Hub._op_order_entry,
     "modify": Hub._op_order_entry,
 }
+
+
+@nb.njit(cache=True)
+def _known_rows(sym, sym_raw_len):
+    """``Hub._known`` compiled: five numpy calls cost ~5 us on a paced batch's one or two rows."""
+    known = np.zeros(len(sym), dtype=np.bool_)
+    n = 0
+    for k in range(len(sym)):
+        if sym[k] >= 0 and sym_raw_len[sym[k]] > 0:
+            known[k] = True
+            n += 1
+    return known, n
