@@ -83,6 +83,11 @@ def _last_rows(ids):
     return np.flatnonzero(keep)
 
 
+def _rows(values: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """``values[last]`` (``last`` from ``_last_per_instrument``: ascending), without a copy when it is every row."""
+    return values if len(last) == len(values) else values[last]
+
+
 def _text(text: str) -> np.ndarray:
     return np.frombuffer(text.encode(), dtype=np.uint8).copy()
 
@@ -106,6 +111,9 @@ class _Payloads:
         return cls(buf, ends - np.array([len(d) for d in data], dtype=np.int64), ends)
 
     def take(self, which: np.ndarray) -> _Payloads:
+        """The payloads at ``which`` (ascending row indexes): itself when that is every one."""
+        if len(which) == len(self.starts):
+            return self
         return _Payloads(self.buf, self.starts[which], self.ends[which])
 
     def __len__(self) -> int:
@@ -292,7 +300,7 @@ class RedisPublisher:
                 syms = symtab.indexes(batch.l2["instrument_id"][last_rows])
             published += self._commands(_PUBLISH, keys["prefix"], keys[":l2"], _NOTHING, syms, payloads, symtab)
             last = _last_per_instrument(batch.l2["instrument_id"][last_rows])
-            self._commands(_SET, keys["prefix"], keys[":l2:last"], _NOTHING, syms[last], payloads.take(last), symtab,
+            self._commands(_SET, keys["prefix"], keys[":l2:last"], _NOTHING, _rows(syms, last), payloads.take(last), symtab,
                            count_skipped=False)
 
         if len(batch.bbo):
@@ -304,7 +312,7 @@ class RedisPublisher:
                 payloads = _Payloads.of_list(self.encoder.bbo(bbo, symbols_for(bbo["instrument_id"], symbols)))
             published += self._commands(_PUBLISH, keys["prefix"], keys[":bbo"], _NOTHING, syms, payloads, symtab)
             last = _last_per_instrument(bbo["instrument_id"])
-            resp.run(bbo_hash_kernel, bbo, last, syms[last], symtab.sym_raw, symtab.sym_raw_len, keys["prefix"],
+            resp.run(bbo_hash_kernel, bbo, last, _rows(syms, last), symtab.sym_raw, symtab.sym_raw_len, keys["prefix"],
                      keys[":bbo:last"])
         return resp.data(), resp.commands, published, stream_entries
 
