@@ -7,6 +7,7 @@ A batch is immutable once queued: sinks read it, never change it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -25,7 +26,7 @@ class MarketBatch:
     ohlcv: dict[str, np.ndarray] = field(default_factory=dict)  # interval -> bars (end of a replay)
     final: bool = False  # the last batch of a replay
 
-    @property
+    @cached_property  # asked for several times per batch on the feed's path; a batch never changes
     def rows(self) -> int:
         return len(self.bbo) + len(self.l2) + len(self.trades) + len(self.status) + sum(
             len(v) for v in self.ohlcv.values())
